@@ -1,0 +1,49 @@
+"""Exponential backoff with full jitter, bounded by total time; only retryable Meta errors retry."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from capi_sync.errors import MetaRetryableError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """`max_elapsed` caps the time spent waiting for one request, so a run cannot hang on throttling."""
+
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    max_elapsed: float = 300.0
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        return rng() * min(self.max_delay, self.base_delay * 2**attempt)
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[MetaRetryableError, float], None] | None = None,
+) -> T:
+    """Call `fn` until it succeeds, raises a non-retryable error, or the time budget runs out."""
+    deadline = clock() + policy.max_elapsed
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except MetaRetryableError as exc:
+            pause = policy.delay(attempt)
+            if clock() + pause > deadline:
+                raise
+            if on_retry is not None:
+                on_retry(exc, pause)
+            sleep(pause)
+            attempt += 1

@@ -1,0 +1,65 @@
+"""Any database with a SQLAlchemy dialect (PostgreSQL, MySQL, Redshift, ...), streamed server-side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+
+from capi_sync.connectors.base import Chunk, Window, describe_sql, window_sql
+from capi_sync.errors import MissingDependency, SourceError
+
+if TYPE_CHECKING:
+    from capi_sync.config import SQLAlchemyWarehouse
+
+_DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres"}
+
+
+class SQLAlchemySource:
+    """`stream_results` keeps a server-side cursor open, so memory holds one chunk, not the table."""
+
+    def __init__(self, config: SQLAlchemyWarehouse) -> None:
+        try:
+            self._engine = sa.create_engine(config.url.get_secret_value(),
+                                            connect_args=dict(config.connect_args))
+            self._connection = self._engine.connect()
+        except ModuleNotFoundError as exc:
+            package = exc.name or "a database driver"
+            raise MissingDependency(package, _DRIVER_EXTRAS.get(package, "postgres")) from exc
+        except sa.exc.SQLAlchemyError as exc:
+            # The exception text may quote the URL; SQLAlchemy masks its password.
+            raise SourceError(f"cannot connect: {_short(exc)}") from exc
+        self._quote = self._engine.dialect.identifier_preparer.quote
+
+    def columns(self, query: str) -> list[str]:
+        try:
+            return list(self._connection.execute(sa.text(describe_sql(query))).keys())
+        except sa.exc.SQLAlchemyError as exc:
+            self._connection.rollback()
+            raise SourceError(f"the query failed: {_short(exc)}") from exc
+
+    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
+        sql, params = window_sql(query, window, self._quote, lambda i: f":p{i}")
+        bound = {f"p{i}": value for i, value in enumerate(params)}
+        try:
+            result = self._connection.execution_options(
+                stream_results=True, yield_per=chunk_size
+            ).execute(sa.text(sql), bound)
+            yield from result.partitions(chunk_size)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"reading failed: {_short(exc)}") from exc
+
+    def close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
+    def __enter__(self) -> SQLAlchemySource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("\n(Background on this error", 1)[0].strip()

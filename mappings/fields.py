@@ -1,0 +1,77 @@
+"""The Conversions API's field catalog: which keys exist in each mapping group, and their rules.
+
+Kept as data so that config validation, the mapper and the docs agree on one list.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+STANDARD_EVENTS: Final = frozenset(
+    {
+        "AddPaymentInfo", "AddToCart", "AddToWishlist", "CompleteRegistration", "Contact",
+        "CustomizeProduct", "Donate", "FindLocation", "InitiateCheckout", "Lead", "PageView",
+        "Purchase", "Schedule", "Search", "StartTrial", "SubmitApplication", "Subscribe",
+        "ViewContent",
+    }
+)  # fmt: skip
+
+ACTION_SOURCES: Final = (
+    "email", "website", "app", "phone_call", "chat", "physical_store",
+    "system_generated", "business_messaging", "other",
+)  # fmt: skip
+
+# Server event parameters (capi-rules.md section 3).
+SERVER_EVENT_FIELDS: Final = frozenset(
+    {
+        "event_name", "event_time", "event_id", "event_source_url", "action_source",
+        "opt_out", "referrer_url", "data_processing_options",
+        "data_processing_options_country", "data_processing_options_state",
+        "customer_segmentation", "messaging_channel",
+    }
+)  # fmt: skip
+REQUIRED_SERVER_EVENT_FIELDS: Final = ("event_name", "event_time")
+
+# Customer information parameters (section 4). Hashed keys are normalized, then SHA-256'd.
+HASHED_USER_FIELDS: Final = (
+    "em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id",
+)  # fmt: skip
+UNHASHED_USER_FIELDS: Final = (
+    "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
+    "fb_login_id", "lead_id", "anon_id", "madid", "ctwa_clid", "page_id",
+)  # fmt: skip
+USER_FIELDS: Final = frozenset(HASHED_USER_FIELDS + UNHASHED_USER_FIELDS)
+
+# Readable aliases users may write instead of Meta's two-letter keys.
+USER_FIELD_ALIASES: Final = {
+    "email": "em", "phone": "ph", "first_name": "fn", "last_name": "ln", "gender": "ge",
+    "date_of_birth": "db", "birthdate": "db", "city": "ct", "state": "st", "zip": "zp",
+    "zipcode": "zp", "postal_code": "zp", "ip": "client_ip_address",
+    "user_agent": "client_user_agent",
+}  # fmt: skip
+
+# Sets of keys that alone are too weak for Meta to match (section 4, "matching floor").
+WEAK_USER_FIELD_SETS: Final = (
+    frozenset({"ct", "country", "st", "zp", "ge", "client_user_agent"}),
+    frozenset({"db", "client_user_agent"}),
+    frozenset({"fn", "ge"}),
+    frozenset({"ln", "ge"}),
+)
+# The seed's stricter gate: at least one of these identifies a person on its own.
+STRONG_USER_FIELDS: Final = frozenset({"em", "ph", "external_id", "fbp", "fbc"})
+
+# Custom data parameters (section 5) and the type each is sent as.
+CUSTOM_DATA_TYPES: Final = {
+    "value": "float", "currency": "currency", "content_name": "str",
+    "content_category": "str", "content_ids": "str_list", "contents": "contents",
+    "content_type": "str", "order_id": "str", "predicted_ltv": "float",
+    "net_revenue": "float", "num_items": "int", "search_string": "str", "status": "str",
+    "delivery_category": "str",
+}  # fmt: skip
+CUSTOM_DATA_FIELDS: Final = frozenset(CUSTOM_DATA_TYPES)
+
+MAPPING_GROUPS: Final = {
+    "server_event": SERVER_EVENT_FIELDS,
+    "customer_info": USER_FIELDS,
+    "custom_data": CUSTOM_DATA_FIELDS,
+}

@@ -1,0 +1,322 @@
+"""A warehouse row becomes a Conversions API event here, and only here.
+
+`compile_mapping` resolves every column and normalizer once per pipeline; `EventMapper.map_row`
+then does only per-row work. A row that cannot become a valid event comes back as a rejection
+with its reasons, never as an exception, so one bad row never stops the good ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from hashlib import sha256
+from operator import itemgetter
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+import pycountry
+
+from capi_sync.errors import ConfigError
+from capi_sync.mappings import normalize, values
+from capi_sync.mappings.fields import ACTION_SOURCES, CUSTOM_DATA_TYPES, HASHED_USER_FIELDS
+from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
+from capi_sync.mappings.spec import Column, Constant, FieldSource, MappingSpec
+from capi_sync.mappings.validate import Problem, validate_event
+
+Row = Sequence[Any]
+Getter = Callable[[Row], Any]
+_HASHED = frozenset(HASHED_USER_FIELDS)
+
+
+class MappedRow(NamedTuple):
+    """One row's outcome: an event plus warnings (dropped values), or no event plus the reasons."""
+
+    row_key: str
+    event: dict[str, Any] | None
+    problems: tuple[Problem, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row kept back, with everything a user needs to find and fix it."""
+
+    pipeline: str
+    row_key: str
+    problems: tuple[Problem, ...]
+
+    def __str__(self) -> str:
+        reasons = "; ".join(str(problem) for problem in self.problems)
+        return f"pipeline '{self.pipeline}', row {self.row_key}: {reasons}"
+
+
+@dataclass(frozen=True, slots=True)
+class MapperOptions:
+    """The pipeline settings the mapper needs, decoupled from the config module."""
+
+    pipeline: str
+    primary_key: tuple[str, ...]
+    action_source: str | None = None
+    hashing_required: bool = True
+    default_phone_region: str | None = None
+    strong_match_key_required: bool = False
+    timezone: str = "UTC"
+
+
+def derive_event_id(pipeline: str, row_key: str) -> str:
+    """Deterministic id for rows without one, so a re-sent row is a duplicate Meta drops."""
+    return sha256(f"capi-sync\x1f{pipeline}\x1f{row_key}".encode()).hexdigest()[:32]
+
+
+def resolve_column(name: str, columns: Sequence[str]) -> int | None:
+    """Exact match first; else a unique case-insensitive one (Snowflake upper-cases names)."""
+    if name in columns:
+        return list(columns).index(name)
+    folded = [index for index, column in enumerate(columns) if column.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+class EventMapper:
+    """Turns rows (tuples in the query's column order) into events; built by `compile_mapping`."""
+
+    def __init__(self, options: MapperOptions, getters: dict[str, dict[str, Getter]],
+                 key_indexes: tuple[int, ...], clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self._zone = ZoneInfo(options.timezone)
+        self._server = getters["server_event"]
+        self._user = getters["customer_info"]
+        self._custom = getters["custom_data"]
+        self._properties = getters["custom_properties"]
+        self.key_indexes = key_indexes
+        self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (
+            lambda row: (row[key_indexes[0]],))
+        self._clock = clock
+        self._country_getter = self._user.get("country")
+        self._ordered_user = [(k, g) for k, g in self._user.items() if k != "country"]
+
+    def row_key(self, row: Row) -> str:
+        """The primary key as one string (`|`-joined when composite): names the row everywhere."""
+        return "|".join("" if value is None else str(value) for value in self._key(row))
+
+    def map_row(self, row: Row, now: float | None = None) -> MappedRow:
+        key_values = self._key(row)
+        row_key = "|".join("" if value is None else str(value) for value in key_values)
+        if any(value is None for value in key_values):
+            missing = Problem(",".join(self.options.primary_key), "missing_primary_key")
+            return MappedRow(row_key, None, (missing,))
+        rejected: list[Problem] = []
+        dropped: list[Problem] = []
+        event = self._server_event(row, row_key, rejected)
+        user_data = self._user_data(row, rejected, dropped)
+        event["user_data"] = user_data
+        custom_data = self._custom_data(row, dropped)
+        if custom_data:
+            event["custom_data"] = custom_data
+        if not rejected:
+            rejected += validate_event(
+                event,
+                now=self._clock() if now is None else now,
+                strong_key_required=self.options.strong_match_key_required,
+            )
+        if rejected:
+            return MappedRow(row_key, None, tuple(rejected))
+        return MappedRow(row_key, event, tuple(dropped))
+
+    def _server_event(self, row: Row, row_key: str, rejected: list[Problem]) -> dict[str, Any]:
+        event: dict[str, Any] = {}
+        get = self._server
+        name = get["event_name"](row)
+        if name is None or not str(name).strip():
+            rejected.append(Problem("event_name", "required"))
+        else:
+            event["event_name"] = str(name).strip()
+        raw_time = get["event_time"](row)
+        if raw_time is None:
+            rejected.append(Problem("event_time", "required"))
+        else:
+            try:
+                event["event_time"] = values.unix_seconds(raw_time, self._zone)
+            except normalize.InvalidValue as exc:
+                rejected.append(Problem("event_time", exc.rule, values.to_text(raw_time)[:64]))
+        event_id = get["event_id"](row) if "event_id" in get else None
+        event["event_id"] = (
+            values.to_text(event_id)
+            if event_id is not None and str(event_id).strip()
+            else derive_event_id(self.options.pipeline, row_key)
+        )
+        source = get["action_source"](row) if "action_source" in get else None
+        source = str(source).strip().lower() if source is not None else self.options.action_source
+        if source is None:
+            rejected.append(Problem("action_source", "required"))
+        elif source not in ACTION_SOURCES:
+            rejected.append(Problem("action_source", "unknown_action_source", source[:64],
+                                    f"one of {', '.join(ACTION_SOURCES)}"))
+        else:
+            event["action_source"] = source
+        for field in ("event_source_url", "referrer_url", "messaging_channel"):
+            if field in get and (text := _text_or_none(get[field](row))) is not None:
+                event[field] = text
+        self._optional_server_fields(row, event, rejected)
+        return event
+
+    def _optional_server_fields(self, row: Row, event: dict[str, Any], rejected: list[Problem]) -> None:
+        get = self._server
+        converters: dict[str, Callable[[Any], Any]] = {
+            "opt_out": values.to_bool,
+            "data_processing_options": lambda v: [str(x) for x in values.to_list(v)],
+            "data_processing_options_country": values.to_int,
+            "data_processing_options_state": values.to_int,
+            "customer_segmentation": values.to_json,
+        }
+        for field, convert in converters.items():
+            if field not in get or (raw := get[field](row)) is None:
+                continue
+            try:
+                event[field] = convert(raw)
+            except normalize.InvalidValue as exc:
+                rejected.append(Problem(field, exc.rule, values.to_text(raw)[:64]))
+
+    def _user_data(self, row: Row, rejected: list[Problem], dropped: list[Problem]) -> dict[str, Any]:
+        user: dict[str, Any] = {}
+        country: str | None = None
+        if self._country_getter is not None:
+            raw_country = self._country_getter(row)
+            if raw_country is not None and not _is_empty(raw_country):
+                if is_sha256_hex(str(raw_country).strip()):
+                    user["country"] = str(raw_country).strip().lower()
+                else:
+                    country = self._user_value("country", raw_country, None, user, rejected, dropped)
+        for key, getter in self._ordered_user:
+            raw = getter(row)
+            if raw is not None and not _is_empty(raw):
+                self._user_value(key, raw, country, user, rejected, dropped)
+        return user
+
+    def _user_value(self, key: str, raw: Any, country: str | None, user: dict[str, Any],
+                    rejected: list[Problem], dropped: list[Problem]) -> str | None:
+        """Normalize (and hash) one customer-information value into `user`; return the plain form."""
+        items = raw if isinstance(raw, list | tuple) else (raw,)
+        sent: list[str] = []
+        plain: str | None = None
+        for item in items:
+            if item is None or _is_empty(item):
+                continue
+            text = item.strip() if isinstance(item, str) else None
+            if key in _HASHED and text is not None and is_sha256_hex(text):
+                sent.append(text.lower())  # already hashed upstream: never hash twice
+                continue
+            if key in _HASHED and not self.options.hashing_required:
+                rejected.append(Problem(f"customer_info.{key}", "not_a_sha256", values.redact(item),
+                                        "hashing_required is false, so values must be SHA-256 hex"))
+                continue
+            try:
+                if key == "ph":
+                    value = normalize.phone(item, country, default_region=self.options.default_phone_region)
+                else:
+                    value = normalize.normalizer_for(key)(item, country)
+            except normalize.InvalidValue as exc:
+                dropped.append(Problem(f"customer_info.{key}", exc.rule, values.redact(item)))
+                continue
+            plain = plain or value
+            sent.append(sha256_hex(value) if key in _HASHED else value)
+        if sent:
+            user[key] = sent[0] if len(sent) == 1 and not isinstance(raw, list | tuple) else sent
+        return plain
+
+    def _custom_data(self, row: Row, dropped: list[Problem]) -> dict[str, Any]:
+        custom: dict[str, Any] = {}
+        for key, getter in self._custom.items():
+            raw = getter(row)
+            if raw is None or _is_empty(raw):
+                continue
+            try:
+                custom[key] = _CUSTOM_CONVERTERS[CUSTOM_DATA_TYPES[key]](raw)
+            except normalize.InvalidValue as exc:
+                dropped.append(Problem(f"custom_data.{key}", exc.rule, values.to_text(raw)[:64]))
+        for key, getter in self._properties.items():
+            raw = getter(row)
+            if raw is not None:
+                custom[key] = values.to_json(raw)
+        return custom
+
+
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _text_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = values.to_text(value)
+    return text or None
+
+
+def _currency(value: Any) -> str:
+    code = str(value).strip().upper()
+    if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
+        raise normalize.InvalidValue("unknown_currency")
+    return code
+
+
+def _contents(value: Any) -> list[dict[str, Any]]:
+    items = []
+    for item in values.to_list(value):
+        if not isinstance(item, dict) or item.get("id") is None:
+            raise normalize.InvalidValue("invalid_contents")
+        content: dict[str, Any] = {"id": str(item["id"])}
+        if item.get("quantity") is not None:
+            content["quantity"] = values.to_int(item["quantity"])
+        if item.get("item_price") is not None:
+            content["item_price"] = values.to_float(item["item_price"])
+        if item.get("delivery_category") is not None:
+            content["delivery_category"] = str(item["delivery_category"])
+        items.append(content)
+    return items
+
+
+_CUSTOM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "float": values.to_float,
+    "int": values.to_int,
+    "str": values.to_text,
+    "currency": _currency,
+    "str_list": lambda v: [values.to_text(x) for x in values.to_list(v)],
+    "contents": _contents,
+}
+
+
+def _getter(source: FieldSource, columns: Sequence[str], where: str, errors: list[str]) -> Getter:
+    if isinstance(source, Constant):
+        constant = source.value
+        return lambda _row: constant
+    name = source.column if isinstance(source, Column) else source
+    index = resolve_column(name, columns)
+    if index is None:
+        errors.append(
+            f"{where}: column '{name}' is not returned by the query"
+            f" (columns: {', '.join(columns)}); for a constant write {{value: {name}}}"
+        )
+        return lambda _row: None
+    return itemgetter(index)
+
+
+def compile_mapping(spec: MappingSpec, options: MapperOptions, columns: Sequence[str],
+                    clock: Callable[[], float] = time.time) -> EventMapper:
+    """Resolve every field against the query's columns once; report all unknown columns together."""
+    errors: list[str] = []
+    getters: dict[str, dict[str, Getter]] = {}
+    for group in ("server_event", "customer_info", "custom_data", "custom_properties"):
+        getters[group] = {
+            key: _getter(source, columns, f"mapping.{group}.{key}", errors)
+            for key, source in getattr(spec, group).items()
+        }
+    key_indexes = []
+    for name in options.primary_key:
+        index = resolve_column(name, columns)
+        if index is None:
+            errors.append(f"primary_key: column '{name}' is not returned by the query")
+        else:
+            key_indexes.append(index)
+    if errors:
+        raise ConfigError([f"pipeline '{options.pipeline}': {error}" for error in errors])
+
+    return EventMapper(options, getters, tuple(key_indexes), clock)

@@ -1,0 +1,252 @@
+"""One normalizer per customer-information key, so hashes match what Meta computes.
+
+Each takes the raw value and the row's already-normalized country (alpha-2, or None) and returns the
+normalized string, or raises `InvalidValue` naming the rule. Rules: capi-rules.md section 4; where the
+SDKs are looser than Meta's documentation, the documentation wins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import unicodedata
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any, Final
+
+import phonenumbers
+import pycountry
+
+
+class InvalidValue(ValueError):  # noqa: N818 - it is a verdict on a value, not a crash
+    """A value breaks a normalization rule; `rule` is a stable identifier shown to users."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        super().__init__(rule)
+
+
+Normalizer = Callable[[Any, "str | None"], str]
+
+
+def _text(value: Any) -> str:
+    """NFC so that a decomposed `é` (e + accent) hashes like the composed one the pixel sends."""
+    return unicodedata.normalize("NFC", str(value)).strip()
+
+
+def _letters(text: str) -> str:
+    """Lowercase letters (any script) and their accents only; no spaces, digits or punctuation."""
+    return "".join(ch for ch in text.lower() if ch.isalpha() or unicodedata.category(ch) == "Mn")
+
+
+def email(value: Any, country: str | None) -> str:
+    """Trim, lowercase; must be local@domain.tld with no spaces."""
+    text = _text(value).lower()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or " " in text or "@" in local:
+        raise InvalidValue("invalid_email")
+    return text
+
+
+def phone(value: Any, country: str | None, *, default_region: str | None = None) -> str:
+    """Digits with the country code: `+`/`00` numbers as given, national ones via the row's region.
+
+    The region is the row's country, else the pipeline's `default_phone_region`; with neither, only a
+    number that is valid as written with its country code is accepted.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # spreadsheets turn phone numbers into floats
+    text = _text(value)
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if not digits:
+        raise InvalidValue("invalid_phone")
+    international = text.startswith("+") or digits.startswith("00")
+    region = (country or default_region or "").upper() or None
+    try:
+        if international:
+            number = phonenumbers.parse("+" + digits.lstrip("0"), None)
+        elif region:
+            number = phonenumbers.parse(text, region)
+            if not phonenumbers.is_valid_number(number):
+                # A national-looking string may already start with its country code.
+                number = _valid_international(digits) or number
+        else:
+            number = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException as exc:
+        rule = "invalid_phone" if international or region else "phone_without_country_code"
+        raise InvalidValue(rule) from exc
+    if not phonenumbers.is_possible_number(number):
+        raise InvalidValue("invalid_phone")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+
+def _valid_international(digits: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        number = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return number if phonenumbers.is_valid_number(number) else None
+
+
+def name(value: Any, country: str | None) -> str:
+    """First or last name: lowercase letters only, UTF-8 letters kept (`Valéry` -> `valéry`)."""
+    text = _letters(_text(value))
+    if not text:
+        raise InvalidValue("invalid_name")
+    return text
+
+
+_GENDERS: Final = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
+
+
+def gender(value: Any, country: str | None) -> str:
+    """`m` or `f`; anything else is dropped rather than guessed."""
+    try:
+        return _GENDERS[_text(value).lower()]
+    except KeyError:
+        raise InvalidValue("invalid_gender") from None
+
+
+_DATE_FORMATS: Final = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%m-%d-%Y")
+
+
+def birth_date(value: Any, country: str | None) -> str:
+    """YYYYMMDD from a date, datetime or common string; US month-first when ambiguous."""
+    if isinstance(value, dt.datetime):
+        day = value.date()
+    elif isinstance(value, dt.date):
+        day = value
+    else:
+        day = _parse_date(_text(value))
+    if not 1900 <= day.year <= dt.date.today().year:
+        raise InvalidValue("invalid_date")
+    return day.strftime("%Y%m%d")
+
+
+def _parse_date(text: str) -> dt.date:
+    for fmt in _DATE_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    try:
+        # Day-first when the first part cannot be a month (31/12/1990).
+        return dt.datetime.strptime(text, "%d/%m/%Y").date()
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text).date()
+    except ValueError:
+        raise InvalidValue("invalid_date") from None
+
+
+def city(value: Any, country: str | None) -> str:
+    """Lowercase letters only: `New York` -> `newyork`."""
+    text = _letters(_text(value))
+    if not text:
+        raise InvalidValue("invalid_city")
+    return text
+
+
+@lru_cache(maxsize=512)
+def _subdivision_codes(country: str) -> dict[str, str]:
+    """Subdivision names and codes of one country, mapped to the short code Meta expects."""
+    codes: dict[str, str] = {}
+    for sub in pycountry.subdivisions.get(country_code=country.upper()) or ():
+        short = sub.code.split("-", 1)[1].lower()
+        if len(short) == 2 and short.isalpha():
+            codes[_letters(sub.name)] = short
+            codes[short] = short
+    return codes
+
+
+def state(value: Any, country: str | None) -> str:
+    """Two-letter code where the country has one (`California` -> `ca`), else lowercase letters."""
+    text = _letters(_text(value))
+    if not text:
+        raise InvalidValue("invalid_state")
+    for candidate in (country, "us") if country is None else (country,):
+        if candidate and (code := _subdivision_codes(candidate).get(text)):
+            return code
+    return text
+
+
+def zip_code(value: Any, country: str | None) -> str:
+    """Lowercase, no spaces or dashes; US codes keep their first five digits (`94035-1234` -> `94035`)."""
+    if isinstance(value, int):
+        value = f"{value:05d}" if value < 100000 else str(value)
+    text = "".join(ch for ch in _text(value).lower() if ch not in " -")
+    if not text or not text.isalnum():
+        raise InvalidValue("invalid_zip")
+    if (country == "us" or country is None) and text.isdigit() and len(text) in (5, 9):
+        return text[:5]
+    return text
+
+
+_COUNTRY_ALIASES: Final = {"uk": "gb", "u.k.": "gb", "u.s.": "us", "u.s.a.": "us", "america": "us"}
+
+
+@lru_cache(maxsize=1024)
+def country_code(value: Any, country: str | None = None) -> str:
+    """ISO 3166-1 alpha-2, lowercase; names and alpha-3 codes are mapped (`United States` -> `us`)."""
+    text = _text(value).lower()
+    if text in _COUNTRY_ALIASES:
+        return _COUNTRY_ALIASES[text]
+    try:
+        return str(pycountry.countries.lookup(text).alpha_2).lower()
+    except LookupError:
+        raise InvalidValue("unknown_country") from None
+
+
+def external_id(value: Any, country: str | None) -> str:
+    """Trimmed and lowercased so it hashes like the id the pixel sends."""
+    text = _text(value).lower()
+    if not text:
+        raise InvalidValue("empty")
+    return text
+
+
+def ip_address(value: Any, country: str | None) -> str:
+    """A valid IPv4 or IPv6 address in its canonical form."""
+    try:
+        return str(ipaddress.ip_address(_text(value)))
+    except ValueError:
+        raise InvalidValue("invalid_ip_address") from None
+
+
+def integer_id(value: Any, country: str | None) -> str:
+    """`fb_login_id` and `lead_id` are numeric ids."""
+    text = _text(value)
+    if not text.isdigit():
+        raise InvalidValue("not_an_integer")
+    return text
+
+
+def plain(value: Any, country: str | None) -> str:
+    """Sent as given, trimmed."""
+    text = _text(value)
+    if not text:
+        raise InvalidValue("empty")
+    return text
+
+
+NORMALIZERS: Final[dict[str, Normalizer]] = {
+    "em": email,
+    "ph": phone,
+    "fn": name,
+    "ln": name,
+    "ge": gender,
+    "db": birth_date,
+    "ct": city,
+    "st": state,
+    "zp": zip_code,
+    "country": country_code,
+    "external_id": external_id,
+    "client_ip_address": ip_address,
+    "fb_login_id": integer_id,
+    "lead_id": integer_id,
+}
+
+
+def normalizer_for(key: str) -> Normalizer:
+    return NORMALIZERS.get(key, plain)

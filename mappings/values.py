@@ -1,0 +1,126 @@
+"""Coercion of warehouse values into the JSON types the Conversions API wants.
+
+Warehouses hand back datetimes, dates, Decimals, epoch numbers in seconds or milliseconds, JSON
+strings and arrays; Meta wants integer Unix seconds, floats, ints and strings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from capi_sync.mappings.normalize import InvalidValue
+
+# Epoch values above this are milliseconds: as seconds they would be past the year 5000.
+_MILLIS_THRESHOLD: Final = 100_000_000_000
+
+
+def unix_seconds(value: Any, zone: ZoneInfo) -> int:
+    """Integer Unix seconds (UTC) from a timestamp, date, epoch s/ms or ISO-8601 string.
+
+    Naive timestamps and dates are read in the pipeline's `timezone`.
+    """
+    if isinstance(value, dt.datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=zone)
+        return int(moment.timestamp())
+    if isinstance(value, dt.date):
+        return int(dt.datetime.combine(value, dt.time(), zone).timestamp())
+    if isinstance(value, bool):
+        raise InvalidValue("invalid_timestamp")
+    if isinstance(value, int | float | Decimal):
+        number = float(value)
+        return int(number / 1000 if abs(number) >= _MILLIS_THRESHOLD else number)
+    text = str(value).strip()
+    if not text:
+        raise InvalidValue("invalid_timestamp")
+    if text.lstrip("-").replace(".", "", 1).isdigit():
+        return unix_seconds(float(text), zone)
+    try:
+        return unix_seconds(dt.datetime.fromisoformat(text), zone)
+    except ValueError:
+        raise InvalidValue("invalid_timestamp") from None
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise InvalidValue("not_a_number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidValue("not_a_number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise InvalidValue("not_a_number")
+    return number
+
+
+def to_int(value: Any) -> int:
+    number = to_float(value)
+    if not number.is_integer():
+        raise InvalidValue("not_an_integer")
+    return int(number)
+
+
+def to_text(value: Any) -> str:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value).strip()
+
+
+def to_list(value: Any) -> list[Any]:
+    """Array columns arrive as lists; JSON columns and strings as text, parsed here."""
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise InvalidValue("invalid_json") from None
+            if isinstance(parsed, list):
+                return parsed
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return [value]
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "t", "yes", "y"):
+        return True
+    if text in ("0", "false", "f", "no", "n"):
+        return False
+    raise InvalidValue("not_a_boolean")
+
+
+def to_json(value: Any) -> Any:
+    """Make a user-defined property JSON-safe: Decimals to floats, dates to ISO strings."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def redact(value: Any) -> str:
+    """Enough of a PII value to recognise it, never enough to leak it: `j***@example.com`."""
+    text = str(value).strip()
+    if not text:
+        return "''"
+    local, at, domain = text.partition("@")
+    if at:
+        return f"{local[:1]}***@{domain}"
+    if len(text) <= 4:
+        return "***"
+    return f"{text[:1]}***{text[-1:]}"

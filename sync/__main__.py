@@ -1,0 +1,3 @@
+from capi_sync.cli import main
+
+main()

@@ -1,0 +1,38 @@
+"""Rows in stream order, grouped into batches of at most 1,000 events, with the rows they settle.
+
+A batch owns every row read since the previous batch, including rows rejected on the way, so
+accepting the batch settles all of them and the cursor can move past each one in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from capi_sync.mappings.mapper import Rejection
+
+
+@dataclass
+class Batch:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    delivered_keys: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    rows: int = 0
+    last_cursor: Any = None
+    keys_at_last_cursor: list[str] = field(default_factory=list)
+
+    def add_row(self, row_key: str, cursor: Any) -> None:
+        self.rows += 1
+        if self.rows == 1 or cursor != self.last_cursor:
+            self.last_cursor = cursor
+            self.keys_at_last_cursor = []
+        self.keys_at_last_cursor.append(row_key)
+
+    def add_event(self, row_key: str, cursor: Any, event: dict[str, Any]) -> None:
+        self.add_row(row_key, cursor)
+        self.events.append(event)
+        self.delivered_keys.append(row_key)
+
+    def add_rejection(self, cursor: Any, rejection: Rejection) -> None:
+        self.add_row(rejection.row_key, cursor)
+        self.rejections.append(rejection)

@@ -1,0 +1,299 @@
+"""The `capi-sync` command. Commands are thin: load config, call the library, print, exit.
+
+Exit codes are assigned only in `main`: 0 ok, 1 the run failed, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from enum import IntEnum
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from capi_sync import __version__
+from capi_sync.config import ProjectConfig, load_config
+from capi_sync.connectors import open_source
+from capi_sync.errors import CapiSyncError, ConfigError
+from capi_sync.report import RunReport
+from capi_sync.runner import RunOptions, prepare, run_pipeline
+from capi_sync.state import StateStore, default_state_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    RUN_FAILED = 1
+    USAGE = 2
+
+
+class RunFailed(click.ClickException):
+    exit_code = ExitCode.RUN_FAILED
+
+    def show(self, file: Any = None) -> None:  # the report was printed already
+        pass
+
+
+def project_options(fn: F) -> F:
+    """`-f FILE` and `--state URL`, declared once for every command that reads pipelines."""
+    fn = click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
+                      help="Pipelines file [default: pipelines.yaml, then pipelines.example.yaml].")(fn)
+    return click.option("--state", "state_url", envvar="CAPI_SYNC_STATE",
+                        help="State store URL [default: sqlite .capi-sync/state.db beside the file].")(fn)
+
+
+class Context:
+    def __init__(self, config_file: str | None, state_url: str | None) -> None:
+        self.project: ProjectConfig = load_config(config_file)
+        self._state_url = state_url
+
+    def store(self) -> StateStore:
+        return StateStore(self._state_url or default_state_url(self.project.path))
+
+
+def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(config_file: str | None, state_url: str | None, **kwargs: Any) -> Any:
+        return fn(Context(config_file, state_url), **kwargs)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="capi-sync")
+def cli() -> None:
+    """Sync conversions from your warehouse to Meta's Conversions API."""
+
+
+@cli.command()
+@click.argument("pipeline")
+@project_options
+@click.option("--dry-run", is_flag=True, help="Build the exact requests but send nothing; state is untouched.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --dry-run: write each event as one JSON line to this file.")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many rows.")
+@with_context
+def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: int | None) -> None:
+    """Run PIPELINE incrementally: send the rows past its cursor."""
+    if output is not None and not dry_run:
+        raise click.UsageError("--output goes with --dry-run")
+    with ctx.store() as store, _progress(pipeline) as on_progress:
+        report = run_pipeline(ctx.project, pipeline, store,
+                              RunOptions(dry_run=dry_run, output=output, limit=limit),
+                              progress=on_progress)
+    print_report(report, output)
+    if not report.ok:
+        raise RunFailed(report.error or "run failed")
+
+
+@cli.command()
+@project_options
+@click.option("--offline", is_flag=True, help="Check the file only; do not connect to warehouses.")
+@with_context
+def validate(ctx: Context, offline: bool) -> None:
+    """Check the pipelines file, and each query's columns against its mapping."""
+    errors: list[str] = []
+    if not offline:
+        for pipeline in ctx.project.pipelines.values():
+            try:
+                with open_source(ctx.project.warehouse_of(pipeline)) as source:
+                    prepare(ctx.project, pipeline, source)
+            except ConfigError as exc:
+                errors += exc.errors
+            except CapiSyncError as exc:
+                errors.append(f"pipeline '{pipeline.name}': {exc}")
+    if errors:
+        raise ConfigError(errors, source=str(ctx.project.path))
+    names = ", ".join(ctx.project.pipelines) or "no pipelines"
+    out.print(f"[green]OK[/] {ctx.project.path}: {names}")
+
+
+@cli.command()
+@click.argument("pipeline")
+@project_options
+@click.option("-n", "rows", default=10, show_default=True, type=click.IntRange(min=1))
+@with_context
+def preview(ctx: Context, pipeline: str, rows: int) -> None:
+    """Map the first rows of PIPELINE's query and show events and rejections; sends nothing."""
+    config = ctx.project.pipeline(pipeline)
+    from capi_sync.connectors.base import Window
+    from capi_sync.report import MatchQuality
+
+    quality = MatchQuality()
+    table = Table(title=f"{pipeline}: first {rows} rows", show_lines=True)
+    for column in ("row", "outcome", "event / reasons"):
+        table.add_column(column, overflow="fold")
+    with open_source(ctx.project.warehouse_of(config)) as source:
+        mapper, columns = prepare(ctx.project, config, source)
+        window = Window(order_by=tuple(columns[i] for i in mapper.key_indexes))
+        for chunk in source.stream(config.query, window, rows):
+            for row in chunk[:rows]:
+                mapped = mapper.map_row(row)
+                if mapped.event is None:
+                    reasons = "\n".join(str(p) for p in mapped.problems)
+                    table.add_row(mapped.row_key, "[red]rejected[/]", reasons)
+                else:
+                    quality.add_event(mapped.event["user_data"])
+                    quality.dropped.update((p.field, p.rule) for p in mapped.problems)
+                    body = orjson.dumps(mapped.event, option=orjson.OPT_INDENT_2).decode()
+                    if mapped.problems:
+                        body += "\ndropped: " + "; ".join(str(p) for p in mapped.problems)
+                    table.add_row(mapped.row_key, "[green]event[/]", body)
+            break
+    out.print(table)
+    print_quality(quality)
+
+
+@cli.command("runs")
+@click.argument("pipeline", required=False)
+@project_options
+@click.option("-n", "limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run, for scripts.")
+@with_context
+def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) -> None:
+    """Show recent runs, newest first."""
+    with ctx.store() as store:
+        history = store.list_runs(pipeline, limit)
+    if as_json:
+        for row in history:
+            click.echo(orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode())
+        return
+    table = Table(title="runs")
+    for column in ("id", "pipeline", "status", "started (UTC)", "seconds", "read", "sent",
+                   "rejected", "retries", "error / fbtrace_id"):
+        table.add_column(column)
+    for row in history:
+        seconds = f"{(row.ended_at - row.started_at).total_seconds():.1f}" if row.ended_at else ""
+        detail = " ".join(filter(None, [row.error, row.fbtrace_ids]))
+        table.add_row(str(row.id), row.pipeline, row.status, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+                      seconds, str(row.rows_read), str(row.events_sent), str(row.rows_rejected),
+                      str(row.retries), detail[:120])
+    out.print(table)
+
+
+@cli.group()
+def state() -> None:
+    """Inspect or change a pipeline's cursor."""
+
+
+@state.command("show")
+@click.argument("pipeline")
+@project_options
+@with_context
+def state_show(ctx: Context, pipeline: str) -> None:
+    """Show PIPELINE's cursor and the rows already handled at exactly that value."""
+    ctx.project.pipeline(pipeline)
+    with ctx.store() as store:
+        cursor = store.load_cursor(pipeline)
+    if cursor.value is None:
+        out.print(f"{pipeline}: no cursor yet; the next run reads everything")
+    else:
+        out.print(f"{pipeline}: cursor {cursor.value!s} ({type(cursor.value).__name__}),"
+                  f" {len(cursor.keys)} row(s) settled at that value")
+
+
+@state.command("reset")
+@click.argument("pipeline")
+@project_options
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@with_context
+def state_reset(ctx: Context, pipeline: str, yes: bool) -> None:
+    """Forget PIPELINE's cursor: the next run re-reads everything (Meta drops re-sent event_ids)."""
+    ctx.project.pipeline(pipeline)
+    if not yes:
+        click.confirm(f"Reset the cursor of '{pipeline}'?", abort=True)
+    with ctx.store() as store:
+        store.reset(pipeline)
+    out.print(f"{pipeline}: cursor reset")
+
+
+def _progress(pipeline: str) -> Any:
+    """A live counter on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                        console=err, transient=True, disable=not err.is_terminal)
+    task = progress.add_task(pipeline)
+
+    class _Live:
+        def __enter__(self) -> Callable[[RunReport], None]:
+            progress.start()
+            return lambda r: progress.update(task, description=(
+                f"{pipeline}: {r.rows_read:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"))
+
+        def __exit__(self, *exc: object) -> None:
+            progress.stop()
+
+    return _Live()
+
+
+def print_report(report: RunReport, output: Path | None = None) -> None:
+    mode = " (dry run: nothing sent)" if report.dry_run else ""
+    verb = "built" if report.dry_run else "sent"
+    colour = "green" if report.ok else "red"
+    out.print(
+        f"[{colour}]{report.pipeline}: {report.status}[/]{mode} in {report.seconds:.1f}s:"
+        f" {report.rows_read:,} rows read, {report.events_sent:,} events {verb}"
+        f" in {report.batches} batch(es), {report.rows_rejected:,} rejected"
+        + (f", {report.rows_skipped:,} already delivered" if report.rows_skipped else "")
+        + (f", {report.retries} retries" if report.retries else ""),
+        soft_wrap=True,
+    )
+    if report.cursor_after is not None:
+        saved = " (not saved: dry run)" if report.dry_run else ""
+        out.print(f"cursor: {report.cursor_before} -> {report.cursor_after}{saved}")
+    if output is not None:
+        out.print(f"events written to {output}")
+    if report.rejected_by_rule:
+        out.print("rejected rows by reason:")
+        for (field, rule), count in report.rejected_by_rule.most_common():
+            out.print(f"  {count:>8,}  {field}: {rule}")
+        out.print("first rejected rows:")
+        for rejection in report.sample_rejections[:10]:
+            out.print(f"  {rejection}", soft_wrap=True)
+    print_quality(report.quality)
+    if report.error:
+        err.print(f"[red]error:[/] {report.error}", soft_wrap=True)
+
+
+def print_quality(quality: Any) -> None:
+    rows = quality.rows()
+    if not rows:
+        return
+    table = Table(title=f"match quality ({quality.events:,} events)")
+    for column in ("customer info", "events", "share", "values dropped"):
+        table.add_column(column, justify="right" if column != "customer info" else "left")
+    for key, count, share, dropped in rows:
+        table.add_row(key, f"{count:,}", f"{share:.0%}", f"{dropped:,}" if dropped else "")
+    out.print(table)
+    for (field, rule), count in quality.dropped.most_common():
+        out.print(f"  dropped {count:,} x {field}: {rule}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="capi-sync", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(ExitCode.RUN_FAILED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.USAGE)
+    except CapiSyncError as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(ExitCode.RUN_FAILED)
+    except KeyboardInterrupt:
+        err.print("interrupted: state is consistent; run again to continue")
+        sys.exit(130)
+    sys.exit(ExitCode.OK)

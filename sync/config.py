@@ -1,0 +1,320 @@
+"""Pipelines YAML -> frozen, validated config objects; every problem reported at once, before any row."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pycountry
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from capi_sync.connectors.retry import RetryPolicy
+from capi_sync.envsubst import substitute
+from capi_sync.errors import ConfigError
+from capi_sync.mappings.fields import ACTION_SOURCES
+from capi_sync.mappings.spec import MappingSpec
+
+DEFAULT_FILES = ("pipelines.yaml", "pipelines.example.yaml")
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
+DEFAULT_API_VERSION = "v26.0"
+MAX_BATCH_SIZE = 1000  # Meta's limit per request
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+ActionSource = Literal[
+    "email", "website", "app", "phone_call", "chat", "physical_store",
+    "system_generated", "business_messaging", "other",
+]  # fmt: skip
+assert set(ActionSource.__args__) == set(ACTION_SOURCES)  # type: ignore[attr-defined]
+
+
+class DuckDBWarehouse(BaseModel):
+    """The embedded default. `setup` runs once per connection (load extensions, attach, views)."""
+
+    model_config = _FROZEN
+    type: Literal["duckdb"]
+    path: str = ":memory:"
+    setup: tuple[str, ...] = ()
+    base_dir: Path = Path()  # relative file paths in `path` and queries resolve against the YAML's folder
+
+    def database(self) -> str:
+        if self.path == ":memory:" or Path(self.path).is_absolute():
+            return self.path
+        return str(self.base_dir / self.path)
+
+
+class SQLAlchemyWarehouse(BaseModel):
+    """Any database SQLAlchemy has a dialect for; the URL may carry a password, so it is secret."""
+
+    model_config = _FROZEN
+    type: Literal["sqlalchemy"]
+    url: SecretStr
+    connect_args: dict[str, Any] = {}
+
+
+Warehouse = Annotated[DuckDBWarehouse | SQLAlchemyWarehouse, Field(discriminator="type")]
+
+
+class MetaDestination(BaseModel):
+    """A pixel (or dataset) and the token allowed to send to it."""
+
+    model_config = _FROZEN
+    pixel_id: str
+    access_token: SecretStr = SecretStr("")
+    api_version: str = DEFAULT_API_VERSION
+    graph_url: str = DEFAULT_GRAPH_URL
+    app_secret: SecretStr | None = None
+    timeout: float = Field(30.0, gt=0)
+    retry_base_seconds: float = Field(1.0, gt=0)  # first backoff pause; doubles, with jitter
+    retry_max_seconds: float = Field(300.0, ge=0)  # total waiting allowed for one batch
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(base_delay=self.retry_base_seconds, max_elapsed=self.retry_max_seconds)
+
+    @field_validator("pixel_id")
+    @classmethod
+    def _digits(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.isdigit():
+            msg = f"pixel_id must be the numeric pixel or dataset id, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("api_version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not re.fullmatch(r"v\d+\.\d+", value):
+            msg = f"api_version looks like 'v26.0', got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("graph_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value):
+            msg = f"graph_url must be an http(s) URL, got {value!r}"
+            raise ValueError(msg)
+        return value.rstrip("/")
+
+
+class SyncSettings(BaseModel):
+    """Castled's three sync settings, plus the knobs a warehouse sync needs."""
+
+    model_config = _FROZEN
+    action_source: ActionSource | None = None
+    test_event_code: str | None = None
+    hashing_required: bool = True
+    default_phone_region: str | None = None
+    strong_match_key_required: bool = False
+    batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if pycountry.countries.get(alpha_2=value.upper()) is None:
+            msg = f"default_phone_region must be an ISO 3166-1 alpha-2 code like 'US', got {value!r}"
+            raise ValueError(msg)
+        return value.lower()
+
+
+class PipelineConfig(BaseModel):
+    """One query, one mapping, one destination."""
+
+    model_config = _FROZEN
+    name: str
+    warehouse: str
+    destination: str
+    query: str
+    primary_key: tuple[str, ...]
+    cursor: str | None = None
+    schedule: str | None = None
+    timezone: str = "UTC"
+    chunk_size: int = Field(10_000, ge=1)
+    settings: SyncSettings = SyncSettings()
+    mapping: MappingSpec
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _key_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("primary_key")
+    @classmethod
+    def _key_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("primary_key needs at least one column")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _strip_query(cls, value: str) -> str:
+        value = value.strip().rstrip(";").strip()
+        if not value:
+            raise ValueError("query is empty")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            msg = f"unknown timezone {value!r}; use an IANA name like 'Europe/Paris'"
+            raise ValueError(msg) from None
+        return value
+
+    @model_validator(mode="after")
+    def _action_source_known(self) -> PipelineConfig:
+        if self.settings.action_source is None and "action_source" not in self.mapping.server_event:
+            msg = "action_source is required: set settings.action_source or map server_event.action_source"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class ProjectConfig(BaseModel):
+    """The whole pipelines file."""
+
+    model_config = _FROZEN
+    warehouses: dict[str, Warehouse]
+    destinations: dict[str, MetaDestination]
+    pipelines: dict[str, PipelineConfig]
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> ProjectConfig:
+        errors = []
+        for name, pipeline in self.pipelines.items():
+            if pipeline.warehouse not in self.warehouses:
+                errors.append(_missing_ref(name, "warehouse", pipeline.warehouse, self.warehouses))
+            if pipeline.destination not in self.destinations:
+                errors.append(
+                    _missing_ref(name, "destination", pipeline.destination, self.destinations)
+                )
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ConfigError(
+                [f"no pipeline named '{name}' (pipelines: {known})"], source=str(self.path)
+            ) from None
+
+    def warehouse_of(self, pipeline: PipelineConfig) -> DuckDBWarehouse | SQLAlchemyWarehouse:
+        return self.warehouses[pipeline.warehouse]
+
+    def destination_of(self, pipeline: PipelineConfig) -> MetaDestination:
+        return self.destinations[pipeline.destination]
+
+
+def _missing_ref(pipeline: str, kind: str, name: str, known: dict[str, Any]) -> str:
+    listed = ", ".join(sorted(known)) or "none defined"
+    return f"pipeline '{pipeline}': {kind} '{name}' is not defined ({kind}s: {listed})"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys; a config typo deserves an error."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def find_config(path: str | Path | None) -> Path:
+    """The given file, else `pipelines.yaml`, else `pipelines.example.yaml` in the current folder."""
+    if path is not None:
+        candidate = Path(path)
+        if not candidate.is_file():
+            raise ConfigError([f"pipelines file not found: {candidate}"])
+        return candidate
+    for name in DEFAULT_FILES:
+        if Path(name).is_file():
+            return Path(name)
+    raise ConfigError([f"no pipelines file: pass -f FILE or create {DEFAULT_FILES[0]}"])
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> ProjectConfig:
+    """Read, substitute and validate a pipelines file; raise one `ConfigError` listing every problem."""
+    file = find_config(path)
+    try:
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source=str(file)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the file must be a mapping with warehouses, destinations and pipelines"],
+                          source=str(file))
+    document, errors = substitute(raw, env)
+    if errors:
+        raise ConfigError(_with_pipeline_names(errors), source=str(file))
+    return parse_config(document, base_dir=file.resolve().parent, path=file)
+
+
+def parse_config(document: dict[str, Any], *, base_dir: Path, path: Path | None = None) -> ProjectConfig:
+    for name, pipeline in (document.get("pipelines") or {}).items():
+        if isinstance(pipeline, dict):
+            pipeline.setdefault("name", name)
+    for warehouse in (document.get("warehouses") or {}).values():
+        if isinstance(warehouse, dict) and warehouse.get("type") == "duckdb":
+            warehouse.setdefault("base_dir", base_dir)
+    try:
+        return ProjectConfig.model_validate({**document, "path": path})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc), source=str(path) if path else None) from None
+
+
+def _with_pipeline_names(errors: list[str]) -> list[str]:
+    named = []
+    for error in errors:
+        match = re.match(r"pipelines\.([^.\[:]+)\.(.*)", error)
+        named.append(f"pipeline '{match[1]}': {match[2]}" if match else error)
+    return named
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    messages = []
+    for error in exc.errors(include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        # Discriminated unions add the tag to the path (warehouses.shop.duckdb.path): drop it.
+        if len(loc) > 2 and loc[0] == "warehouses" and loc[2] in ("duckdb", "sqlalchemy"):
+            del loc[2]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        where = ".".join(loc)
+        if loc[:1] == ["pipelines"] and len(loc) > 1:
+            where = f"pipeline '{loc[1]}': " + ".".join(loc[2:])
+        messages.append(f"{where}: {message}" if where else message)
+    return messages

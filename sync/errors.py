@@ -1,0 +1,100 @@
+"""Every exception capi-sync raises, grouped by what the caller must do.
+
+    CapiSyncError
+    ├── ConfigError(errors)          bad YAML, unknown field, missing ${VAR}, unknown column → exit 2
+    ├── MissingDependency            an optional driver is not installed                    → exit 2
+    ├── SourceError                  the warehouse failed while reading                      → exit 1
+    ├── StateError                   the state store failed                                  → exit 1
+    │   └── PipelineLocked           another process is running this pipeline                → exit 1
+    └── MetaError                    the Graph API refused or could not be reached
+        ├── MetaRetryableError       throttling, 5xx, codes 1/2/341/368, timeouts            → retried
+        └── MetaFatalError           stops the run                                           → exit 1
+            ├── MetaAuthError        code 190: the token is invalid or expired
+            ├── MetaPermissionError  codes 3, 10, 200-299
+            └── MetaRequestError     code 100 and other 4xx: the batch itself is invalid
+
+A row that cannot become an event is not an exception: the mapper returns a `Rejection`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class CapiSyncError(Exception):
+    """Base of every error capi-sync raises on purpose."""
+
+
+class ConfigError(CapiSyncError):
+    """The configuration is wrong; raised before any row is read, listing every problem."""
+
+    def __init__(self, errors: Sequence[str], *, source: str | None = None) -> None:
+        self.errors = list(errors)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  - {error}" for error in self.errors)
+        super().__init__(f"{len(self.errors)} configuration error(s){where}:\n{lines}")
+
+
+class MissingDependency(CapiSyncError, ImportError):
+    """An optional driver is missing; the message carries the exact install command."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        msg = f"{package} is not installed; install it with: pip install 'capi-sync[{extra}]'"
+        super().__init__(msg)
+
+
+class SourceError(CapiSyncError):
+    """The warehouse failed to connect, describe or stream the query."""
+
+
+class StateError(CapiSyncError):
+    """The state store could not be read or written."""
+
+
+class PipelineLocked(StateError):
+    """Another process holds this pipeline's lock."""
+
+
+class MetaError(CapiSyncError):
+    """The Graph API answered with an error or could not be reached.
+
+    The message never contains the access token: the client scrubs it before raising.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        subcode: int | None = None,
+        user_message: str | None = None,
+        fbtrace_id: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.subcode = subcode
+        self.user_message = user_message
+        self.fbtrace_id = fbtrace_id
+        super().__init__(message)
+
+
+class MetaRetryableError(MetaError):
+    """Throttling, server errors and dropped connections: worth another try after a pause."""
+
+
+class MetaFatalError(MetaError):
+    """Retrying will not help; the run stops."""
+
+
+class MetaAuthError(MetaFatalError):
+    """Code 190: the access token is invalid or expired."""
+
+
+class MetaPermissionError(MetaFatalError):
+    """Codes 3, 10, 200-299: the token lacks a permission or the app a capability."""
+
+
+class MetaRequestError(MetaFatalError):
+    """Code 100 and other client errors: some event in the batch is invalid."""

@@ -1,0 +1,77 @@
+"""What a run did, in numbers a user can check: read = sent + rejected + skipped."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from capi_sync.mappings.fields import HASHED_USER_FIELDS, UNHASHED_USER_FIELDS
+from capi_sync.mappings.mapper import Rejection
+from capi_sync.state import RunStatus
+
+SAMPLE_REJECTIONS = 20
+
+
+@dataclass
+class MatchQuality:
+    """Per customer-information key: how many sent events carry it, and why values were dropped."""
+
+    events: int = 0
+    present: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add_event(self, user_data: dict[str, Any]) -> None:
+        self.events += 1
+        self.present.update(user_data.keys())
+
+    def share(self, key: str) -> float:
+        return self.present[key] / self.events if self.events else 0.0
+
+    def rows(self) -> list[tuple[str, int, float, int]]:
+        """(key, events carrying it, share, values dropped) for every key seen or dropped."""
+        dropped_by_key: Counter[str] = Counter()
+        for (name, _rule), count in self.dropped.items():
+            dropped_by_key[name.removeprefix("customer_info.")] += count
+        keys = [k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS)
+                if self.present[k] or dropped_by_key[k]]
+        return [(k, self.present[k], self.share(k), dropped_by_key[k]) for k in keys]
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    dry_run: bool = False
+    run_id: int | None = None
+    status: RunStatus = RunStatus.RUNNING
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    ended_at: dt.datetime | None = None
+    rows_read: int = 0
+    events_sent: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0  # already delivered at the cursor value (ties), not sent again
+    batches: int = 0
+    retries: int = 0
+    cursor_before: Any = None
+    cursor_after: Any = None
+    error: str | None = None
+    fbtrace_ids: list[str] = field(default_factory=list)
+    rejected_by_rule: Counter[tuple[str, str]] = field(default_factory=Counter)
+    sample_rejections: list[Rejection] = field(default_factory=list)
+    quality: MatchQuality = field(default_factory=MatchQuality)
+
+    def reject(self, rejection: Rejection) -> None:
+        self.rows_rejected += 1
+        self.rejected_by_rule.update((p.field, p.rule) for p in rejection.problems)
+        if len(self.sample_rejections) < SAMPLE_REJECTIONS:
+            self.sample_rejections.append(rejection)
+
+    @property
+    def seconds(self) -> float:
+        end = self.ended_at or dt.datetime.now(dt.UTC)
+        return (end - self.started_at).total_seconds()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.SUCCEEDED

@@ -1,0 +1,262 @@
+"""One run of a pipeline: read -> map -> batch -> send -> commit, in that order, nothing skipped.
+
+The cursor moves only after Meta accepted the batch that carried it; rows rejected on the way are
+stored with their reasons in the same transaction, so after any crash a re-run resumes exactly at the
+first row not yet settled, and re-sent rows carry the same `event_id`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from capi_sync import __version__
+from capi_sync.batching import Batch
+from capi_sync.config import PipelineConfig, ProjectConfig
+from capi_sync.connectors import Source, Window, open_source
+from capi_sync.connectors.meta import MetaClient
+from capi_sync.connectors.retry import RetryPolicy, call_with_retry
+from capi_sync.errors import CapiSyncError, ConfigError, MetaError
+from capi_sync.mappings.mapper import (
+    EventMapper,
+    MapperOptions,
+    Rejection,
+    compile_mapping,
+    resolve_column,
+)
+from capi_sync.report import RunReport
+from capi_sync.state import BatchCommit, CursorState, RunStatus, StateStore
+
+Progress = Callable[[RunReport], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dry_run: bool = False
+    output: Path | None = None  # dry-run: write each event as one JSON line here
+    limit: int | None = None  # stop after this many rows
+    retry: RetryPolicy | None = None  # default: the destination's retry settings
+
+
+def mapper_for(pipeline: PipelineConfig, columns: list[str],
+               clock: Callable[[], float] = time.time) -> EventMapper:
+    settings = pipeline.settings
+    options = MapperOptions(
+        pipeline=pipeline.name,
+        primary_key=pipeline.primary_key,
+        action_source=settings.action_source,
+        hashing_required=settings.hashing_required,
+        default_phone_region=settings.default_phone_region,
+        strong_match_key_required=settings.strong_match_key_required,
+        timezone=pipeline.timezone,
+    )
+    return compile_mapping(pipeline.mapping, options, columns, clock)
+
+
+def prepare(project: ProjectConfig, pipeline: PipelineConfig, source: Source) -> tuple[EventMapper, list[str]]:
+    """Describe the query and compile the mapping: every config error surfaces before a row is read."""
+    columns = source.columns(pipeline.query)
+    mapper = mapper_for(pipeline, columns)
+    if pipeline.cursor is not None and _column(pipeline.cursor, columns) is None:
+        raise ConfigError([f"pipeline '{pipeline.name}': cursor: column '{pipeline.cursor}' is not"
+                           f" returned by the query (columns: {', '.join(columns)})"])
+    return mapper, columns
+
+
+def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
+    destination = project.destination_of(pipeline)
+    return MetaClient(
+        destination.pixel_id,
+        destination.access_token.get_secret_value(),
+        api_version=destination.api_version,
+        graph_url=destination.graph_url,
+        timeout=destination.timeout,
+        test_event_code=pipeline.settings.test_event_code,
+        partner_agent=f"capi-sync/{__version__}",
+        app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,
+    )
+
+
+def _check_sendable(project: ProjectConfig, pipeline: PipelineConfig) -> None:
+    destination = project.destination_of(pipeline)
+    errors = []
+    if not destination.pixel_id:
+        errors.append(f"destination '{pipeline.destination}': pixel_id is empty")
+    if not destination.access_token.get_secret_value():
+        errors.append(f"destination '{pipeline.destination}': access_token is empty")
+    if errors:
+        raise ConfigError([f"pipeline '{pipeline.name}': {e} (needed to send; --dry-run works without)"
+                           for e in errors])
+
+
+def run_pipeline(
+    project: ProjectConfig,
+    name: str,
+    store: StateStore,
+    options: RunOptions = RunOptions(),
+    *,
+    progress: Progress | None = None,
+    client: MetaClient | None = None,
+) -> RunReport:
+    """Run one pipeline incrementally; return its report (also when it failed)."""
+    pipeline = project.pipeline(name)
+    if not options.dry_run:
+        _check_sendable(project, pipeline)
+    report = RunReport(pipeline=name, dry_run=options.dry_run)
+    with ExitStack() as stack:
+        source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
+        mapper, columns = prepare(project, pipeline, source)
+        client = client or stack.enter_context(closing(make_client(project, pipeline)))
+        if not options.dry_run:
+            stack.enter_context(store.lock(name))
+        output = stack.enter_context(_open_output(options.output))
+        state = store.load_cursor(name)
+        report.cursor_before = report.cursor_after = state.value
+        if not options.dry_run:
+            report.run_id = store.start_run(name)
+        retry = project.destination_of(pipeline).retry_policy()
+        run = _Run(pipeline, mapper, columns, client, store, options, report, state, output, progress,
+                   retry)
+        try:
+            run.execute(source)
+            report.status = RunStatus.SUCCEEDED
+        except (KeyboardInterrupt, SystemExit):
+            report.status = RunStatus.INTERRUPTED
+            report.error = "interrupted"
+            raise
+        except CapiSyncError as exc:
+            report.status = RunStatus.FAILED
+            report.error = str(exc)
+            if isinstance(exc, MetaError) and exc.fbtrace_id:
+                report.fbtrace_ids.append(exc.fbtrace_id)
+        finally:
+            report.ended_at = dt.datetime.now(dt.UTC)
+            if report.run_id is not None:
+                store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids)
+    return report
+
+
+class _Run:
+    """The per-run loop and its mutable state, kept out of `run_pipeline` for readability."""
+
+    def __init__(self, pipeline: PipelineConfig, mapper: EventMapper, columns: list[str],
+                 client: MetaClient, store: StateStore, options: RunOptions, report: RunReport,
+                 state: CursorState, output: IO[bytes] | None, progress: Progress | None,
+                 retry: RetryPolicy) -> None:
+        self.pipeline = pipeline
+        self.mapper = mapper
+        self.client = client
+        self.store = store
+        self.options = options
+        self.report = report
+        self.state = state
+        self.output = output
+        self.progress = progress
+        self.columns = columns
+        self.cursor_index = _column(pipeline.cursor, columns)
+        self.batch_size = pipeline.settings.batch_size
+        self.retry = options.retry or retry
+    def window(self) -> Window:
+        columns = self.columns
+        key = tuple(columns[_column(k, columns) or 0] for k in self.pipeline.primary_key)
+        if self.cursor_index is None:
+            return Window(order_by=key)
+        cursor = columns[self.cursor_index]
+        return Window(order_by=(cursor, *key), cursor=cursor, start=self.state.value)
+
+    def execute(self, source: Source) -> None:
+        batch = Batch()
+        for row, cursor in self._rows(source):
+            mapped = self.mapper.map_row(row)
+            if mapped.event is None:
+                rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems)
+                batch.add_rejection(cursor, rejection)
+                self.report.reject(rejection)
+                continue
+            batch.add_event(mapped.row_key, cursor, mapped.event)
+            self.report.quality.add_event(mapped.event["user_data"])
+            self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
+            if len(batch.events) >= self.batch_size:
+                self._settle(batch)
+                batch = Batch()
+        if batch.rows:
+            self._settle(batch)
+
+    def _rows(self, source: Source) -> Iterator[tuple[Any, Any]]:
+        """Rows in cursor order, minus those already settled at exactly the stored cursor value."""
+        limit = self.options.limit
+        start, settled = self.state.value, self.state.keys
+        index = self.cursor_index
+        for chunk in source.stream(self.pipeline.query, self.window(), self.pipeline.chunk_size):
+            for row in chunk:
+                cursor = row[index] if index is not None else None
+                if settled and cursor == start and self.mapper.row_key(row) in settled:
+                    self.report.rows_skipped += 1
+                    continue
+                if limit is not None and self.report.rows_read >= limit:
+                    return
+                self.report.rows_read += 1
+                yield row, cursor
+            if self.progress:
+                self.progress(self.report)
+
+    def _settle(self, batch: Batch) -> None:
+        """Send the batch's events, then record everything the batch settles in one transaction."""
+        report = self.report
+        fbtrace_id = None
+        if batch.events:
+            if self.options.dry_run:
+                self.client.prepare(batch.events)  # the exact request, built and dropped
+                if self.output is not None:
+                    self.output.writelines(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE)
+                                           for e in batch.events)
+            else:
+                result = call_with_retry(lambda: self.client.send(batch.events), self.retry,
+                                         on_retry=self._count_retry)
+                fbtrace_id = result.fbtrace_id
+            report.events_sent += len(batch.events)
+            report.batches += 1
+        new_state = None
+        if self.cursor_index is not None and batch.last_cursor is not None:
+            new_state = self.state.advance(batch.last_cursor, batch.keys_at_last_cursor)
+        if not self.options.dry_run:
+            commit = BatchCommit(
+                run_id=report.run_id or 0,
+                cursor=new_state,
+                rows_read=batch.rows,
+                events_sent=len(batch.events),
+                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems])
+                            for r in batch.rejections],
+                delivered_keys=batch.delivered_keys,
+                fbtrace_id=fbtrace_id,
+            )
+            self.store.commit_batch(self.pipeline.name, commit, self.state)
+        if new_state is not None:
+            self.state = new_state
+            report.cursor_after = new_state.value
+        if self.progress:
+            self.progress(report)
+
+    def _count_retry(self, error: MetaError, pause: float) -> None:
+        self.report.retries += 1
+
+
+def _problem_dict(problem: Any) -> dict[str, Any]:
+    return {k: v for k, v in
+            {"field": problem.field, "rule": problem.rule, "value": problem.value,
+             "detail": problem.detail}.items() if v is not None}
+
+
+def _column(name: str | None, columns: list[str]) -> int | None:
+    return resolve_column(name, columns) if name else None
+
+
+def _open_output(path: Path | None) -> Any:
+    return path.open("wb") if path is not None else nullcontext(None)

@@ -1,0 +1,372 @@
+"""Durable state over SQLAlchemy: cursors, run history, rejected rows and per-pipeline locks.
+
+SQLite beside the pipelines file by default; PostgreSQL for a shared deployment. A batch's cursor
+advance, its rejected rows and the run's counters are written in one transaction, after Meta
+accepted the batch and never before.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+
+from capi_sync.errors import PipelineLocked, StateError
+
+SCHEMA_VERSION = 1
+LOCK_STALE_AFTER = dt.timedelta(minutes=10)
+
+metadata = sa.MetaData()
+cursors = sa.Table(
+    "capi_cursors", metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+cursor_keys = sa.Table(  # rows already handled at exactly the cursor value: ties are not re-sent
+    "capi_cursor_keys", metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("row_key", sa.String(500), primary_key=True),
+)  # fmt: skip
+runs = sa.Table(
+    "capi_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("rows_read", sa.Integer, nullable=False, default=0),
+    sa.Column("events_sent", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_rejected", sa.Integer, nullable=False, default=0),
+    sa.Column("retries", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+    sa.Column("fbtrace_ids", sa.Text),
+)  # fmt: skip
+rejected = sa.Table(
+    "capi_rejected", metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("row_key", sa.String(500), primary_key=True),
+    sa.Column("reasons", sa.Text, nullable=False),  # JSON list of {field, rule, value, detail}
+    sa.Column("transient", sa.Boolean, nullable=False, default=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.Integer),
+)  # fmt: skip
+locks = sa.Table(
+    "capi_locks", metadata,
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+schema_info = sa.Table(
+    "capi_schema", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)  # fmt: skip
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"  # in progress, or the process died (no heartbeat: see `runs`)
+    SUCCEEDED = "succeeded"  # every row read was sent or rejected with a reason
+    FAILED = "failed"  # stopped by an error; the cursor stands after the last accepted batch
+    INTERRUPTED = "interrupted"  # stopped by SIGINT/SIGTERM after the batches in flight
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# Cursor values keep their type so they bind back to the query exactly as the warehouse gave them.
+def encode_value(value: Any) -> tuple[str, str]:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            return "timestamp", value.isoformat()
+        return "timestamptz", value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, dt.date):
+        return "date", value.isoformat()
+    if isinstance(value, bool):
+        msg = "a boolean column cannot be a cursor"
+        raise StateError(msg)
+    if isinstance(value, int):
+        return "int", str(value)
+    if isinstance(value, float):
+        return "float", repr(value)
+    if isinstance(value, Decimal):
+        return "decimal", str(value)
+    return "str", str(value)
+
+
+def decode_value(kind: str, text: str) -> Any:
+    decoders = {
+        "timestamp": dt.datetime.fromisoformat,
+        "timestamptz": dt.datetime.fromisoformat,
+        "date": dt.date.fromisoformat,
+        "int": int,
+        "float": float,
+        "decimal": Decimal,
+        "str": str,
+    }
+    return decoders[kind](text)
+
+
+@dataclass(frozen=True, slots=True)
+class CursorState:
+    """The last cursor value delivered and the row keys already handled at exactly that value."""
+
+    value: Any = None
+    keys: frozenset[str] = frozenset()
+
+    def advance(self, value: Any, keys_at_value: Iterable[str]) -> CursorState:
+        """Pure and monotonic: a smaller value means the source broke its ORDER BY."""
+        if self.value is not None and value < self.value:
+            msg = f"cursor went backwards ({value!r} < {self.value!r}): is the cursor column stable?"
+            raise StateError(msg)
+        if value == self.value:
+            return CursorState(value, self.keys | frozenset(keys_at_value))
+        return CursorState(value, frozenset(keys_at_value))
+
+
+@dataclass
+class BatchCommit:
+    """What one accepted batch changes, written atomically."""
+
+    run_id: int
+    cursor: CursorState | None = None  # None: pipeline without a cursor column
+    rows_read: int = 0
+    events_sent: int = 0
+    rejections: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    delivered_keys: Sequence[str] = ()
+    retries: int = 0
+    fbtrace_id: str | None = None
+
+
+def default_state_url(config_path: Path | None) -> str:
+    """`CAPI_SYNC_STATE`, else `.capi-sync/state.db` beside the pipelines file."""
+    if url := os.environ.get("CAPI_SYNC_STATE"):
+        return url
+    folder = (config_path.resolve().parent if config_path else Path.cwd()) / ".capi-sync"
+    return f"sqlite:///{folder / 'state.db'}"
+
+
+class StateStore:
+    """Usage: `with StateStore(url) as store: store.load_cursor("purchases")`."""
+
+    def __init__(self, url: str) -> None:
+        if url.startswith("sqlite:///") and ":memory:" not in url:
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        try:
+            self.engine = sa.create_engine(url, connect_args=connect_args)
+            if url.startswith("sqlite"):
+                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._migrate()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StateError(f"state store {self._safe(url)}: {exc}") from exc
+        except ModuleNotFoundError as exc:
+            raise StateError(f"state store {self._safe(url)}: driver {exc.name} is not installed") from exc
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def _safe(url: str) -> str:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+    def _migrate(self) -> None:
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(schema_info.c.version)).scalar() is None:
+                conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+
+    # -- cursor ---------------------------------------------------------------------------------
+
+    def load_cursor(self, pipeline: str) -> CursorState:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(cursors).where(cursors.c.pipeline == pipeline)).first()
+            if row is None:
+                return CursorState()
+            keys = conn.execute(
+                sa.select(cursor_keys.c.row_key).where(cursor_keys.c.pipeline == pipeline)
+            ).scalars()
+            return CursorState(decode_value(row.kind, row.value), frozenset(keys))
+
+    def set_cursor(self, pipeline: str, value: Any) -> None:
+        with self.engine.begin() as conn:
+            self._write_cursor(conn, pipeline, CursorState(value), previous=None)
+
+    def reset(self, pipeline: str) -> None:
+        """Forget the cursor; the next run starts from the beginning (Meta deduplicates re-sends)."""
+        with self.engine.begin() as conn:
+            conn.execute(cursors.delete().where(cursors.c.pipeline == pipeline))
+            conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
+
+    def _write_cursor(self, conn: sa.Connection, pipeline: str, state: CursorState,
+                      previous: CursorState | None) -> None:
+        kind, text = encode_value(state.value)
+        values = {"kind": kind, "value": text, "updated_at": utcnow()}
+        if conn.execute(cursors.update().where(cursors.c.pipeline == pipeline).values(**values)).rowcount == 0:
+            conn.execute(cursors.insert().values(pipeline=pipeline, **values))
+        if previous is not None and previous.value == state.value:
+            new_keys = state.keys - previous.keys
+        else:
+            conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
+            new_keys = state.keys
+        if new_keys:
+            conn.execute(cursor_keys.insert(), [{"pipeline": pipeline, "row_key": k} for k in new_keys])
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self, pipeline: str, kind: str = "run") -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(runs.insert().values(
+                pipeline=pipeline, kind=kind, status=RunStatus.RUNNING, started_at=utcnow(),
+                rows_read=0, events_sent=0, rows_rejected=0, retries=0,
+            ))  # fmt: skip
+            return int(result.inserted_primary_key[0])
+
+    def commit_batch(self, pipeline: str, commit: BatchCommit, previous: CursorState | None) -> None:
+        """One transaction: cursor, tie keys, rejected rows, run counters."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            if commit.cursor is not None and commit.cursor.value is not None:
+                self._write_cursor(conn, pipeline, commit.cursor, previous)
+            for row_key, reasons in commit.rejections:
+                self._upsert_rejection(conn, pipeline, row_key, reasons, commit.run_id, now)
+            if commit.delivered_keys and self._has_rejections(conn, pipeline):
+                conn.execute(rejected.delete().where(
+                    rejected.c.pipeline == pipeline,
+                    rejected.c.row_key.in_(list(commit.delivered_keys)),
+                ))  # fmt: skip
+            conn.execute(
+                runs.update().where(runs.c.id == commit.run_id).values(
+                    rows_read=runs.c.rows_read + commit.rows_read,
+                    events_sent=runs.c.events_sent + commit.events_sent,
+                    rows_rejected=runs.c.rows_rejected + len(commit.rejections),
+                    retries=runs.c.retries + commit.retries,
+                )
+            )
+            conn.execute(locks.update().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner)
+                         .values(heartbeat_at=now))
+
+    @staticmethod
+    def _has_rejections(conn: sa.Connection, pipeline: str) -> bool:
+        query = sa.select(rejected.c.row_key).where(rejected.c.pipeline == pipeline).limit(1)
+        return conn.execute(query).first() is not None
+
+    @staticmethod
+    def _upsert_rejection(conn: sa.Connection, pipeline: str, row_key: str,
+                          reasons: list[dict[str, Any]], run_id: int, now: dt.datetime) -> None:
+        text = orjson.dumps(reasons).decode()
+        updated = conn.execute(
+            rejected.update()
+            .where(rejected.c.pipeline == pipeline, rejected.c.row_key == row_key)
+            .values(reasons=text, attempts=rejected.c.attempts + 1, last_seen=now, run_id=run_id)
+        )
+        if updated.rowcount == 0:
+            conn.execute(rejected.insert().values(
+                pipeline=pipeline, row_key=row_key, reasons=text, transient=False, attempts=1,
+                first_seen=now, last_seen=now, run_id=run_id,
+            ))  # fmt: skip
+
+    def finish_run(self, run_id: int, status: RunStatus, error: str | None = None,
+                   fbtrace_ids: Sequence[str] = ()) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(
+                status=status, ended_at=utcnow(), error=error,
+                fbtrace_ids=" ".join(fbtrace_ids) or None,
+            ))  # fmt: skip
+
+    def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[sa.Row[Any]]:
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if pipeline:
+            query = query.where(runs.c.pipeline == pipeline)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def list_rejected(self, pipeline: str) -> list[dict[str, Any]]:
+        query = sa.select(rejected).where(rejected.c.pipeline == pipeline).order_by(rejected.c.last_seen)
+        with self.engine.connect() as conn:
+            return [
+                {**{str(k): v for k, v in row._mapping.items()}, "reasons": orjson.loads(row.reasons)} for row in conn.execute(query)
+            ]
+
+    # -- locking --------------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, pipeline: str) -> Iterator[None]:
+        """One run of a pipeline at a time, across processes and hosts sharing this store."""
+        self._acquire(pipeline)
+        try:
+            yield
+        finally:
+            with self.engine.begin() as conn:
+                conn.execute(locks.delete().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner))
+
+    def _acquire(self, pipeline: str) -> None:
+        now = utcnow()
+        host, pid = socket.gethostname(), os.getpid()
+        mine = {"owner": self.owner, "host": host, "pid": pid, "acquired_at": now, "heartbeat_at": now}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(locks.insert().values(pipeline=pipeline, **mine))
+                return
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as conn:
+            held = conn.execute(sa.select(locks).where(locks.c.pipeline == pipeline)).first()
+            if held is not None and not _is_stale(held, host, now):
+                msg = (f"pipeline '{pipeline}' is already running (pid {held.pid} on {held.host},"
+                       f" since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC)")
+                raise PipelineLocked(msg)
+            # Take over a dead owner's lock only if nobody else did in between.
+            condition = locks.c.owner == held.owner if held is not None else sa.true()
+            taken = conn.execute(locks.update().where(locks.c.pipeline == pipeline, condition).values(**mine))
+            if taken.rowcount != 1:
+                raise PipelineLocked(f"pipeline '{pipeline}' is already running")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _is_stale(held: sa.Row[Any], host: str, now: dt.datetime) -> bool:
+    heartbeat = held.heartbeat_at if held.heartbeat_at.tzinfo else held.heartbeat_at.replace(tzinfo=dt.UTC)
+    if now - heartbeat > LOCK_STALE_AFTER:
+        return True
+    return held.host == host and not _pid_alive(held.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("pragma journal_mode=wal")
+    cursor.execute("pragma synchronous=normal")
+    cursor.close()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from capi_sync.cli import main
+from tests.fake_graph import FakeGraph
+
+TOKEN = "EAAB-secret-token-9f8e7d6c5b4a"
+
+
+@pytest.fixture
+def graph() -> Iterator[FakeGraph]:
+    with FakeGraph(token=TOKEN) as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CAPI_SYNC_STATE", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def recent(minutes_ago: float) -> dt.datetime:
+    """A naive UTC timestamp Meta still accepts."""
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    return now - dt.timedelta(minutes=minutes_ago)
+
+
+def make_orders(path: Path, rows: int, *, start_id: int = 1, minutes_ago: float = 600) -> None:
+    """A DuckDB table of `rows` valid orders, one second apart, updated_at increasing with order_id."""
+    with duckdb.connect(str(path)) as con:
+        con.execute("""
+            create table if not exists orders (
+                order_id integer primary key, email varchar, phone varchar, country varchar,
+                ip varchar, user_agent varchar, page_url varchar, amount decimal(10, 2),
+                currency varchar, tier varchar, created_at timestamp, updated_at timestamp)
+        """)
+        con.execute(
+            """
+            insert into orders
+            select i, ' User' || i || '@Example.com ', '(650) 555-' || lpad((i % 10000)::varchar, 4, '0'),
+                   'US', '203.0.113.7', 'Mozilla/5.0', 'https://shop.example.com/o/' || i,
+                   (i % 500) + 0.99, 'usd', 'gold',
+                   $base + to_seconds(i - $first), $base + to_seconds(i - $first)
+            from range($first, $first + $rows) as t(i)
+            """,
+            {"base": recent(minutes_ago), "first": start_id, "rows": rows},
+        )
+
+
+PIPELINES = """
+warehouses:
+  shop: {{type: duckdb, path: {db}}}
+destinations:
+  meta:
+    pixel_id: "123456789"
+    access_token: ${{FB_ACCESS_TOKEN}}
+    graph_url: {graph_url}
+    retry_base_seconds: 0.01
+pipelines:
+  purchases:
+    warehouse: shop
+    destination: meta
+    query: select * from orders
+    primary_key: order_id
+    cursor: updated_at
+    settings: {{action_source: website, default_phone_region: US}}
+    mapping:
+      server_event: {{event_name: {{value: Purchase}}, event_time: created_at,
+                     event_source_url: page_url}}
+      customer_info: {{em: email, ph: phone, country: country, client_ip_address: ip,
+                      client_user_agent: user_agent}}
+      custom_data: {{value: amount, currency: currency}}
+      custom_properties: {{loyalty_tier: tier}}
+"""
+
+
+def write_pipelines(folder: Path, graph_url: str = "http://127.0.0.1:9", text: str = PIPELINES,
+                    **fields: Any) -> Path:
+    path = folder / "pipelines.yaml"
+    path.write_text(textwrap.dedent(text.format(db="shop.duckdb", graph_url=graph_url, **fields)))
+    return path
+
+
+def cli(*args: str) -> int:
+    """Run the real CLI entry point in-process and return its exit code."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

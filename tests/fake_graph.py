@@ -1,0 +1,137 @@
+"""A local stand-in for the Graph API's `/{version}/{pixel}/events` endpoint, over real HTTP.
+
+It checks requests the way Meta does (batch size, required fields, types) so that a bug in
+capi-sync shows up as a rejected request, and it can be scripted to fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
+Reply = tuple[int, dict[str, Any]]
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    status: int
+
+
+@dataclass
+class FakeGraph:
+    """Start with `with FakeGraph() as graph:`; point `graph_url` at `graph.url`."""
+
+    token: str = "test-token"
+    requests: list[Received] = field(default_factory=list)
+    # Called before the built-in checks; return a reply to override, or None to go on.
+    script: Callable[[int, dict[str, Any]], Reply | None] | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def accepted_events(self) -> list[dict[str, Any]]:
+        return [event for r in self.requests if r.status == 200 for event in r.body["data"]]
+
+    def __enter__(self) -> FakeGraph:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reply(self, number: int, path: str, headers: dict[str, str], body: dict[str, Any]) -> Reply:
+        if not PATH.match(path):
+            return 404, _error(803, "Unknown path")
+        if headers.get("authorization") != f"Bearer {self.token}" and body.get("access_token") != self.token:
+            return 400, _error(190, "Invalid OAuth access token - Cannot parse access token")
+        if self.script is not None and (scripted := self.script(number, body)) is not None:
+            return scripted
+        data = body.get("data")
+        if not isinstance(data, list) or not 1 <= len(data) <= 1000:
+            return 400, _error(100, "Invalid parameter", "data must hold 1 to 1000 events")
+        for index, event in enumerate(data):
+            if problem := _check_event(event):
+                return 400, _error(100, "Invalid parameter", f"event {index}: {problem}", 2804050)
+        return 200, {"events_received": len(data), "messages": [], "fbtrace_id": f"trace{number}"}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        graph = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("content-length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                with graph._lock:
+                    number = len(graph.requests) + 1
+                    status, payload = graph.reply(number, self.path, headers, body)
+                    graph.requests.append(Received(self.path, headers, body, status))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def _error(code: int, message: str, user_message: str | None = None, subcode: int | None = None,
+           *, transient: bool = False) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code,
+                             "is_transient": transient, "fbtrace_id": "AbCfake"}
+    if user_message:
+        error["error_user_msg"] = user_message
+    if subcode:
+        error["error_subcode"] = subcode
+    return {"error": error}
+
+
+def error_reply(status: int, code: int, message: str = "error", *, transient: bool = False) -> Reply:
+    return status, _error(code, message, transient=transient)
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HASHED = {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
+
+
+def _check_event(event: Any) -> str | None:
+    if not isinstance(event, dict):
+        return "not an object"
+    if not isinstance(event.get("event_name"), str) or not event["event_name"]:
+        return "event_name missing"
+    if not isinstance(event.get("event_time"), int):
+        return "event_time must be an integer"
+    if event.get("action_source") not in {"email", "website", "app", "phone_call", "chat",
+                                          "physical_store", "system_generated",
+                                          "business_messaging", "other"}:
+        return "invalid action_source"
+    user = event.get("user_data")
+    if not isinstance(user, dict) or not user:
+        return "user_data missing"
+    for key in _HASHED & user.keys():
+        values = user[key] if isinstance(user[key], list) else [user[key]]
+        if not all(isinstance(v, str) and _HEX64.match(v) for v in values):
+            return f"user_data.{key} must be SHA-256 hex"
+    return None

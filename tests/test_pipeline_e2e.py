@@ -1,0 +1,145 @@
+"""The whole pipeline through the real CLI: DuckDB file in, requests at a local Graph API out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from hashlib import sha256
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from capi_sync.state import StateStore
+from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.fake_graph import FakeGraph, error_reply
+
+
+@pytest.fixture
+def project(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 2500)
+    return write_pipelines(tmp_path, graph.url)
+
+
+def state_cursor(project: Path) -> object:
+    with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
+        return store.load_cursor("purchases").value
+
+
+def test_two_runs_deliver_every_row_exactly_once(project: Path, graph: FakeGraph) -> None:
+    assert cli("run", "purchases") == 0
+    assert [len(r.body["data"]) for r in graph.requests] == [1000, 1000, 500]
+    assert cli("run", "purchases") == 0
+    assert len(graph.requests) == 3, "the second run must send nothing"
+
+    ids = Counter(event["event_id"] for event in graph.accepted_events)
+    assert len(ids) == 2500
+    assert set(ids.values()) == {1}
+
+
+def test_events_carry_hashed_normalized_pii_and_typed_values(project: Path, graph: FakeGraph) -> None:
+    assert cli("run", "purchases", "--limit", "1") == 0
+    (event,) = graph.accepted_events
+    user = event["user_data"]
+    assert user["em"] == sha256(b"user1@example.com").hexdigest()
+    assert user["ph"] == sha256(b"16505550001").hexdigest()
+    assert user["country"] == sha256(b"us").hexdigest()
+    assert user["client_ip_address"] == "203.0.113.7"
+    assert event["custom_data"] == {"value": 1.99, "currency": "USD", "loyalty_tier": "gold"}
+    assert isinstance(event["event_time"], int)
+    assert event["action_source"] == "website"
+    assert len(event["event_id"]) == 32, "event_id derived from the primary key when not mapped"
+
+
+def test_token_travels_in_the_header_never_the_url(project: Path, graph: FakeGraph) -> None:
+    assert cli("run", "purchases", "--limit", "5") == 0
+    request = graph.requests[0]
+    assert TOKEN not in request.path
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.body["partner_agent"].startswith("capi-sync/")
+    state_db = (project.parent / ".capi-sync" / "state.db").read_bytes()
+    assert TOKEN.encode() not in state_db
+
+
+def test_cursor_advances_only_after_meta_accepts(project: Path, graph: FakeGraph) -> None:
+    graph.script = lambda number, body: error_reply(400, 100, "Invalid parameter") if number == 2 else None
+    assert cli("run", "purchases") == 1
+    with duckdb.connect(str(project.parent / "shop.duckdb"), read_only=True) as con:
+        thousandth = con.execute("select updated_at from orders where order_id = 1000").fetchone()[0]
+    assert state_cursor(project) == thousandth
+
+    graph.script = None
+    assert cli("run", "purchases") == 0
+    ids = Counter(event["event_id"] for event in graph.accepted_events)
+    assert len(ids) == 2500
+    assert set(ids.values()) == {1}
+
+
+def test_rows_added_between_runs_are_sent_once(project: Path, graph: FakeGraph) -> None:
+    assert cli("run", "purchases") == 0
+    make_orders(project.parent / "shop.duckdb", 10, start_id=5000, minutes_ago=30)
+    assert cli("run", "purchases") == 0
+    assert [len(r.body["data"]) for r in graph.requests] == [1000, 1000, 500, 10]
+
+
+def test_run_history_records_counts(project: Path, graph: FakeGraph,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("run", "purchases") == 0
+    assert cli("run", "purchases") == 0
+    capsys.readouterr()
+    assert cli("runs", "purchases", "--json") == 0
+    newest, oldest = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert (oldest["status"], oldest["rows_read"], oldest["events_sent"]) == ("succeeded", 2500, 2500)
+    assert (newest["status"], newest["rows_read"], newest["events_sent"]) == ("succeeded", 0, 0)
+
+
+def test_dry_run_writes_events_and_touches_nothing(project: Path, graph: FakeGraph) -> None:
+    output = project.parent / "events.jsonl"
+    assert cli("run", "purchases", "--dry-run", "--output", str(output)) == 0
+    lines = output.read_text().splitlines()
+    assert len(lines) == 2500
+    assert all(json.loads(line)["event_name"] == "Purchase" for line in lines)
+    assert graph.requests == []
+    assert state_cursor(project) is None
+
+
+def test_rejected_rows_do_not_block_the_batch(project: Path, graph: FakeGraph) -> None:
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        con.execute("update orders set email = null, phone = null, ip = null where order_id = 7")
+        con.execute("update orders set currency = 'XYZ' where order_id = 8")
+    assert cli("run", "purchases") == 0
+    assert len(graph.accepted_events) == 2498
+    with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
+        rejected = {row["row_key"]: row["reasons"] for row in store.list_rejected("purchases")}
+    assert set(rejected) == {"7", "8"}
+    assert rejected["7"][0]["rule"] == "weak_match_keys"
+    assert {"field": "custom_data.currency", "rule": "required_for_purchase"} in rejected["8"]
+
+
+def test_missing_token_is_a_config_error_but_dry_run_works(
+    project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", "")
+    assert cli("run", "purchases") == 2
+    assert cli("run", "purchases", "--dry-run") == 0
+    assert graph.requests == []
+
+
+def test_console_script_runs_the_example_from_a_fresh_folder(tmp_path: Path) -> None:
+    """The README's main command, through the installed `capi-sync` script."""
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "x.jsonl"
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--dry-run",
+         "--output", str(output)],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "CAPI_SYNC_STATE": f"sqlite:///{tmp_path / 's.db'}"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "events built" in result.stdout
+    events = [json.loads(line) for line in output.read_text().splitlines()]
+    assert events
+    assert all(event["user_data"] for event in events)
