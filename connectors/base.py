@@ -60,7 +60,9 @@ def window_sql(
         column = quote(window.cursor)
         conditions.append(f"{column} is not null")
         if window.start is not None:
-            conditions.append(f"{column} {'>=' if window.start_inclusive else '>'} {placeholder(len(params))}")
+            conditions.append(
+                f"{column} {'>=' if window.start_inclusive else '>'} {placeholder(len(params))}"
+            )
             params.append(window.start)
         if window.end is not None:
             conditions.append(f"{column} {'<=' if window.end_inclusive else '<'} {placeholder(len(params))}")

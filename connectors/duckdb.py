@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import duckdb
@@ -11,6 +10,8 @@ from capi_sync.connectors.base import Chunk, Window, describe_sql, quote_identif
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from capi_sync.config import DuckDBWarehouse
 
 

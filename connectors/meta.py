@@ -7,10 +7,9 @@ message this module raises.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
@@ -23,6 +22,9 @@ from capi_sync.errors import (
     MetaRequestError,
     MetaRetryableError,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 MAX_EVENTS_PER_REQUEST = 1000
 _THROTTLING_CODES = frozenset({4, 17, 32, 613, 80003, 80004})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -11,6 +10,8 @@ from capi_sync.connectors.base import Chunk, Window, describe_sql, window_sql
 from capi_sync.errors import MissingDependency, SourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from capi_sync.config import SQLAlchemyWarehouse
 
 _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres"}
@@ -21,8 +22,9 @@ class SQLAlchemySource:
 
     def __init__(self, config: SQLAlchemyWarehouse) -> None:
         try:
-            self._engine = sa.create_engine(config.url.get_secret_value(),
-                                            connect_args=dict(config.connect_args))
+            self._engine = sa.create_engine(
+                config.url.get_secret_value(), connect_args=dict(config.connect_args)
+            )
             self._connection = self._engine.connect()
         except ModuleNotFoundError as exc:
             package = exc.name or "a database driver"
@@ -43,9 +45,9 @@ class SQLAlchemySource:
         sql, params = window_sql(query, window, self._quote, lambda i: f":p{i}")
         bound = {f"p{i}": value for i, value in enumerate(params)}
         try:
-            result = self._connection.execution_options(
-                stream_results=True, yield_per=chunk_size
-            ).execute(sa.text(sql), bound)
+            result = self._connection.execution_options(stream_results=True, yield_per=chunk_size).execute(
+                sa.text(sql), bound
+            )
             yield from result.partitions(chunk_size)
         except sa.exc.SQLAlchemyError as exc:
             raise SourceError(f"reading failed: {_short(exc)}") from exc

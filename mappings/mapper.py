@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from hashlib import sha256
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -79,8 +80,13 @@ def resolve_column(name: str, columns: Sequence[str]) -> int | None:
 class EventMapper:
     """Turns rows (tuples in the query's column order) into events; built by `compile_mapping`."""
 
-    def __init__(self, options: MapperOptions, getters: dict[str, dict[str, Getter]],
-                 key_indexes: tuple[int, ...], clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        options: MapperOptions,
+        getters: dict[str, dict[str, Getter]],
+        key_indexes: tuple[int, ...],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.options = options
         self._zone = ZoneInfo(options.timezone)
         self._server = getters["server_event"]
@@ -88,11 +94,13 @@ class EventMapper:
         self._custom = getters["custom_data"]
         self._properties = getters["custom_properties"]
         self.key_indexes = key_indexes
-        self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (
-            lambda row: (row[key_indexes[0]],))
+        self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (lambda row: (row[key_indexes[0]],))
         self._clock = clock
         self._country_getter = self._user.get("country")
         self._ordered_user = [(k, g) for k, g in self._user.items() if k != "country"]
+        self._normalizers = {key: normalize.normalizer_for(key) for key in self._user}
+        if "ph" in self._user:
+            self._normalizers["ph"] = partial(normalize.phone, default_region=options.default_phone_region)
 
     def row_key(self, row: Row) -> str:
         """The primary key as one string (`|`-joined when composite): names the row everywhere."""
@@ -149,8 +157,14 @@ class EventMapper:
         if source is None:
             rejected.append(Problem("action_source", "required"))
         elif source not in ACTION_SOURCES:
-            rejected.append(Problem("action_source", "unknown_action_source", source[:64],
-                                    f"one of {', '.join(ACTION_SOURCES)}"))
+            rejected.append(
+                Problem(
+                    "action_source",
+                    "unknown_action_source",
+                    source[:64],
+                    f"one of {', '.join(ACTION_SOURCES)}",
+                )
+            )
         else:
             event["action_source"] = source
         for field in ("event_source_url", "referrer_url", "messaging_channel"):
@@ -182,18 +196,25 @@ class EventMapper:
         if self._country_getter is not None:
             raw_country = self._country_getter(row)
             if raw_country is not None and not _is_empty(raw_country):
-                if is_sha256_hex(str(raw_country).strip()):
-                    user["country"] = str(raw_country).strip().lower()
-                else:
-                    country = self._user_value("country", raw_country, None, user, rejected, dropped)
+                country = self._user_value(
+                    "country", raw_country, None, user=user, rejected=rejected, dropped=dropped
+                )
         for key, getter in self._ordered_user:
             raw = getter(row)
             if raw is not None and not _is_empty(raw):
-                self._user_value(key, raw, country, user, rejected, dropped)
+                self._user_value(key, raw, country, user=user, rejected=rejected, dropped=dropped)
         return user
 
-    def _user_value(self, key: str, raw: Any, country: str | None, user: dict[str, Any],
-                    rejected: list[Problem], dropped: list[Problem]) -> str | None:
+    def _user_value(
+        self,
+        key: str,
+        raw: Any,
+        country: str | None,
+        *,
+        user: dict[str, Any],
+        rejected: list[Problem],
+        dropped: list[Problem],
+    ) -> str | None:
         """Normalize (and hash) one customer-information value into `user`; return the plain form."""
         items = raw if isinstance(raw, list | tuple) else (raw,)
         sent: list[str] = []
@@ -206,14 +227,17 @@ class EventMapper:
                 sent.append(text.lower())  # already hashed upstream: never hash twice
                 continue
             if key in _HASHED and not self.options.hashing_required:
-                rejected.append(Problem(f"customer_info.{key}", "not_a_sha256", values.redact(item),
-                                        "hashing_required is false, so values must be SHA-256 hex"))
+                rejected.append(
+                    Problem(
+                        f"customer_info.{key}",
+                        "not_a_sha256",
+                        values.redact(item),
+                        "hashing_required is false, so values must be SHA-256 hex",
+                    )
+                )
                 continue
             try:
-                if key == "ph":
-                    value = normalize.phone(item, country, default_region=self.options.default_phone_region)
-                else:
-                    value = normalize.normalizer_for(key)(item, country)
+                value = self._normalizers[key](item, country)
             except normalize.InvalidValue as exc:
                 dropped.append(Problem(f"customer_info.{key}", exc.rule, values.redact(item)))
                 continue
@@ -299,8 +323,12 @@ def _getter(source: FieldSource, columns: Sequence[str], where: str, errors: lis
     return itemgetter(index)
 
 
-def compile_mapping(spec: MappingSpec, options: MapperOptions, columns: Sequence[str],
-                    clock: Callable[[], float] = time.time) -> EventMapper:
+def compile_mapping(
+    spec: MappingSpec,
+    options: MapperOptions,
+    columns: Sequence[str],
+    clock: Callable[[], float] = time.time,
+) -> EventMapper:
     """Resolve every field against the query's columns once; report all unknown columns together."""
     errors: list[str] = []
     getters: dict[str, dict[str, Getter]] = {}

@@ -18,7 +18,7 @@ import phonenumbers
 import pycountry
 
 
-class InvalidValue(ValueError):  # noqa: N818 - it is a verdict on a value, not a crash
+class InvalidValue(ValueError):
     """A value breaks a normalization rule; `rule` is a stable identifier shown to users."""
 
     def __init__(self, rule: str) -> None:
@@ -62,21 +62,20 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
         raise InvalidValue("invalid_phone")
     international = text.startswith("+") or digits.startswith("00")
     region = (country or default_region or "").upper() or None
+    # Without a region, a number is only usable if it already carries its country code.
+    rule = "invalid_phone" if international or region else "phone_without_country_code"
     try:
-        if international:
+        if international or not region:
             number = phonenumbers.parse("+" + digits.lstrip("0"), None)
-        elif region:
+        else:
             number = phonenumbers.parse(text, region)
             if not phonenumbers.is_valid_number(number):
                 # A national-looking string may already start with its country code.
                 number = _valid_international(digits) or number
-        else:
-            number = phonenumbers.parse("+" + digits, None)
-    except phonenumbers.NumberParseException as exc:
-        rule = "invalid_phone" if international or region else "phone_without_country_code"
-        raise InvalidValue(rule) from exc
+    except phonenumbers.NumberParseException:
+        raise InvalidValue(rule) from None
     if not phonenumbers.is_possible_number(number):
-        raise InvalidValue("invalid_phone")
+        raise InvalidValue(rule)
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
 
 

@@ -76,9 +76,7 @@ class MappingSpec(BaseModel):
         errors = []
         for group, known in MAPPING_GROUPS.items():
             names = known | set(USER_FIELD_ALIASES) if known is USER_FIELDS else known
-            errors += [
-                _unknown(group, key, names) for key in getattr(self, group) if key not in known
-            ]
+            errors += [_unknown(group, key, names) for key in getattr(self, group) if key not in known]
         errors += [
             f"server_event.{key} is required"
             for key in REQUIRED_SERVER_EVENT_FIELDS

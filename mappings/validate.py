@@ -43,13 +43,9 @@ def validate_event(event: dict[str, Any], *, now: float, strong_key_required: bo
         age = now - event_time
         if age > max_age_seconds(action_source):
             days = max_age_seconds(action_source) // 86_400
-            problems.append(
-                Problem("event_time", "too_old", str(event_time), f"older than {days} days")
-            )
+            problems.append(Problem("event_time", "too_old", str(event_time), f"older than {days} days"))
         elif -age > MAX_FUTURE_SECONDS:
-            problems.append(
-                Problem("event_time", "in_future", str(event_time), "more than a minute ahead")
-            )
+            problems.append(Problem("event_time", "in_future", str(event_time), "more than a minute ahead"))
     if action_source == "website":
         problems += [
             Problem(field, "required_for_website")

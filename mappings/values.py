@@ -7,13 +7,16 @@ strings and arrays; Meta wants integer Unix seconds, floats, ints and strings.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from decimal import Decimal
-from typing import Any, Final
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
 from capi_sync.mappings.normalize import InvalidValue
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 # Epoch values above this are milliseconds: as seconds they would be past the year 5000.
 _MILLIS_THRESHOLD: Final = 100_000_000_000
@@ -52,7 +55,7 @@ def to_float(value: Any) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise InvalidValue("not_a_number") from None
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise InvalidValue("not_a_number")
     return number
 

@@ -7,9 +7,10 @@ accepting the batch settles all of them and the cursor can move past each one in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from capi_sync.mappings.mapper import Rejection
+if TYPE_CHECKING:
+    from capi_sync.mappings.mapper import Rejection
 
 
 @dataclass

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -20,11 +20,14 @@ from rich.table import Table
 
 from capi_sync import __version__
 from capi_sync.config import ProjectConfig, load_config
-from capi_sync.connectors import open_source
+from capi_sync.connectors import Window, open_source
 from capi_sync.errors import CapiSyncError, ConfigError
-from capi_sync.report import RunReport
+from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, prepare, run_pipeline
 from capi_sync.state import StateStore, default_state_url
+
+if TYPE_CHECKING:
+    from capi_sync.report import RunReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = Console(highlight=False)
@@ -46,10 +49,19 @@ class RunFailed(click.ClickException):
 
 def project_options(fn: F) -> F:
     """`-f FILE` and `--state URL`, declared once for every command that reads pipelines."""
-    fn = click.option("-f", "--file", "config_file", type=click.Path(dir_okay=False),
-                      help="Pipelines file [default: pipelines.yaml, then pipelines.example.yaml].")(fn)
-    return click.option("--state", "state_url", envvar="CAPI_SYNC_STATE",
-                        help="State store URL [default: sqlite .capi-sync/state.db beside the file].")(fn)
+    fn = click.option(
+        "-f",
+        "--file",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="Pipelines file [default: pipelines.yaml, then pipelines.example.yaml].",
+    )(fn)
+    return click.option(
+        "--state",
+        "state_url",
+        envvar="CAPI_SYNC_STATE",
+        help="State store URL [default: sqlite .capi-sync/state.db beside the file].",
+    )(fn)
 
 
 class Context:
@@ -78,9 +90,14 @@ def cli() -> None:
 @cli.command()
 @click.argument("pipeline")
 @project_options
-@click.option("--dry-run", is_flag=True, help="Build the exact requests but send nothing; state is untouched.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --dry-run: write each event as one JSON line to this file.")
+@click.option(
+    "--dry-run", is_flag=True, help="Build the exact requests but send nothing; state is untouched."
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --dry-run: write each event as one JSON line to this file.",
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many rows.")
 @with_context
 def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: int | None) -> None:
@@ -88,9 +105,13 @@ def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: 
     if output is not None and not dry_run:
         raise click.UsageError("--output goes with --dry-run")
     with ctx.store() as store, _progress(pipeline) as on_progress:
-        report = run_pipeline(ctx.project, pipeline, store,
-                              RunOptions(dry_run=dry_run, output=output, limit=limit),
-                              progress=on_progress)
+        report = run_pipeline(
+            ctx.project,
+            pipeline,
+            store,
+            RunOptions(dry_run=dry_run, output=output, limit=limit),
+            progress=on_progress,
+        )
     print_report(report, output)
     if not report.ok:
         raise RunFailed(report.error or "run failed")
@@ -126,9 +147,6 @@ def validate(ctx: Context, offline: bool) -> None:
 def preview(ctx: Context, pipeline: str, rows: int) -> None:
     """Map the first rows of PIPELINE's query and show events and rejections; sends nothing."""
     config = ctx.project.pipeline(pipeline)
-    from capi_sync.connectors.base import Window
-    from capi_sync.report import MatchQuality
-
     quality = MatchQuality()
     table = Table(title=f"{pipeline}: first {rows} rows", show_lines=True)
     for column in ("row", "outcome", "event / reasons"):
@@ -169,15 +187,34 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
             click.echo(orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode())
         return
     table = Table(title="runs")
-    for column in ("id", "pipeline", "status", "started (UTC)", "seconds", "read", "sent",
-                   "rejected", "retries", "error / fbtrace_id"):
+    for column in (
+        "id",
+        "pipeline",
+        "status",
+        "started (UTC)",
+        "seconds",
+        "read",
+        "sent",
+        "rejected",
+        "retries",
+        "error / fbtrace_id",
+    ):
         table.add_column(column)
     for row in history:
         seconds = f"{(row.ended_at - row.started_at).total_seconds():.1f}" if row.ended_at else ""
         detail = " ".join(filter(None, [row.error, row.fbtrace_ids]))
-        table.add_row(str(row.id), row.pipeline, row.status, f"{row.started_at:%Y-%m-%d %H:%M:%S}",
-                      seconds, str(row.rows_read), str(row.events_sent), str(row.rows_rejected),
-                      str(row.retries), detail[:120])
+        table.add_row(
+            str(row.id),
+            row.pipeline,
+            row.status,
+            f"{row.started_at:%Y-%m-%d %H:%M:%S}",
+            seconds,
+            str(row.rows_read),
+            str(row.events_sent),
+            str(row.rows_rejected),
+            str(row.retries),
+            detail[:120],
+        )
     out.print(table)
 
 
@@ -198,8 +235,10 @@ def state_show(ctx: Context, pipeline: str) -> None:
     if cursor.value is None:
         out.print(f"{pipeline}: no cursor yet; the next run reads everything")
     else:
-        out.print(f"{pipeline}: cursor {cursor.value!s} ({type(cursor.value).__name__}),"
-                  f" {len(cursor.keys)} row(s) settled at that value")
+        out.print(
+            f"{pipeline}: cursor {cursor.value!s} ({type(cursor.value).__name__}),"
+            f" {len(cursor.keys)} row(s) settled at that value"
+        )
 
 
 @state.command("reset")
@@ -219,15 +258,25 @@ def state_reset(ctx: Context, pipeline: str, yes: bool) -> None:
 
 def _progress(pipeline: str) -> Any:
     """A live counter on stderr when it is a terminal; silent otherwise (logs, CI)."""
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=err, transient=True, disable=not err.is_terminal)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     task = progress.add_task(pipeline)
 
     class _Live:
         def __enter__(self) -> Callable[[RunReport], None]:
             progress.start()
-            return lambda r: progress.update(task, description=(
-                f"{pipeline}: {r.rows_read:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"))
+            return lambda r: progress.update(
+                task,
+                description=(
+                    f"{pipeline}: {r.rows_read:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"
+                ),
+            )
 
         def __exit__(self, *exc: object) -> None:
             progress.stop()

@@ -203,9 +203,7 @@ class ProjectConfig(BaseModel):
             if pipeline.warehouse not in self.warehouses:
                 errors.append(_missing_ref(name, "warehouse", pipeline.warehouse, self.warehouses))
             if pipeline.destination not in self.destinations:
-                errors.append(
-                    _missing_ref(name, "destination", pipeline.destination, self.destinations)
-                )
+                errors.append(_missing_ref(name, "destination", pipeline.destination, self.destinations))
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -240,9 +238,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node)
 
@@ -274,8 +270,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(file)) from None
     if not isinstance(raw, dict):
-        raise ConfigError(["the file must be a mapping with warehouses, destinations and pipelines"],
-                          source=str(file))
+        raise ConfigError(
+            ["the file must be a mapping with warehouses, destinations and pipelines"],
+            source=str(file),
+        )
     document, errors = substitute(raw, env)
     if errors:
         raise ConfigError(_with_pipeline_names(errors), source=str(file))

@@ -18,7 +18,10 @@ A row that cannot become an event is not an exception: the mapper returns a `Rej
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class CapiSyncError(Exception):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from capi_sync.mappings.fields import HASHED_USER_FIELDS, UNHASHED_USER_FIELDS
-from capi_sync.mappings.mapper import Rejection
 from capi_sync.state import RunStatus
+
+if TYPE_CHECKING:
+    from capi_sync.mappings.mapper import Rejection
 
 SAMPLE_REJECTIONS = 20
 
@@ -34,8 +36,9 @@ class MatchQuality:
         dropped_by_key: Counter[str] = Counter()
         for (name, _rule), count in self.dropped.items():
             dropped_by_key[name.removeprefix("customer_info.")] += count
-        keys = [k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS)
-                if self.present[k] or dropped_by_key[k]]
+        keys = [
+            k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS) if self.present[k] or dropped_by_key[k]
+        ]
         return [(k, self.present[k], self.share(k), dropped_by_key[k]) for k in keys]
 
 

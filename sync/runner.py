@@ -12,14 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from capi_sync import __version__
 from capi_sync.batching import Batch
-from capi_sync.config import PipelineConfig, ProjectConfig
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
@@ -34,6 +32,11 @@ from capi_sync.mappings.mapper import (
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RunStatus, StateStore
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from capi_sync.config import PipelineConfig, ProjectConfig
+
 Progress = Callable[[RunReport], None]
 
 
@@ -45,8 +48,9 @@ class RunOptions:
     retry: RetryPolicy | None = None  # default: the destination's retry settings
 
 
-def mapper_for(pipeline: PipelineConfig, columns: list[str],
-               clock: Callable[[], float] = time.time) -> EventMapper:
+def mapper_for(
+    pipeline: PipelineConfig, columns: list[str], clock: Callable[[], float] = time.time
+) -> EventMapper:
     settings = pipeline.settings
     options = MapperOptions(
         pipeline=pipeline.name,
@@ -60,13 +64,19 @@ def mapper_for(pipeline: PipelineConfig, columns: list[str],
     return compile_mapping(pipeline.mapping, options, columns, clock)
 
 
-def prepare(project: ProjectConfig, pipeline: PipelineConfig, source: Source) -> tuple[EventMapper, list[str]]:
+def prepare(
+    project: ProjectConfig, pipeline: PipelineConfig, source: Source
+) -> tuple[EventMapper, list[str]]:
     """Describe the query and compile the mapping: every config error surfaces before a row is read."""
     columns = source.columns(pipeline.query)
     mapper = mapper_for(pipeline, columns)
     if pipeline.cursor is not None and _column(pipeline.cursor, columns) is None:
-        raise ConfigError([f"pipeline '{pipeline.name}': cursor: column '{pipeline.cursor}' is not"
-                           f" returned by the query (columns: {', '.join(columns)})"])
+        raise ConfigError(
+            [
+                f"pipeline '{pipeline.name}': cursor: column '{pipeline.cursor}' is not"
+                f" returned by the query (columns: {', '.join(columns)})"
+            ]
+        )
     return mapper, columns
 
 
@@ -92,8 +102,9 @@ def _check_sendable(project: ProjectConfig, pipeline: PipelineConfig) -> None:
     if not destination.access_token.get_secret_value():
         errors.append(f"destination '{pipeline.destination}': access_token is empty")
     if errors:
-        raise ConfigError([f"pipeline '{pipeline.name}': {e} (needed to send; --dry-run works without)"
-                           for e in errors])
+        raise ConfigError(
+            [f"pipeline '{pipeline.name}': {e} (needed to send; --dry-run works without)" for e in errors]
+        )
 
 
 def run_pipeline(
@@ -121,9 +132,19 @@ def run_pipeline(
         report.cursor_before = report.cursor_after = state.value
         if not options.dry_run:
             report.run_id = store.start_run(name)
-        retry = project.destination_of(pipeline).retry_policy()
-        run = _Run(pipeline, mapper, columns, client, store, options, report, state, output, progress,
-                   retry)
+        run = _Run(
+            pipeline=pipeline,
+            mapper=mapper,
+            columns=columns,
+            client=client,
+            store=store,
+            options=options,
+            report=report,
+            state=state,
+            output=output,
+            progress=progress,
+            retry=options.retry or project.destination_of(pipeline).retry_policy(),
+        )
         try:
             run.execute(source)
             report.status = RunStatus.SUCCEEDED
@@ -143,26 +164,26 @@ def run_pipeline(
     return report
 
 
+@dataclass
 class _Run:
     """The per-run loop and its mutable state, kept out of `run_pipeline` for readability."""
 
-    def __init__(self, pipeline: PipelineConfig, mapper: EventMapper, columns: list[str],
-                 client: MetaClient, store: StateStore, options: RunOptions, report: RunReport,
-                 state: CursorState, output: IO[bytes] | None, progress: Progress | None,
-                 retry: RetryPolicy) -> None:
-        self.pipeline = pipeline
-        self.mapper = mapper
-        self.client = client
-        self.store = store
-        self.options = options
-        self.report = report
-        self.state = state
-        self.output = output
-        self.progress = progress
-        self.columns = columns
-        self.cursor_index = _column(pipeline.cursor, columns)
-        self.batch_size = pipeline.settings.batch_size
-        self.retry = options.retry or retry
+    pipeline: PipelineConfig
+    mapper: EventMapper
+    columns: list[str]
+    client: MetaClient
+    store: StateStore
+    options: RunOptions
+    report: RunReport
+    state: CursorState
+    output: IO[bytes] | None
+    progress: Progress | None
+    retry: RetryPolicy
+
+    def __post_init__(self) -> None:
+        self.cursor_index = _column(self.pipeline.cursor, self.columns)
+        self.batch_size = self.pipeline.settings.batch_size
+
     def window(self) -> Window:
         columns = self.columns
         key = tuple(columns[_column(k, columns) or 0] for k in self.pipeline.primary_key)
@@ -215,11 +236,13 @@ class _Run:
             if self.options.dry_run:
                 self.client.prepare(batch.events)  # the exact request, built and dropped
                 if self.output is not None:
-                    self.output.writelines(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE)
-                                           for e in batch.events)
+                    self.output.writelines(
+                        orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
+                    )
             else:
-                result = call_with_retry(lambda: self.client.send(batch.events), self.retry,
-                                         on_retry=self._count_retry)
+                result = call_with_retry(
+                    lambda: self.client.send(batch.events), self.retry, on_retry=self._count_retry
+                )
                 fbtrace_id = result.fbtrace_id
             report.events_sent += len(batch.events)
             report.batches += 1
@@ -232,8 +255,7 @@ class _Run:
                 cursor=new_state,
                 rows_read=batch.rows,
                 events_sent=len(batch.events),
-                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems])
-                            for r in batch.rejections],
+                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems]) for r in batch.rejections],
                 delivered_keys=batch.delivered_keys,
                 fbtrace_id=fbtrace_id,
             )
@@ -249,9 +271,16 @@ class _Run:
 
 
 def _problem_dict(problem: Any) -> dict[str, Any]:
-    return {k: v for k, v in
-            {"field": problem.field, "rule": problem.rule, "value": problem.value,
-             "detail": problem.detail}.items() if v is not None}
+    return {
+        k: v
+        for k, v in {
+            "field": problem.field,
+            "rule": problem.rule,
+            "value": problem.value,
+            "detail": problem.detail,
+        }.items()
+        if v is not None
+    }
 
 
 def _column(name: str | None, columns: list[str]) -> int | None:

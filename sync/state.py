@@ -11,18 +11,20 @@ import datetime as dt
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import sqlalchemy as sa
 
 from capi_sync.errors import PipelineLocked, StateError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
 
 SCHEMA_VERSION = 1
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
@@ -214,11 +216,15 @@ class StateStore:
             conn.execute(cursors.delete().where(cursors.c.pipeline == pipeline))
             conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
 
-    def _write_cursor(self, conn: sa.Connection, pipeline: str, state: CursorState,
-                      previous: CursorState | None) -> None:
+    def _write_cursor(
+        self, conn: sa.Connection, pipeline: str, state: CursorState, previous: CursorState | None
+    ) -> None:
         kind, text = encode_value(state.value)
         values = {"kind": kind, "value": text, "updated_at": utcnow()}
-        if conn.execute(cursors.update().where(cursors.c.pipeline == pipeline).values(**values)).rowcount == 0:
+        if (
+            conn.execute(cursors.update().where(cursors.c.pipeline == pipeline).values(**values)).rowcount
+            == 0
+        ):
             conn.execute(cursors.insert().values(pipeline=pipeline, **values))
         if previous is not None and previous.value == state.value:
             new_keys = state.keys - previous.keys
@@ -245,22 +251,29 @@ class StateStore:
             if commit.cursor is not None and commit.cursor.value is not None:
                 self._write_cursor(conn, pipeline, commit.cursor, previous)
             for row_key, reasons in commit.rejections:
-                self._upsert_rejection(conn, pipeline, row_key, reasons, commit.run_id, now)
+                self._upsert_rejection(
+                    conn, pipeline, row_key, reasons=reasons, run_id=commit.run_id, now=now
+                )
             if commit.delivered_keys and self._has_rejections(conn, pipeline):
                 conn.execute(rejected.delete().where(
                     rejected.c.pipeline == pipeline,
                     rejected.c.row_key.in_(list(commit.delivered_keys)),
                 ))  # fmt: skip
             conn.execute(
-                runs.update().where(runs.c.id == commit.run_id).values(
+                runs.update()
+                .where(runs.c.id == commit.run_id)
+                .values(
                     rows_read=runs.c.rows_read + commit.rows_read,
                     events_sent=runs.c.events_sent + commit.events_sent,
                     rows_rejected=runs.c.rows_rejected + len(commit.rejections),
                     retries=runs.c.retries + commit.retries,
                 )
             )
-            conn.execute(locks.update().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner)
-                         .values(heartbeat_at=now))
+            conn.execute(
+                locks.update()
+                .where(locks.c.pipeline == pipeline, locks.c.owner == self.owner)
+                .values(heartbeat_at=now)
+            )
 
     @staticmethod
     def _has_rejections(conn: sa.Connection, pipeline: str) -> bool:
@@ -268,8 +281,15 @@ class StateStore:
         return conn.execute(query).first() is not None
 
     @staticmethod
-    def _upsert_rejection(conn: sa.Connection, pipeline: str, row_key: str,
-                          reasons: list[dict[str, Any]], run_id: int, now: dt.datetime) -> None:
+    def _upsert_rejection(
+        conn: sa.Connection,
+        pipeline: str,
+        row_key: str,
+        *,
+        reasons: list[dict[str, Any]],
+        run_id: int,
+        now: dt.datetime,
+    ) -> None:
         text = orjson.dumps(reasons).decode()
         updated = conn.execute(
             rejected.update()
@@ -282,8 +302,13 @@ class StateStore:
                 first_seen=now, last_seen=now, run_id=run_id,
             ))  # fmt: skip
 
-    def finish_run(self, run_id: int, status: RunStatus, error: str | None = None,
-                   fbtrace_ids: Sequence[str] = ()) -> None:
+    def finish_run(
+        self,
+        run_id: int,
+        status: RunStatus,
+        error: str | None = None,
+        fbtrace_ids: Sequence[str] = (),
+    ) -> None:
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 status=status, ended_at=utcnow(), error=error,
@@ -301,7 +326,11 @@ class StateStore:
         query = sa.select(rejected).where(rejected.c.pipeline == pipeline).order_by(rejected.c.last_seen)
         with self.engine.connect() as conn:
             return [
-                {**{str(k): v for k, v in row._mapping.items()}, "reasons": orjson.loads(row.reasons)} for row in conn.execute(query)
+                {
+                    **{str(k): v for k, v in row._mapping.items()},
+                    "reasons": orjson.loads(row.reasons),
+                }
+                for row in conn.execute(query)
             ]
 
     # -- locking --------------------------------------------------------------------------------
@@ -319,7 +348,13 @@ class StateStore:
     def _acquire(self, pipeline: str) -> None:
         now = utcnow()
         host, pid = socket.gethostname(), os.getpid()
-        mine = {"owner": self.owner, "host": host, "pid": pid, "acquired_at": now, "heartbeat_at": now}
+        mine = {
+            "owner": self.owner,
+            "host": host,
+            "pid": pid,
+            "acquired_at": now,
+            "heartbeat_at": now,
+        }
         try:
             with self.engine.begin() as conn:
                 conn.execute(locks.insert().values(pipeline=pipeline, **mine))
@@ -329,8 +364,10 @@ class StateStore:
         with self.engine.begin() as conn:
             held = conn.execute(sa.select(locks).where(locks.c.pipeline == pipeline)).first()
             if held is not None and not _is_stale(held, host, now):
-                msg = (f"pipeline '{pipeline}' is already running (pid {held.pid} on {held.host},"
-                       f" since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC)")
+                msg = (
+                    f"pipeline '{pipeline}' is already running (pid {held.pid} on {held.host},"
+                    f" since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC)"
+                )
                 raise PipelineLocked(msg)
             # Take over a dead owner's lock only if nobody else did in between.
             condition = locks.c.owner == held.owner if held is not None else sa.true()

@@ -82,8 +82,9 @@ pipelines:
 """
 
 
-def write_pipelines(folder: Path, graph_url: str = "http://127.0.0.1:9", text: str = PIPELINES,
-                    **fields: Any) -> Path:
+def write_pipelines(
+    folder: Path, graph_url: str = "http://127.0.0.1:9", text: str = PIPELINES, **fields: Any
+) -> Path:
     path = folder / "pipelines.yaml"
     path.write_text(textwrap.dedent(text.format(db="shop.duckdb", graph_url=graph_url, **fields)))
     return path

@@ -85,14 +85,19 @@ def test_rows_added_between_runs_are_sent_once(project: Path, graph: FakeGraph) 
     assert [len(r.body["data"]) for r in graph.requests] == [1000, 1000, 500, 10]
 
 
-def test_run_history_records_counts(project: Path, graph: FakeGraph,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_history_records_counts(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert cli("run", "purchases") == 0
     assert cli("run", "purchases") == 0
     capsys.readouterr()
     assert cli("runs", "purchases", "--json") == 0
     newest, oldest = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert (oldest["status"], oldest["rows_read"], oldest["events_sent"]) == ("succeeded", 2500, 2500)
+    assert (oldest["status"], oldest["rows_read"], oldest["events_sent"]) == (
+        "succeeded",
+        2500,
+        2500,
+    )
     assert (newest["status"], newest["rows_read"], newest["events_sent"]) == ("succeeded", 0, 0)
 
 
@@ -133,9 +138,18 @@ def test_console_script_runs_the_example_from_a_fresh_folder(tmp_path: Path) -> 
     repo = Path(__file__).resolve().parents[1]
     output = tmp_path / "x.jsonl"
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--dry-run",
-         "--output", str(output)],
-        cwd=repo, capture_output=True, text=True, timeout=120,
+        [
+            str(Path(sys.executable).parent / "capi-sync"),
+            "run",
+            "purchases",
+            "--dry-run",
+            "--output",
+            str(output),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "CAPI_SYNC_STATE": f"sqlite:///{tmp_path / 's.db'}"},
     )
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,241 @@
+"""Where a row becomes an event: types, ids, precedence, hashing modes and rejections."""
+
+from __future__ import annotations
+
+import datetime as dt
+from hashlib import sha256
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from capi_sync.errors import ConfigError
+from capi_sync.mappings.mapper import MappedRow, MapperOptions, compile_mapping, derive_event_id
+from capi_sync.mappings.spec import MappingSpec
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
+COLUMNS = [
+    "id",
+    "ts",
+    "email",
+    "phone",
+    "country",
+    "ua",
+    "url",
+    "source",
+    "amount",
+    "currency",
+    "tags",
+    "name",
+]
+
+
+def row(**values: Any) -> tuple[Any, ...]:
+    defaults: dict[str, Any] = {
+        "id": 1, "ts": NOW - dt.timedelta(hours=1), "email": "a@example.com", "phone": None,
+        "country": None, "ua": "Mozilla/5.0", "url": "https://x.example/p", "source": None,
+        "amount": 10, "currency": "usd", "tags": None, "name": "Purchase",
+    }  # fmt: skip
+    defaults.update(values)
+    return tuple(defaults[column] for column in COLUMNS)
+
+
+def mapper(hashing_required: bool = True, action_source: str | None = "website", **mapping: Any):
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": "name", "event_time": "ts", "event_source_url": "url",
+                         "action_source": "source", **mapping.pop("server_event", {})},
+        "customer_info": {"em": "email", "ph": "phone", "country": "country",
+                          "client_user_agent": "ua", **mapping.pop("customer_info", {})},
+        "custom_data": {"value": "amount", "currency": "currency"},
+        **mapping,
+    })  # fmt: skip
+    options = MapperOptions(
+        pipeline="p",
+        primary_key=("id",),
+        action_source=action_source,
+        hashing_required=hashing_required,
+        default_phone_region="US",
+    )
+    return compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp)
+
+
+def ok(result: MappedRow) -> dict[str, Any]:
+    assert result.event is not None, result.problems
+    return result.event
+
+
+def rules(result: MappedRow) -> set[tuple[str, str]]:
+    assert result.event is None
+    return {(p.field, p.rule) for p in result.problems}
+
+
+EPOCH = int(dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC).timestamp())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        dt.datetime(2026, 11, 20, 11, 0),  # naive: read in the pipeline's timezone (UTC)
+        dt.datetime(2026, 11, 20, 12, 0, tzinfo=ZoneInfo("Europe/Paris")),
+        EPOCH,
+        EPOCH * 1000,
+        float(EPOCH),
+        str(EPOCH),
+        "2026-11-20T11:00:00Z",
+        "2026-11-20 12:00:00+01:00",
+    ],
+)
+def test_event_time_becomes_unix_seconds(raw: Any) -> None:
+    assert ok(mapper().map_row(row(ts=raw)))["event_time"] == EPOCH
+
+
+def test_event_time_from_a_date_is_midnight() -> None:
+    event = ok(mapper().map_row(row(ts=dt.date(2026, 11, 20))))
+    assert event["event_time"] == int(dt.datetime(2026, 11, 20, tzinfo=dt.UTC).timestamp())
+
+
+@pytest.mark.parametrize(
+    ("raw", "rule"),
+    [
+        (None, "required"),
+        ("yesterday", "invalid_timestamp"),
+        (True, "invalid_timestamp"),
+        (NOW - dt.timedelta(days=8), "too_old"),
+        (NOW + dt.timedelta(minutes=5), "in_future"),
+    ],
+)
+def test_bad_event_times_are_rejected_never_defaulted(raw: Any, rule: str) -> None:
+    assert ("event_time", rule) in rules(mapper().map_row(row(ts=raw)))
+
+
+def test_physical_store_events_may_be_62_days_old() -> None:
+    old = NOW - dt.timedelta(days=30)
+    assert ok(mapper().map_row(row(ts=old, source="physical_store", url=None)))
+    assert ("event_time", "too_old") in rules(
+        mapper().map_row(row(ts=NOW - dt.timedelta(days=63), source="physical_store"))
+    )
+
+
+def test_event_id_is_derived_deterministically_from_the_key() -> None:
+    first = ok(mapper().map_row(row(id=42)))["event_id"]
+    assert first == ok(mapper().map_row(row(id=42, amount=99)))["event_id"]
+    assert first == derive_event_id("p", "42")
+    assert first != ok(mapper().map_row(row(id=43)))["event_id"]
+
+
+def test_mapped_event_id_wins() -> None:
+    event = ok(mapper(server_event={"event_id": "id"}).map_row(row(id=7)))
+    assert event["event_id"] == "7"
+
+
+def test_mapped_action_source_wins_over_the_setting() -> None:
+    assert ok(mapper().map_row(row(source="Physical_Store")))["action_source"] == "physical_store"
+    assert ok(mapper().map_row(row(source=None)))["action_source"] == "website"
+    assert ("action_source", "unknown_action_source") in rules(mapper().map_row(row(source="shop")))
+
+
+def test_website_events_need_url_and_user_agent() -> None:
+    assert rules(mapper().map_row(row(url=None, ua=None))) >= {
+        ("event_source_url", "required_for_website"),
+        ("client_user_agent", "required_for_website"),
+    }
+
+
+def test_purchase_needs_value_and_currency_and_currency_is_checked() -> None:
+    assert ("custom_data.value", "required_for_purchase") in rules(mapper().map_row(row(amount=None)))
+    result = mapper().map_row(row(currency="dollars"))
+    assert ("custom_data.currency", "required_for_purchase") in rules(result)
+    assert ok(mapper().map_row(row(name="Lead", currency="dollars")))["custom_data"] == {"value": 10.0}
+
+
+def test_pre_hashed_values_pass_through_and_empty_strings_are_never_hashed() -> None:
+    digest = sha256(b"a@example.com").hexdigest()
+    event = ok(mapper().map_row(row(email=digest.upper(), phone="  ")))
+    assert event["user_data"]["em"] == digest
+    assert "ph" not in event["user_data"]
+
+
+def test_list_values_become_lists_of_hashes() -> None:
+    event = ok(mapper().map_row(row(email=["A@example.com", "", "b@example.com"])))
+    assert event["user_data"]["em"] == [
+        sha256(b"a@example.com").hexdigest(),
+        sha256(b"b@example.com").hexdigest(),
+    ]
+
+
+def test_phone_takes_its_region_from_the_row_country() -> None:
+    event = ok(mapper().map_row(row(phone="06 12 34 56 78", country="France")))
+    assert event["user_data"]["ph"] == sha256(b"33612345678").hexdigest()
+    assert event["user_data"]["country"] == sha256(b"fr").hexdigest()
+
+
+def test_invalid_optional_values_are_dropped_with_a_redacted_warning() -> None:
+    result = mapper().map_row(row(phone="abc", email="jane.doe@example.com"))
+    event = ok(result)
+    assert "ph" not in event["user_data"]
+    (problem,) = result.problems
+    assert (problem.field, problem.rule, problem.value) == (
+        "customer_info.ph",
+        "invalid_phone",
+        "***",
+    )
+
+
+def test_when_nothing_can_match_the_row_is_rejected() -> None:
+    result = mapper().map_row(row(email="jane.doe-at-example.com"))
+    assert ("customer_info", "weak_match_keys") in rules(result)
+    assert all("jane.doe-at-example.com" not in str(p) for p in result.problems)
+
+
+def test_hashing_not_required_accepts_digests_and_rejects_plain_pii() -> None:
+    digest = sha256(b"a@example.com").hexdigest()
+    assert ok(mapper(hashing_required=False).map_row(row(email=digest)))["user_data"]["em"] == digest
+    result = mapper(hashing_required=False).map_row(row(email="jane@example.com"))
+    (problem,) = [p for p in result.problems if p.rule == "not_a_sha256"]
+    assert result.event is None
+    assert problem.value == "j***@example.com"
+
+
+def test_missing_primary_key_rejects_the_row() -> None:
+    assert rules(mapper().map_row(row(id=None))) == {("id", "missing_primary_key")}
+
+
+def test_constants_and_custom_properties() -> None:
+    m = mapper(
+        server_event={"event_name": {"value": "Lead"}},
+        custom_properties={"tags": "tags", "channel": {"value": "crm"}},
+    )
+    event = ok(m.map_row(row(tags=["a", "b"])))
+    assert event["event_name"] == "Lead"
+    assert event["custom_data"] == {
+        "value": 10.0,
+        "currency": "USD",
+        "tags": ["a", "b"],
+        "channel": "crm",
+    }
+
+
+def test_unknown_columns_are_all_reported_together() -> None:
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": "nme", "event_time": "tss"},
+        "customer_info": {"em": "email"},
+    })  # fmt: skip
+    options = MapperOptions(pipeline="p", primary_key=("pk",), action_source="website")
+    with pytest.raises(ConfigError) as caught:
+        compile_mapping(spec, options, COLUMNS)
+    assert len(caught.value.errors) == 3
+    assert "pipeline 'p': mapping.server_event.event_name: column 'nme'" in caught.value.errors[0]
+
+
+def test_column_names_match_case_insensitively_when_unambiguous() -> None:
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": {"value": "Lead"}, "event_time": "TS"},
+        "customer_info": {"em": "Email"},
+    })  # fmt: skip
+    options = MapperOptions(pipeline="p", primary_key=("ID",), action_source="system_generated")
+    event = ok(
+        compile_mapping(spec, options, ["ID", "TS", "EMAIL"], clock=NOW.timestamp).map_row(
+            (1, NOW, "a@example.com")
+        )
+    )
+    assert event["user_data"]["em"] == sha256(b"a@example.com").hexdigest()

@@ -1,0 +1,151 @@
+"""The client against the local fake Graph API over real HTTP: errors classified, token never leaked."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from capi_sync.connectors.meta import MetaClient
+from capi_sync.connectors.retry import RetryPolicy, call_with_retry
+from capi_sync.errors import (
+    MetaAuthError,
+    MetaError,
+    MetaPermissionError,
+    MetaRequestError,
+    MetaRetryableError,
+)
+from tests.conftest import TOKEN
+from tests.fake_graph import FakeGraph, error_reply
+
+EVENT: dict[str, Any] = {
+    "event_name": "Lead", "event_time": 1_790_000_000, "action_source": "system_generated",
+    "user_data": {"external_id": "a" * 64},
+}  # fmt: skip
+
+
+def client(graph: FakeGraph, **kwargs: Any) -> MetaClient:
+    return MetaClient("123", TOKEN, graph_url=graph.url, **kwargs)
+
+
+def test_success_is_parsed(graph: FakeGraph) -> None:
+    result = client(graph, test_event_code="TEST123").send([EVENT, EVENT])
+    assert (result.events_received, result.fbtrace_id) == (2, "trace1")
+    request = graph.requests[0]
+    assert request.path == "/v26.0/123/events"
+    assert request.body["test_event_code"] == "TEST123"
+
+
+def test_appsecret_proof_is_the_hmac_of_the_token(graph: FakeGraph) -> None:
+    import hashlib
+    import hmac
+
+    client(graph, app_secret="s3cret").send([EVENT])
+    expected = hmac.new(b"s3cret", TOKEN.encode(), hashlib.sha256).hexdigest()
+    assert graph.requests[0].body["appsecret_proof"] == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (400, 190, MetaAuthError),
+        (400, 10, MetaPermissionError),
+        (403, 200, MetaPermissionError),
+        (400, 100, MetaRequestError),
+        (400, 4, MetaRetryableError),
+        (400, 17, MetaRetryableError),
+        (400, 613, MetaRetryableError),
+        (400, 80004, MetaRetryableError),
+        (500, 1, MetaRetryableError),
+        (503, 2, MetaRetryableError),
+        (400, 368, MetaRetryableError),
+    ],
+)
+def test_graph_errors_are_classified_by_code(
+    graph: FakeGraph, status: int, code: int, kind: type[MetaError]
+) -> None:
+    graph.script = lambda _n, _body: error_reply(status, code, f"failed for {TOKEN}")
+    with pytest.raises(kind) as caught:
+        client(graph).send([EVENT])
+    assert caught.value.code == code
+    assert caught.value.fbtrace_id == "AbCfake"
+    assert TOKEN not in str(caught.value), "the token must be scrubbed from Meta's echo"
+
+
+def test_is_transient_flag_makes_any_code_retryable(graph: FakeGraph) -> None:
+    graph.script = lambda _n, _body: error_reply(400, 999, transient=True)
+    with pytest.raises(MetaRetryableError):
+        client(graph).send([EVENT])
+
+
+def test_wrong_token_tells_the_user_what_to_do(graph: FakeGraph) -> None:
+    with pytest.raises(MetaAuthError, match="generate a new one"):
+        MetaClient("123", "wrong", graph_url=graph.url).send([EVENT])
+
+
+def test_timeouts_and_refused_connections_are_retryable(graph: FakeGraph) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(MetaRetryableError) as caught:
+        MetaClient("123", TOKEN, graph_url=f"http://127.0.0.1:{port}").send([EVENT])
+    assert TOKEN not in str(caught.value)
+
+    import time
+
+    graph.script = lambda _n, _body: time.sleep(0.5)  # type: ignore[func-returns-value]
+    with pytest.raises(MetaRetryableError, match="timed out"):
+        client(graph, timeout=0.1).send([EVENT])
+
+
+def test_batches_over_1000_are_refused_before_sending(graph: FakeGraph) -> None:
+    with pytest.raises(ValueError, match="1 to 1000"):
+        client(graph).send([EVENT] * 1001)
+    assert graph.requests == []
+
+
+def test_repr_hides_the_token(graph: FakeGraph) -> None:
+    assert TOKEN not in repr(client(graph))
+
+
+def test_retry_backs_off_then_succeeds(graph: FakeGraph) -> None:
+    graph.script = lambda n, _body: error_reply(400, 17) if n <= 2 else None
+    pauses: list[float] = []
+    result = call_with_retry(
+        lambda: client(graph).send([EVENT]), RetryPolicy(base_delay=1), sleep=pauses.append
+    )
+    assert result.events_received == 1
+    assert len(pauses) == 2
+    assert 0 <= pauses[1] <= 2
+
+
+def test_retry_gives_up_after_its_time_budget() -> None:
+    now = [0.0]
+
+    def failing() -> None:
+        raise MetaRetryableError("throttled", code=4)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(MetaRetryableError):
+        call_with_retry(
+            failing,
+            RetryPolicy(base_delay=1, max_delay=4, max_elapsed=30),
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+    assert now[0] <= 30
+
+
+def test_fatal_errors_are_not_retried() -> None:
+    calls = []
+
+    def fatal() -> None:
+        calls.append(1)
+        raise MetaAuthError("expired", code=190)
+
+    with pytest.raises(MetaAuthError):
+        call_with_retry(fatal, RetryPolicy(), sleep=lambda _s: None)
+    assert len(calls) == 1

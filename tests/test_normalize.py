@@ -1,0 +1,122 @@
+"""Known answers: Meta's documented examples and messy variants, down to the exact SHA-256."""
+
+from __future__ import annotations
+
+import datetime as dt
+from hashlib import sha256
+from typing import Any
+
+import pytest
+
+from capi_sync.mappings import normalize
+from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
+
+# Digests published in Meta's customer-information documentation.
+META_DIGESTS = {
+    "john_smith@gmail.com": "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f",
+    "16505551212": "e323ec626319ca94ee8bff2e4c87cf613be6ea19919ed1364124e16807ab3176",
+    "smith": "6627835f988e2c5e50533d491163072d3f4f41f5c8b04630150debb3722ca2dd",
+}
+
+
+@pytest.mark.parametrize(("plain", "digest"), META_DIGESTS.items())
+def test_sha256_matches_meta(plain: str, digest: str) -> None:
+    assert sha256_hex(plain) == digest
+
+
+CASES: list[tuple[str, Any, str | None, str]] = [
+    # key, raw value, row country, normalized
+    ("em", "John_Smith@gmail.com", None, "john_smith@gmail.com"),
+    ("em", "  JOHN_SMITH@GMAIL.COM\t", None, "john_smith@gmail.com"),
+    ("ph", "(650)555-1212", "us", "16505551212"),
+    ("ph", "+1 (650) 555-1212", None, "16505551212"),
+    ("ph", "001 650 555 1212", None, "16505551212"),
+    ("ph", "1-650-555-1212", "us", "16505551212"),
+    ("ph", 6505551212, "us", "16505551212"),
+    ("ph", "06 12 34 56 78", "fr", "33612345678"),
+    ("ph", "+33 (0)6 12 34 56 78", None, "33612345678"),
+    ("ph", "07700 900123", "gb", "447700900123"),
+    ("ph", "020 7946 0958", "gb", "442079460958"),
+    ("fn", "Mary", None, "mary"),
+    ("fn", "  Valéry ", None, "valéry"),
+    ("fn", "Vale\u0301ry", None, "valéry"),  # decomposed accent, composed after NFC
+    ("ln", "O'Brien-Smith", None, "obriensmith"),
+    ("ln", "Müller", None, "müller"),
+    ("ge", "Male", None, "m"),
+    ("ge", "woman", None, "f"),
+    ("ge", " F ", None, "f"),
+    ("db", "2/16/1997", None, "19970216"),
+    ("db", "1997-02-16", None, "19970216"),
+    ("db", "19970216", None, "19970216"),
+    ("db", "16.02.1997", None, "19970216"),
+    ("db", dt.date(1997, 2, 16), None, "19970216"),
+    ("db", dt.datetime(1997, 2, 16, 13, 5), None, "19970216"),
+    ("ct", "New York", None, "newyork"),
+    ("ct", "Saint-Étienne", "fr", "saintétienne"),
+    ("ct", "Menlo Park 2", None, "menlopark"),
+    ("st", "California", None, "ca"),
+    ("st", "CA", "us", "ca"),
+    ("st", "new york", "us", "ny"),
+    ("st", "Ontario", "ca", "on"),
+    ("zp", "94035-1234", None, "94035"),
+    ("zp", "940351234", "us", "94035"),
+    ("zp", 2134, "us", "02134"),
+    ("zp", "SW1A 1AA", "gb", "sw1a1aa"),
+    ("country", "United States", None, "us"),
+    ("country", "USA", None, "us"),
+    ("country", "US", None, "us"),
+    ("country", "france", None, "fr"),
+    ("country", "DEU", None, "de"),
+    ("country", "UK", None, "gb"),
+    ("external_id", " ABC-123 ", None, "abc-123"),
+    ("client_ip_address", " 203.0.113.7 ", None, "203.0.113.7"),
+    ("client_ip_address", "2001:DB8:0:0::1", None, "2001:db8::1"),
+    ("lead_id", "123456", None, "123456"),
+]
+
+
+@pytest.mark.parametrize(("key", "raw", "country", "expected"), CASES)
+def test_normalizers(key: str, raw: Any, country: str | None, expected: str) -> None:
+    assert normalize.normalizer_for(key)(raw, country) == expected
+
+
+def test_phone_uses_the_pipeline_region_when_the_row_has_none() -> None:
+    assert normalize.phone("(650) 555-1212", None, default_region="US") == "16505551212"
+    assert normalize.phone("06 12 34 56 78", None, default_region="fr") == "33612345678"
+
+
+INVALID: list[tuple[str, Any, str | None, str]] = [
+    ("em", "not-an-email", None, "invalid_email"),
+    ("em", "a@b", None, "invalid_email"),
+    ("em", "two words@example.com", None, "invalid_email"),
+    ("ph", "12", None, "phone_without_country_code"),
+    ("ph", "555-1212", None, "phone_without_country_code"),
+    ("ph", "abc", "us", "invalid_phone"),
+    ("ph", "12", "us", "invalid_phone"),
+    ("fn", "...", None, "invalid_name"),
+    ("ge", "x", None, "invalid_gender"),
+    ("db", "1997-02-30", None, "invalid_date"),
+    ("db", "2/30/1997", None, "invalid_date"),
+    ("db", "1850-01-01", None, "invalid_date"),
+    ("ct", "123", None, "invalid_city"),
+    ("zp", "!!", None, "invalid_zip"),
+    ("country", "Atlantis", None, "unknown_country"),
+    ("client_ip_address", "999.1.1.1", None, "invalid_ip_address"),
+    ("fb_login_id", "12a", None, "not_an_integer"),
+]
+
+
+@pytest.mark.parametrize(("key", "raw", "country", "rule"), INVALID)
+def test_invalid_values_name_their_rule(key: str, raw: Any, country: str | None, rule: str) -> None:
+    with pytest.raises(normalize.InvalidValue) as caught:
+        normalize.normalizer_for(key)(raw, country)
+    assert caught.value.rule == rule
+
+
+def test_digest_detection_is_anchored() -> None:
+    digest = sha256(b"x").hexdigest()
+    assert is_sha256_hex(digest)
+    assert is_sha256_hex(digest.upper())
+    assert not is_sha256_hex(digest + "0")
+    assert not is_sha256_hex("user:" + digest)
+    assert not is_sha256_hex("")

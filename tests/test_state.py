@@ -1,0 +1,133 @@
+"""The state store from nothing: cursor types, ties, atomic batch commits, locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from capi_sync.errors import PipelineLocked, StateError
+from capi_sync.state import (
+    BatchCommit,
+    CursorState,
+    RunStatus,
+    StateStore,
+    decode_value,
+    encode_value,
+    locks,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    return StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dt.datetime(2026, 3, 29, 1, 30),
+        dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.UTC),
+        dt.date(2026, 3, 29),
+        42,
+        1.5,
+        Decimal("10.25"),
+        "2026-03-29#7",
+    ],
+)
+def test_cursor_values_keep_their_type(value: Any) -> None:
+    assert decode_value(*encode_value(value)) == value
+    assert type(decode_value(*encode_value(value))) is type(value)
+
+
+def test_aware_timestamps_are_stored_in_utc() -> None:
+    paris = dt.datetime(2026, 7, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert encode_value(paris) == ("timestamptz", "2026-07-01T10:00:00+00:00")
+
+
+def test_cursor_never_moves_backwards() -> None:
+    state = CursorState().advance(5, ["a"])
+    assert state.advance(5, ["b"]).keys == {"a", "b"}
+    assert state.advance(6, ["c"]).keys == {"c"}
+    with pytest.raises(StateError, match="backwards"):
+        state.advance(4, ["d"])
+
+
+def test_batch_commit_writes_cursor_ties_rejections_and_counters(store: StateStore) -> None:
+    run_id = store.start_run("p")
+    first = CursorState().advance(10, ["1", "2"])
+    store.commit_batch(
+        "p",
+        BatchCommit(
+            run_id,
+            first,
+            rows_read=3,
+            events_sent=2,
+            rejections=[("3", [{"field": "em", "rule": "r"}])],
+        ),
+        CursorState(),
+    )
+    second = first.advance(10, ["4"])
+    store.commit_batch(
+        "p", BatchCommit(run_id, second, rows_read=1, events_sent=1, delivered_keys=["3"]), first
+    )
+    store.finish_run(run_id, RunStatus.SUCCEEDED)
+
+    assert store.load_cursor("p") == CursorState(10, frozenset({"1", "2", "4"}))
+    assert store.list_rejected("p") == [], "a row delivered later leaves the rejected list"
+    (run,) = store.list_runs("p")
+    assert (run.status, run.rows_read, run.events_sent, run.rows_rejected) == ("succeeded", 4, 3, 1)
+
+    store.reset("p")
+    assert store.load_cursor("p") == CursorState()
+
+
+def test_a_second_owner_cannot_take_a_live_lock(store: StateStore, tmp_path: Path) -> None:
+    other = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    with store.lock("p"):
+        with pytest.raises(PipelineLocked, match="already running"):
+            other._acquire("p")
+        with other.lock("q"):
+            pass
+    with other.lock("p"):
+        pass
+
+
+def test_a_dead_owners_lock_is_taken_over(store: StateStore) -> None:
+    import socket
+
+    now = dt.datetime.now(dt.UTC)
+    with store.engine.begin() as conn:
+        conn.execute(
+            locks.insert().values(
+                pipeline="p",
+                owner="ghost",
+                host=socket.gethostname(),
+                pid=2**22 + 7,
+                acquired_at=now,
+                heartbeat_at=now,
+            )
+        )
+    with store.lock("p"), store.engine.connect() as conn:
+        assert conn.execute(sa.select(locks.c.owner)).scalar() == store.owner
+
+
+def test_a_lock_without_heartbeat_goes_stale(store: StateStore) -> None:
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    with store.engine.begin() as conn:
+        conn.execute(
+            locks.insert().values(
+                pipeline="p",
+                owner="ghost",
+                host="elsewhere",
+                pid=1,
+                acquired_at=old,
+                heartbeat_at=old,
+            )
+        )
+    with store.lock("p"):
+        pass
