@@ -1,0 +1,115 @@
+"""CLI commands beyond `run`: preview, state, the SQLAlchemy source, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOKEN, cli, make_orders, recent, write_pipelines
+from tests.fake_graph import FakeGraph
+
+
+@pytest.fixture
+def project(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 30)
+    return write_pipelines(tmp_path, graph.url)
+
+
+def test_preview_shows_events_rejections_and_match_quality(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import duckdb
+
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        con.execute("update orders set created_at = created_at - interval 30 day where order_id = 2")
+    assert cli("preview", "purchases", "-n", "3") == 0
+    text = capsys.readouterr().out
+    assert "rejected" in text
+    assert "too_old" in text
+    assert "match quality (2 events)" in text
+    assert graph.requests == []
+
+
+def test_state_show_and_reset(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("run", "purchases") == 0
+    capsys.readouterr()
+    assert cli("state", "show", "purchases") == 0
+    assert "1 row(s) settled" in capsys.readouterr().out
+    assert cli("state", "reset", "purchases", "--yes") == 0
+    assert cli("state", "show", "purchases") == 0
+    assert "no cursor yet" in capsys.readouterr().out
+
+
+def test_unknown_pipeline_is_a_usage_error(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("run", "nope") == 2
+    assert "no pipeline named 'nope' (pipelines: purchases)" in capsys.readouterr().err
+
+
+def test_bad_flag_is_a_usage_error(project: Path) -> None:
+    assert cli("run", "purchases", "--limit", "0") == 2
+    assert cli("run", "purchases", "--output", "x.jsonl") == 2
+
+
+def test_fatal_meta_error_fails_the_run_with_exit_1(
+    project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", "expired-" + TOKEN)
+    assert cli("run", "purchases") == 1
+    captured = capsys.readouterr()
+    assert "generate a new one" in captured.err
+    assert TOKEN not in captured.out + captured.err
+
+
+def test_sqlalchemy_source_streams_and_binds_the_cursor(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any SQLAlchemy URL; SQLite here (PostgreSQL has its own tests with a real server)."""
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    database = tmp_path / "shop.sqlite"
+    with sqlite3.connect(database) as con:
+        con.execute(
+            "create table orders (order_id integer primary key, email text, phone text, country text,"
+            " ip text, user_agent text, page_url text, amount real, currency text, tier text,"
+            " created_at text, updated_at text)"
+        )
+        rows = [
+            (
+                i,
+                f"u{i}@example.com",
+                None,
+                "US",
+                None,
+                "UA",
+                "https://x.example",
+                5.0,
+                "EUR",
+                "t",
+                recent(1300 - i).isoformat(sep=" "),
+                recent(1300 - i).isoformat(sep=" "),
+            )
+            for i in range(1, 1201)
+        ]
+        con.executemany("insert into orders values (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace(
+            "shop: {type: duckdb, path: shop.duckdb}",
+            f"shop: {{type: sqlalchemy, url: 'sqlite:///{database}'}}",
+        )
+    )
+    assert cli("run", "purchases") == 0
+    assert cli("run", "purchases") == 0
+    assert [len(r.body["data"]) for r in graph.requests] == [1000, 200]
+    with sqlite3.connect(database) as con:
+        con.execute(
+            "insert into orders values (5000,'n@example.com',null,'US',null,'UA','https://x',"
+            "1.0,'EUR','t',?,?)",
+            (recent(1).isoformat(sep=" "),) * 2,
+        )
+    assert cli("run", "purchases", "--dry-run", "--output", str(tmp_path / "next.jsonl")) == 0
+    lines = (tmp_path / "next.jsonl").read_text().splitlines()
+    assert [json.loads(line)["custom_data"]["currency"] for line in lines] == ["EUR"]
