@@ -64,14 +64,29 @@ STRONG_USER_FIELDS: Final = frozenset({"em", "ph", "external_id", "fbp", "fbc"})
 CUSTOM_DATA_TYPES: Final = {
     "value": "float", "currency": "currency", "content_name": "str",
     "content_category": "str", "content_ids": "str_list", "contents": "contents",
-    "content_type": "str", "order_id": "str", "predicted_ltv": "float",
+    "content_type": "content_type", "order_id": "str", "predicted_ltv": "float",
     "net_revenue": "float", "num_items": "int", "search_string": "str", "status": "str",
-    "delivery_category": "str",
+    "delivery_category": "delivery_category",
 }  # fmt: skip
 CUSTOM_DATA_FIELDS: Final = frozenset(CUSTOM_DATA_TYPES)
+
+CONTENT_TYPES: Final = frozenset({"product", "product_group"})
+DELIVERY_CATEGORIES: Final = frozenset({"in_store", "curbside", "home_delivery"})
+
+# App data parameters: required when action_source is `app`.
+APP_DATA_FIELDS: Final = frozenset(
+    {
+        "advertiser_tracking_enabled", "application_tracking_enabled", "extinfo",
+        "campaign_ids", "install_referrer", "installer_package", "url_schemes",
+        "windows_attribution_id", "vendor_id",
+    }
+)  # fmt: skip
+EXTINFO_SLOTS: Final = 16
+EXTINFO_VERSIONS: Final = frozenset({"a2", "i2"})  # extinfo[0]: Android or iOS
 
 MAPPING_GROUPS: Final = {
     "server_event": SERVER_EVENT_FIELDS,
     "customer_info": USER_FIELDS,
     "custom_data": CUSTOM_DATA_FIELDS,
+    "app_data": APP_DATA_FIELDS,
 }

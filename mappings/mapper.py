@@ -20,9 +20,17 @@ import pycountry
 
 from capi_sync.errors import ConfigError
 from capi_sync.mappings import normalize, values
-from capi_sync.mappings.fields import ACTION_SOURCES, CUSTOM_DATA_TYPES, HASHED_USER_FIELDS
+from capi_sync.mappings.fields import (
+    ACTION_SOURCES,
+    CONTENT_TYPES,
+    CUSTOM_DATA_TYPES,
+    DELIVERY_CATEGORIES,
+    EXTINFO_SLOTS,
+    EXTINFO_VERSIONS,
+    HASHED_USER_FIELDS,
+)
 from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
-from capi_sync.mappings.spec import Column, Constant, FieldSource, MappingSpec
+from capi_sync.mappings.spec import GROUPS, Column, Constant, FieldSource, MappingSpec
 from capi_sync.mappings.validate import Problem, validate_event
 
 Row = Sequence[Any]
@@ -61,6 +69,7 @@ class MapperOptions:
     hashing_required: bool = True
     default_phone_region: str | None = None
     strong_match_key_required: bool = False
+    hash_external_id: bool = True
     timezone: str = "UTC"
 
 
@@ -93,12 +102,16 @@ class EventMapper:
         self._user = getters["customer_info"]
         self._custom = getters["custom_data"]
         self._properties = getters["custom_properties"]
+        self._app = getters["app_data"]
         self.key_indexes = key_indexes
         self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (lambda row: (row[key_indexes[0]],))
         self._clock = clock
         self._country_getter = self._user.get("country")
         self._ordered_user = [(k, g) for k, g in self._user.items() if k != "country"]
         self._normalizers = {key: normalize.normalizer_for(key) for key in self._user}
+        self._hashed = _HASHED if options.hash_external_id else _HASHED - {"external_id"}
+        if not options.hash_external_id:
+            self._normalizers["external_id"] = normalize.plain  # sent as the pixel sends it
         if "ph" in self._user:
             self._normalizers["ph"] = partial(normalize.phone, default_region=options.default_phone_region)
 
@@ -120,6 +133,8 @@ class EventMapper:
         custom_data = self._custom_data(row, dropped)
         if custom_data:
             event["custom_data"] = custom_data
+        if self._app and (app_data := self._app_data(row, rejected)):
+            event["app_data"] = app_data
         if not rejected:
             rejected += validate_event(
                 event,
@@ -127,7 +142,8 @@ class EventMapper:
                 strong_key_required=self.options.strong_match_key_required,
             )
         if rejected:
-            return MappedRow(row_key, None, tuple(rejected))
+            # Dropped values explain many rejections (an invalid email leaves too little to match).
+            return MappedRow(row_key, None, (*rejected, *dropped))
         return MappedRow(row_key, event, tuple(dropped))
 
     def _server_event(self, row: Row, row_key: str, rejected: list[Problem]) -> dict[str, Any]:
@@ -175,14 +191,7 @@ class EventMapper:
 
     def _optional_server_fields(self, row: Row, event: dict[str, Any], rejected: list[Problem]) -> None:
         get = self._server
-        converters: dict[str, Callable[[Any], Any]] = {
-            "opt_out": values.to_bool,
-            "data_processing_options": lambda v: [str(x) for x in values.to_list(v)],
-            "data_processing_options_country": values.to_int,
-            "data_processing_options_state": values.to_int,
-            "customer_segmentation": values.to_json,
-        }
-        for field, convert in converters.items():
+        for field, convert in _SERVER_CONVERTERS.items():
             if field not in get or (raw := get[field](row)) is None:
                 continue
             try:
@@ -223,10 +232,10 @@ class EventMapper:
             if item is None or _is_empty(item):
                 continue
             text = item.strip() if isinstance(item, str) else None
-            if key in _HASHED and text is not None and is_sha256_hex(text):
+            if key in self._hashed and text is not None and is_sha256_hex(text):
                 sent.append(text.lower())  # already hashed upstream: never hash twice
                 continue
-            if key in _HASHED and not self.options.hashing_required:
+            if key in self._hashed and not self.options.hashing_required:
                 rejected.append(
                     Problem(
                         f"customer_info.{key}",
@@ -242,10 +251,22 @@ class EventMapper:
                 dropped.append(Problem(f"customer_info.{key}", exc.rule, values.redact(item)))
                 continue
             plain = plain or value
-            sent.append(sha256_hex(value) if key in _HASHED else value)
+            sent.append(sha256_hex(value) if key in self._hashed else value)
         if sent:
             user[key] = sent[0] if len(sent) == 1 and not isinstance(raw, list | tuple) else sent
         return plain
+
+    def _app_data(self, row: Row, rejected: list[Problem]) -> dict[str, Any]:
+        app: dict[str, Any] = {}
+        for key, getter in self._app.items():
+            raw = getter(row)
+            if raw is None or _is_empty(raw):
+                continue
+            try:
+                app[key] = _APP_CONVERTERS.get(key, values.to_text)(raw)
+            except normalize.InvalidValue as exc:
+                rejected.append(Problem(f"app_data.{key}", exc.rule, values.to_text(raw)[:64]))
+        return app
 
     def _custom_data(self, row: Row, dropped: list[Problem]) -> dict[str, Any]:
         custom: dict[str, Any] = {}
@@ -262,6 +283,43 @@ class EventMapper:
             if raw is not None:
                 custom[key] = values.to_json(raw)
         return custom
+
+
+_SERVER_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "opt_out": values.to_bool,
+    "data_processing_options": lambda v: [str(x) for x in values.to_list(v)],
+    "data_processing_options_country": values.to_int,
+    "data_processing_options_state": values.to_int,
+    "customer_segmentation": values.to_json,
+}
+
+
+def _extinfo(value: Any) -> list[str]:
+    """Exactly 16 strings from an array or JSON column; slot 0 says Android (`a2`) or iOS (`i2`).
+
+    Comma-separated text is refused: device models such as `iPhone5,1` contain commas.
+    """
+    if isinstance(value, str) and not value.strip().startswith("["):
+        raise normalize.InvalidValue("extinfo_not_an_array")
+    slots = ["" if slot is None else str(slot) for slot in values.to_list(value)]
+    if len(slots) != EXTINFO_SLOTS:
+        raise normalize.InvalidValue("extinfo_needs_16_slots")
+    if slots[0] not in EXTINFO_VERSIONS:
+        raise normalize.InvalidValue("extinfo_version_not_a2_or_i2")
+    return slots
+
+
+def _flag(value: Any) -> int:
+    return int(values.to_bool(value))
+
+
+_APP_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "advertiser_tracking_enabled": _flag,
+    "application_tracking_enabled": _flag,
+    "extinfo": _extinfo,
+    "campaign_ids": values.to_text,
+    "url_schemes": lambda v: [values.to_text(x) for x in values.to_list(v)],
+}
 
 
 def _is_empty(value: Any) -> bool:
@@ -293,12 +351,25 @@ def _contents(value: Any) -> list[dict[str, Any]]:
         if item.get("item_price") is not None:
             content["item_price"] = values.to_float(item["item_price"])
         if item.get("delivery_category") is not None:
-            content["delivery_category"] = str(item["delivery_category"])
+            category = _one_of(DELIVERY_CATEGORIES, "unknown_delivery_category")
+            content["delivery_category"] = category(item["delivery_category"])
         items.append(content)
     return items
 
 
+def _one_of(allowed: frozenset[str], rule: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in allowed:
+            raise normalize.InvalidValue(rule)
+        return text
+
+    return convert
+
+
 _CUSTOM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "content_type": _one_of(CONTENT_TYPES, "unknown_content_type"),
+    "delivery_category": _one_of(DELIVERY_CATEGORIES, "unknown_delivery_category"),
     "float": values.to_float,
     "int": values.to_int,
     "str": values.to_text,
@@ -332,7 +403,7 @@ def compile_mapping(
     """Resolve every field against the query's columns once; report all unknown columns together."""
     errors: list[str] = []
     getters: dict[str, dict[str, Getter]] = {}
-    for group in ("server_event", "customer_info", "custom_data", "custom_properties"):
+    for group in GROUPS:
         getters[group] = {
             key: _getter(source, columns, f"mapping.{group}.{key}", errors)
             for key, source in getattr(spec, group).items()

@@ -32,6 +32,8 @@ class Column(BaseModel):
     column: str
 
 
+GROUPS = ("server_event", "customer_info", "custom_data", "custom_properties", "app_data")
+
 FieldSource = str | Constant | Column
 """A plain string names a column of the query result; `{value: ...}` is a constant."""
 
@@ -58,6 +60,7 @@ class MappingSpec(BaseModel):
     customer_info: dict[str, FieldSource] = {}
     custom_data: dict[str, FieldSource] = {}
     custom_properties: dict[str, FieldSource] = {}
+    app_data: dict[str, FieldSource] = {}
 
     @field_validator("customer_info", mode="after")
     @classmethod
@@ -98,7 +101,7 @@ class MappingSpec(BaseModel):
         """Every referenced column, keyed by where it is used (`customer_info.em`)."""
         return {
             f"{group}.{key}": column
-            for group in ("server_event", "customer_info", "custom_data", "custom_properties")
+            for group in GROUPS
             for key, source in getattr(self, group).items()
             if (column := column_of(source)) is not None
         }

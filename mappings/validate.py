@@ -55,8 +55,13 @@ def validate_event(event: dict[str, Any], *, now: float, strong_key_required: bo
             )
             if not present
         ]
-    elif action_source == "app" and "app_data" not in event:
-        problems.append(Problem("app_data", "required_for_app"))
+    elif action_source == "app":
+        app_data = event.get("app_data", {})
+        problems += [
+            Problem(f"app_data.{key}", "required_for_app")
+            for key in ("advertiser_tracking_enabled", "extinfo")
+            if key not in app_data
+        ]
     problems += _match_floor(event.get("user_data", {}), strong_key_required)
     custom = event.get("custom_data", {})
     if event.get("event_name") == "Purchase":

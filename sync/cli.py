@@ -5,7 +5,9 @@ Exit codes are assigned only in `main`: 0 ok, 1 the run failed, 2 usage or confi
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from enum import IntEnum
 from functools import wraps
@@ -327,22 +329,41 @@ def print_quality(quality: Any) -> None:
         out.print(f"  dropped {count:,} x {field}: {rule}")
 
 
+def _stop_on_sigterm(_signum: int, _frame: object) -> None:
+    # Same path as Ctrl-C: the run is marked interrupted; the cursor stands after the last
+    # accepted batch, so the next run resumes there.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        code = _invoke(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _invoke(argv: list[str] | None) -> int:
+    """Run the command; the one place where outcomes become exit codes."""
     try:
         cli.main(args=argv, prog_name="capi-sync", standalone_mode=False)
     except click.exceptions.Abort:
         err.print("aborted")
-        sys.exit(ExitCode.RUN_FAILED)
+        return ExitCode.RUN_FAILED
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.USAGE)
+        return ExitCode.USAGE
     except CapiSyncError as exc:
         err.print(f"[red]error:[/] {exc}", soft_wrap=True)
-        sys.exit(ExitCode.RUN_FAILED)
+        return ExitCode.RUN_FAILED
     except KeyboardInterrupt:
-        err.print("interrupted: state is consistent; run again to continue")
-        sys.exit(130)
-    sys.exit(ExitCode.OK)
+        err.print("interrupted: the cursor stands after the last accepted batch; run again to resume")
+        return 130
+    return ExitCode.OK

@@ -116,6 +116,7 @@ class SyncSettings(BaseModel):
     hashing_required: bool = True
     default_phone_region: str | None = None
     strong_match_key_required: bool = False
+    hash_external_id: bool = True  # false: send external_id as is (it must match the pixel's)
     batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
 
     @field_validator("default_phone_region")

@@ -59,6 +59,7 @@ def mapper_for(
         hashing_required=settings.hashing_required,
         default_phone_region=settings.default_phone_region,
         strong_match_key_required=settings.strong_match_key_required,
+        hash_external_id=settings.hash_external_id,
         timezone=pipeline.timezone,
     )
     return compile_mapping(pipeline.mapping, options, columns, clock)

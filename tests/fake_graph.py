@@ -130,7 +130,7 @@ def error_reply(status: int, code: int, message: str = "error", *, transient: bo
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HASHED = {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"}
+_HASHED = {"em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country"}  # external_id may be raw
 
 
 def _check_event(event: Any) -> str | None:

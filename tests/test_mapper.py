@@ -239,3 +239,36 @@ def test_column_names_match_case_insensitively_when_unambiguous() -> None:
         )
     )
     assert event["user_data"]["em"] == sha256(b"a@example.com").hexdigest()
+
+
+def test_opt_out_and_limited_data_use_are_mappable() -> None:
+    m = mapper(
+        server_event={
+            "opt_out": {"value": "true"},
+            "data_processing_options": {"value": "LDU"},
+            "data_processing_options_country": {"value": "1"},
+            "data_processing_options_state": {"value": 1000},
+            "referrer_url": {"value": "https://ref.example/"},
+        }
+    )
+    event = ok(m.map_row(row()))
+    assert event["opt_out"] is True
+    assert event["data_processing_options"] == ["LDU"]
+    assert (event["data_processing_options_country"], event["data_processing_options_state"]) == (1, 1000)
+    assert event["referrer_url"] == "https://ref.example/"
+
+
+def test_unhashed_keys_are_sent_as_given() -> None:
+    m = mapper(customer_info={"fbc": {"value": " fb.1.1700000000000.AbC "}, "subscription_id": "id"})
+    user = ok(m.map_row(row(id=77)))["user_data"]
+    assert user["fbc"] == "fb.1.1700000000000.AbC"
+    assert user["subscription_id"] == "77"
+
+
+def test_rejected_rows_explain_the_values_dropped_on_the_way() -> None:
+    result = mapper().map_row(row(email="jane.doe-at-example.com", phone="abc"))
+    assert rules(result) >= {
+        ("customer_info", "weak_match_keys"),
+        ("customer_info.em", "invalid_email"),
+        ("customer_info.ph", "invalid_phone"),
+    }
