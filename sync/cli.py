@@ -40,6 +40,7 @@ class ExitCode(IntEnum):
     OK = 0
     RUN_FAILED = 1
     USAGE = 2
+    INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 class RunFailed(click.ClickException):
@@ -351,7 +352,13 @@ def _invoke(argv: list[str] | None) -> int:
     """Run the command; the one place where outcomes become exit codes."""
     try:
         cli.main(args=argv, prog_name="capi-sync", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C and our SIGTERM
+            err.print(
+                "interrupted: the cursor stands after the last accepted batch; run again to resume",
+                soft_wrap=True,
+            )
+            return ExitCode.INTERRUPTED
         err.print("aborted")
         return ExitCode.RUN_FAILED
     except click.ClickException as exc:
@@ -363,7 +370,4 @@ def _invoke(argv: list[str] | None) -> int:
     except CapiSyncError as exc:
         err.print(f"[red]error:[/] {exc}", soft_wrap=True)
         return ExitCode.RUN_FAILED
-    except KeyboardInterrupt:
-        err.print("interrupted: the cursor stands after the last accepted batch; run again to resume")
-        return 130
     return ExitCode.OK
