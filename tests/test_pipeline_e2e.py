@@ -91,11 +91,7 @@ def test_run_history_records_counts(
     assert cli("run", "purchases") == 0
     assert cli("run", "purchases") == 0
     capsys.readouterr()
-    capsys.readouterr()
     assert cli("runs", "purchases", "--json") == 0
-    newest, first = (json.loads(line) for line in capsys.readouterr().out.splitlines())
-    assert (first["status"], newest["status"]) == ("interrupted", "succeeded")
-    assert first["events_sent"] + newest["events_sent"] >= 2500
     newest, oldest = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert (oldest["status"], oldest["rows_read"], oldest["events_sent"]) == (
         "succeeded",
