@@ -34,6 +34,12 @@ class Batch:
         self.events.append(event)
         self.delivered_keys.append(row_key)
 
+    def reject_events(self, refused: dict[int, Rejection]) -> None:
+        """Move events Meta refused (by index) to the rejections; their rows stay settled."""
+        self.events = [e for i, e in enumerate(self.events) if i not in refused]
+        self.delivered_keys = [k for i, k in enumerate(self.delivered_keys) if i not in refused]
+        self.rejections.extend(refused.values())
+
     def add_rejection(self, cursor: Any, rejection: Rejection) -> None:
         self.add_row(rejection.row_key, cursor)
         self.rejections.append(rejection)

@@ -21,7 +21,7 @@ from capi_sync.batching import Batch
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
-from capi_sync.errors import CapiSyncError, ConfigError, MetaError
+from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError
 from capi_sync.mappings.mapper import (
     EventMapper,
     MapperOptions,
@@ -29,6 +29,7 @@ from capi_sync.mappings.mapper import (
     compile_mapping,
     resolve_column,
 )
+from capi_sync.mappings.validate import Problem
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RunStatus, StateStore
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from capi_sync.config import PipelineConfig, ProjectConfig
 
 Progress = Callable[[RunReport], None]
+INVALID_PARAMETER = 100  # Graph API code for an invalid event: worth isolating by bisection
+OBJECT_NOT_FOUND = 33  # code 100 subcode for a wrong pixel id or missing access: fatal
 
 
 @dataclass(frozen=True)
@@ -241,10 +244,12 @@ class _Run:
                         orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
                     )
             else:
-                result = call_with_retry(
-                    lambda: self.client.send(batch.events), self.retry, on_retry=self._count_retry
-                )
-                fbtrace_id = result.fbtrace_id
+                refused, fbtrace_id = self._deliver(batch.events)
+                if refused:
+                    rejections = {i: self._meta_rejection(batch.delivered_keys[i], e) for i, e in refused}
+                    batch.reject_events(rejections)
+                    for rejection in rejections.values():
+                        report.reject(rejection)
             report.events_sent += len(batch.events)
             report.batches += 1
         new_state = None
@@ -266,6 +271,35 @@ class _Run:
             report.cursor_after = new_state.value
         if self.progress:
             self.progress(report)
+
+    def _deliver(
+        self, events: list[dict[str, Any]], offset: int = 0
+    ) -> tuple[list[tuple[int, MetaRequestError]], str | None]:
+        """Send, retrying transient errors; on an invalid-parameter error, bisect to find the bad events.
+
+        Returns the refused events (index, Meta's error) and the last accepted request's fbtrace_id.
+        """
+        try:
+            result = call_with_retry(lambda: self.client.send(events), self.retry, on_retry=self._count_retry)
+        except MetaRequestError as exc:
+            if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
+                raise
+            if len(events) == 1:
+                return [(offset, exc)], None
+            middle = len(events) // 2
+            left, left_trace = self._deliver(events[:middle], offset)
+            right, right_trace = self._deliver(events[middle:], offset + middle)
+            if len(left) + len(right) == len(events):
+                raise  # every event refused alone: the request itself is wrong, not the rows
+            return left + right, right_trace or left_trace
+        return [], result.fbtrace_id
+
+    def _meta_rejection(self, row_key: str, error: MetaRequestError) -> Rejection:
+        rule = f"meta_{error.code}" + (f"_{error.subcode}" if error.subcode else "")
+        detail = error.user_message or str(error)
+        if error.fbtrace_id:
+            detail += f" (fbtrace_id {error.fbtrace_id})"
+        return Rejection(self.pipeline.name, row_key, (Problem("event", rule, detail=detail),))
 
     def _count_retry(self, error: MetaError, pause: float) -> None:
         self.report.retries += 1

@@ -65,7 +65,7 @@ def test_token_travels_in_the_header_never_the_url(project: Path, graph: FakeGra
 
 
 def test_cursor_advances_only_after_meta_accepts(project: Path, graph: FakeGraph) -> None:
-    graph.script = lambda number, body: error_reply(400, 100, "Invalid parameter") if number == 2 else None
+    graph.script = lambda number, body: error_reply(403, 10, "Permission denied") if number == 2 else None
     assert cli("run", "purchases") == 1
     with duckdb.connect(str(project.parent / "shop.duckdb"), read_only=True) as con:
         thousandth = con.execute("select updated_at from orders where order_id = 1000").fetchone()[0]
@@ -196,3 +196,56 @@ def test_sigterm_stops_cleanly_and_the_next_run_resumes(
     newest, first = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert (first["status"], newest["status"]) == ("interrupted", "succeeded")
     assert first["events_sent"] + newest["events_sent"] >= 2500
+
+
+def poison(order_id: int) -> object:
+    """Meta refuses any request that carries this order's event, naming it in error_user_msg."""
+
+    def script(_number: int, body: dict) -> object:
+        if any(event["custom_data"].get("order_id") == str(order_id) for event in body["data"]):
+            return 400, {
+                "error": {
+                    "message": "Invalid parameter",
+                    "code": 100,
+                    "error_subcode": 2804019,
+                    "error_user_msg": "Invalid content",
+                    "fbtrace_id": "poisoned",
+                }
+            }
+        return None
+
+    return script
+
+
+def test_a_poisoned_batch_is_bisected_and_only_the_bad_event_rejected(
+    project: Path, graph: FakeGraph
+) -> None:
+    project.write_text(
+        project.read_text().replace(
+            "custom_data: {value: amount,", "custom_data: {order_id: order_id, value: amount,"
+        )
+    )
+    graph.script = poison(1234)
+    assert cli("run", "purchases") == 0
+    sent = {event["custom_data"]["order_id"] for event in graph.accepted_events}
+    assert len(sent) == 2499
+    assert "1234" not in sent
+    assert len(graph.requests) <= 3 + 2 * 10, "bisection costs about two requests per level"
+    with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
+        (rejected,) = store.list_rejected("purchases")
+    assert rejected["row_key"] == "1234"
+    assert rejected["reasons"][0]["rule"] == "meta_100_2804019"
+    assert "Invalid content" in rejected["reasons"][0]["detail"]
+    assert state_cursor(project) is not None
+    assert cli("run", "purchases") == 0
+    assert len(graph.accepted_events) == 2499, "the rejected row is not re-sent until it changes"
+
+
+def test_an_error_every_event_shares_fails_the_run_instead_of_rejecting_all(
+    project: Path, graph: FakeGraph
+) -> None:
+    graph.script = lambda _n, _b: (400, {"error": {"message": "Invalid parameter", "code": 100}})
+    assert cli("run", "purchases", "--limit", "8") == 1
+    assert state_cursor(project) is None
+    with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
+        assert store.list_rejected("purchases") == []
