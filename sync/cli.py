@@ -221,6 +221,34 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
     out.print(table)
 
 
+@cli.command()
+@click.argument("pipeline")
+@project_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row, for scripts.")
+@with_context
+def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
+    """List PIPELINE's rejected rows with their reasons (values redacted)."""
+    ctx.project.pipeline(pipeline)
+    with ctx.store() as store:
+        rows = store.list_rejected(pipeline)
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(row, default=str).decode())
+        return
+    table = Table(title=f"{pipeline}: {len(rows)} rejected row(s)")
+    for column in ("row", "reasons", "attempts", "last seen (UTC)"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        reasons = "\n".join(
+            f"{r['field']}: {r['rule']}"
+            + (f" ({r['detail']})" if r.get("detail") else "")
+            + (f" [value {r['value']}]" if r.get("value") else "")
+            for r in row["reasons"]
+        )
+        table.add_row(row["row_key"], reasons, str(row["attempts"]), f"{row['last_seen']:%Y-%m-%d %H:%M:%S}")
+    out.print(table)
+
+
 @cli.group()
 def state() -> None:
     """Inspect or change a pipeline's cursor."""

@@ -113,3 +113,22 @@ def test_sqlalchemy_source_streams_and_binds_the_cursor(
     assert cli("run", "purchases", "--dry-run", "--output", str(tmp_path / "next.jsonl")) == 0
     lines = (tmp_path / "next.jsonl").read_text().splitlines()
     assert [json.loads(line)["custom_data"]["currency"] for line in lines] == ["EUR"]
+
+
+def test_rejected_lists_rows_with_reasons(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import duckdb
+
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        con.execute("update orders set email = 'jane.doe', phone = null, ip = null where order_id = 3")
+    assert cli("run", "purchases") == 0
+    capsys.readouterr()
+    assert cli("rejected", "purchases", "--json") == 0
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["row_key"] == "3"
+    assert {(r["field"], r["rule"]) for r in row["reasons"]} == {
+        ("customer_info", "weak_match_keys"),
+        ("customer_info.em", "invalid_email"),
+    }
+    assert "jane.doe" not in json.dumps(row)
+    assert cli("rejected", "purchases") == 0
+    assert "weak_match_keys" in capsys.readouterr().out
