@@ -1,0 +1,85 @@
+"""Real processes: SIGKILL at any point loses no row; two runs of one pipeline never overlap."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import TOKEN, make_orders, write_pipelines
+from tests.fake_graph import FakeGraph
+
+CAPI_SYNC = str(Path(sys.executable).parent / "capi-sync")
+
+
+def start_run(folder: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [CAPI_SYNC, "run", "purchases"],
+        cwd=folder,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_requests(graph: FakeGraph, count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(graph.requests) < count:
+        assert time.monotonic() < deadline, f"only {len(graph.requests)} requests arrived"
+        time.sleep(0.01)
+
+
+def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 20_000)
+    write_pipelines(tmp_path, graph.url)
+    graph.script = lambda _n, _b: time.sleep(0.05)  # type: ignore[func-returns-value]
+    for kill_after in (1, 6, 13):
+        process = start_run(tmp_path)
+        wait_for_requests(graph, kill_after)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert process.returncode == -signal.SIGKILL
+    final = start_run(tmp_path)
+    _, stderr = final.communicate(timeout=300)
+    assert final.returncode == 0, stderr
+
+    accepted = [event["event_id"] for event in graph.accepted_events]
+    assert len(set(accepted)) == 20_000, "every row's event_id accepted at least once"
+    # Re-sends happen only around the kill points: at most one batch in flight per kill.
+    assert len(accepted) - 20_000 <= 3 * 1000
+
+
+def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 5000)
+    write_pipelines(tmp_path, graph.url)
+    graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
+    first = start_run(tmp_path)
+    wait_for_requests(graph, 1)
+    second = start_run(tmp_path)
+    _, second_err = second.communicate(timeout=120)
+    _, first_err = first.communicate(timeout=120)
+
+    assert first.returncode == 0, first_err
+    assert second.returncode == 1
+    assert "is already running" in second_err
+    ids = [event["event_id"] for event in graph.accepted_events]
+    assert len(ids) == len(set(ids)) == 5000, "no event sent twice"
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 3000)
+    write_pipelines(tmp_path, graph.url)
+    graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
+    process = start_run(tmp_path)
+    wait_for_requests(graph, 1)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    graph.script = None
+    again = start_run(tmp_path)
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    assert len({event["event_id"] for event in graph.accepted_events}) == 3000
