@@ -21,6 +21,7 @@ class Batch:
     rows: int = 0
     last_cursor: Any = None
     keys_at_last_cursor: list[str] = field(default_factory=list)
+    committed: bool = False  # set once its transaction is written; a second commit is a no-op
 
     def add_row(self, row_key: str, cursor: Any) -> None:
         self.rows += 1
@@ -33,12 +34,6 @@ class Batch:
         self.add_row(row_key, cursor)
         self.events.append(event)
         self.delivered_keys.append(row_key)
-
-    def reject_events(self, refused: dict[int, Rejection]) -> None:
-        """Move events Meta refused (by index) to the rejections; their rows stay settled."""
-        self.events = [e for i, e in enumerate(self.events) if i not in refused]
-        self.delivered_keys = [k for i, k in enumerate(self.delivered_keys) if i not in refused]
-        self.rejections.extend(refused.values())
 
     def add_rejection(self, cursor: Any, rejection: Rejection) -> None:
         self.add_row(rejection.row_key, cursor)

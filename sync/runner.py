@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from capi_sync.config import PipelineConfig, ProjectConfig
 
 Progress = Callable[[RunReport], None]
+RetryHook = Callable[[MetaError, float], None]
 INVALID_PARAMETER = 100  # Graph API code for an invalid event: worth isolating by bisection
 OBJECT_NOT_FOUND = 33  # code 100 subcode for a wrong pixel id or missing access: fatal
 
@@ -168,6 +171,15 @@ def run_pipeline(
     return report
 
 
+@dataclass(frozen=True)
+class _Sent:
+    """What a sender thread hands back for one batch."""
+
+    refused: list[tuple[int, MetaRequestError]] = field(default_factory=list)
+    fbtrace_id: str | None = None
+    retries: int = 0
+
+
 @dataclass
 class _Run:
     """The per-run loop and its mutable state, kept out of `run_pipeline` for readability."""
@@ -197,6 +209,44 @@ class _Run:
         return Window(order_by=(cursor, *key), cursor=cursor, start=self.state.value)
 
     def execute(self, source: Source) -> None:
+        """Build batches on this thread while up to `in_flight` requests run; commit in read order.
+
+        A batch is committed only when it and every batch before it were accepted, so the cursor
+        never skips a batch that is still in flight or failed.
+        """
+        in_flight = 1 if self.options.dry_run else self.pipeline.settings.max_in_flight
+        pending: deque[tuple[Batch, Future[_Sent]]] = deque()
+        with ThreadPoolExecutor(in_flight, thread_name_prefix="capi-send") as pool:
+            try:
+                for batch in self._batches(source):
+                    pending.append((batch, pool.submit(self._send, batch)))
+                    while pending and (len(pending) >= in_flight or pending[0][1].done()):
+                        self._commit_oldest(pending)
+                while pending:
+                    self._commit_oldest(pending)
+            except KeyboardInterrupt:
+                self._drain_after_interrupt(pending)
+                raise
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def _drain_after_interrupt(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
+        """Stop cleanly: commit, in order, the batches already on the wire; drop the rest unsent."""
+        for _, future in pending:
+            future.cancel()
+        while pending and not pending[0][1].cancelled():
+            try:
+                self._commit_oldest(pending)
+            except (CapiSyncError, KeyboardInterrupt):
+                break
+
+    def _commit_oldest(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
+        """The batch leaves the queue only once committed, so an interrupt cannot skip it."""
+        self._commit(*pending[0])
+        pending.popleft()
+
+    def _batches(self, source: Source) -> Iterator[Batch]:
         batch = Batch()
         for row, cursor in self._rows(source):
             mapped = self.mapper.map_row(row)
@@ -209,10 +259,10 @@ class _Run:
             self.report.quality.add_event(mapped.event["user_data"])
             self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
             if len(batch.events) >= self.batch_size:
-                self._settle(batch)
+                yield batch
                 batch = Batch()
         if batch.rows:
-            self._settle(batch)
+            yield batch
 
     def _rows(self, source: Source) -> Iterator[tuple[Any, Any]]:
         """Rows in cursor order, minus those already settled at exactly the stored cursor value."""
@@ -232,40 +282,69 @@ class _Run:
             if self.progress:
                 self.progress(self.report)
 
-    def _settle(self, batch: Batch) -> None:
-        """Send the batch's events, then record everything the batch settles in one transaction."""
-        report = self.report
-        fbtrace_id = None
-        if batch.events:
-            if self.options.dry_run:
-                self.client.prepare(batch.events)  # the exact request, built and dropped
-                if self.output is not None:
-                    self.output.writelines(
-                        orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
-                    )
-            else:
-                refused, fbtrace_id = self._deliver(batch.events)
-                if refused:
-                    rejections = {i: self._meta_rejection(batch.delivered_keys[i], e) for i, e in refused}
-                    batch.reject_events(rejections)
-                    for rejection in rejections.values():
-                        report.reject(rejection)
-            report.events_sent += len(batch.events)
-            report.batches += 1
+    def _send(self, batch: Batch) -> _Sent:
+        """Runs on a sender thread: one request (or a bisection), retried within the budget."""
+        if not batch.events:
+            return _Sent()
+        if self.options.dry_run:
+            self.client.prepare(batch.events)  # the exact request, built and dropped
+            if self.output is not None:
+                self.output.writelines(
+                    orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
+                )
+            return _Sent()
+        retries = 0
+
+        def count(_error: MetaError, _pause: float) -> None:
+            nonlocal retries
+            retries += 1
+
+        refused, fbtrace_id = self._deliver(batch.events, count)
+        return _Sent(refused, fbtrace_id, retries)
+
+    def _commit(self, batch: Batch, sent: Future[_Sent]) -> None:
+        """Record everything an accepted batch settles, in one transaction; raise if it failed.
+
+        Safe to call again after an interrupt: it reads the batch and never changes it.
+        """
+        if batch.committed:
+            return
+        outcome = sent.result()
+        refused = {i: self._meta_rejection(batch.delivered_keys[i], e) for i, e in outcome.refused}
+        delivered = [key for i, key in enumerate(batch.delivered_keys) if i not in refused]
+        rejections = [*batch.rejections, *refused.values()]
         new_state = None
         if self.cursor_index is not None and batch.last_cursor is not None:
             new_state = self.state.advance(batch.last_cursor, batch.keys_at_last_cursor)
         if not self.options.dry_run:
             commit = BatchCommit(
-                run_id=report.run_id or 0,
+                run_id=self.report.run_id or 0,
                 cursor=new_state,
                 rows_read=batch.rows,
-                events_sent=len(batch.events),
-                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems]) for r in batch.rejections],
-                delivered_keys=batch.delivered_keys,
-                fbtrace_id=fbtrace_id,
+                events_sent=len(delivered),
+                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems]) for r in rejections],
+                delivered_keys=delivered,
+                retries=outcome.retries,
+                fbtrace_id=outcome.fbtrace_id,
             )
             self.store.commit_batch(self.pipeline.name, commit, self.state)
+        batch.committed = True
+        self._account(batch, refused, len(delivered), outcome.retries, new_state)
+
+    def _account(
+        self,
+        batch: Batch,
+        refused: dict[int, Rejection],
+        sent: int,
+        retries: int,
+        new_state: CursorState | None,
+    ) -> None:
+        report = self.report
+        for rejection in refused.values():
+            report.reject(rejection)
+        report.retries += retries
+        report.events_sent += sent
+        report.batches += 1 if batch.events else 0
         if new_state is not None:
             self.state = new_state
             report.cursor_after = new_state.value
@@ -273,22 +352,22 @@ class _Run:
             self.progress(report)
 
     def _deliver(
-        self, events: list[dict[str, Any]], offset: int = 0
+        self, events: list[dict[str, Any]], on_retry: RetryHook, offset: int = 0
     ) -> tuple[list[tuple[int, MetaRequestError]], str | None]:
         """Send, retrying transient errors; on an invalid-parameter error, bisect to find the bad events.
 
         Returns the refused events (index, Meta's error) and the last accepted request's fbtrace_id.
         """
         try:
-            result = call_with_retry(lambda: self.client.send(events), self.retry, on_retry=self._count_retry)
+            result = call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry)
         except MetaRequestError as exc:
             if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
                 raise
             if len(events) == 1:
                 return [(offset, exc)], None
             middle = len(events) // 2
-            left, left_trace = self._deliver(events[:middle], offset)
-            right, right_trace = self._deliver(events[middle:], offset + middle)
+            left, left_trace = self._deliver(events[:middle], on_retry, offset)
+            right, right_trace = self._deliver(events[middle:], on_retry, offset + middle)
             if len(left) + len(right) == len(events):
                 raise  # every event refused alone: the request itself is wrong, not the rows
             return left + right, right_trace or left_trace
@@ -300,9 +379,6 @@ class _Run:
         if error.fbtrace_id:
             detail += f" (fbtrace_id {error.fbtrace_id})"
         return Rejection(self.pipeline.name, row_key, (Problem("event", rule, detail=detail),))
-
-    def _count_retry(self, error: MetaError, pause: float) -> None:
-        self.report.retries += 1
 
 
 def _problem_dict(problem: Any) -> dict[str, Any]:

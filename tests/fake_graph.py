@@ -47,6 +47,11 @@ class FakeGraph:
         return f"http://{host}:{port}"
 
     @property
+    def arrived(self) -> int:
+        """Requests received so far, including those not answered yet."""
+        return self._count
+
+    @property
     def accepted_events(self) -> list[dict[str, Any]]:
         return [event for r in self.requests if r.status == 200 for event in r.body["data"]]
 

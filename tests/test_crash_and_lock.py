@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,18 +50,22 @@ def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph
 
     accepted = [event["event_id"] for event in graph.accepted_events]
     assert len(set(accepted)) == 20_000, "every row's event_id accepted at least once"
-    # Re-sends happen only around the kill points: at most one batch in flight per kill.
-    assert len(accepted) - 20_000 <= 3 * 1000
+    # Re-sends happen only around the kill points: at most the batches in flight (4) per kill.
+    assert len(accepted) - 20_000 <= 3 * 4 * 1000
 
 
 def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 5000)
     write_pipelines(tmp_path, graph.url)
-    graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
+    release = threading.Event()
+    graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
     first = start_run(tmp_path)
-    wait_for_requests(graph, 1)
-    second = start_run(tmp_path)
-    _, second_err = second.communicate(timeout=120)
+    try:
+        wait_for_pending(graph, 1)
+        second = start_run(tmp_path)
+        _, second_err = second.communicate(timeout=120)
+    finally:
+        release.set()
     _, first_err = first.communicate(timeout=120)
 
     assert first.returncode == 0, first_err
@@ -68,6 +73,14 @@ def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph
     assert "is already running" in second_err
     ids = [event["event_id"] for event in graph.accepted_events]
     assert len(ids) == len(set(ids)) == 5000, "no event sent twice"
+
+
+def wait_for_pending(graph: FakeGraph, count: int, timeout: float = 60) -> None:
+    """Wait until `count` requests have arrived (answered or not)."""
+    deadline = time.monotonic() + timeout
+    while graph.arrived < count:
+        assert time.monotonic() < deadline, "no request arrived"
+        time.sleep(0.01)
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph) -> None:
@@ -83,3 +96,36 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph
     _, stderr = again.communicate(timeout=120)
     assert again.returncode == 0, stderr
     assert len({event["event_id"] for event in graph.accepted_events}) == 3000
+
+
+def test_an_interrupt_never_commits_past_a_batch_still_in_flight(tmp_path: Path, graph: FakeGraph) -> None:
+    """Batches 2 and 3 are accepted while batch 1 hangs, then is refused: the cursor must not move."""
+    from tests.fake_graph import error_reply
+
+    make_orders(tmp_path / "shop.duckdb", 2500)
+    write_pipelines(tmp_path, graph.url)
+    release = threading.Event()
+
+    def script(_number: int, body: dict) -> object:
+        if any(event["event_source_url"].endswith("/o/1") for event in body["data"]):
+            release.wait(60)
+            return error_reply(403, 10, "Permission denied")
+        return None
+
+    graph.script = script
+    process = start_run(tmp_path)
+    try:
+        wait_for_requests(graph, 2)  # batches 2 and 3 answered; batch 1 still held
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+    finally:
+        release.set()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+
+    from capi_sync.state import StateStore
+
+    with StateStore(f"sqlite:///{tmp_path / '.capi-sync' / 'state.db'}") as store:
+        assert store.load_cursor("purchases").value is None
+        (run,) = store.list_runs("purchases")
+    assert (run.status, run.events_sent) == ("interrupted", 0)

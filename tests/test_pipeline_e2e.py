@@ -31,7 +31,7 @@ def state_cursor(project: Path) -> object:
 
 def test_two_runs_deliver_every_row_exactly_once(project: Path, graph: FakeGraph) -> None:
     assert cli("run", "purchases") == 0
-    assert [len(r.body["data"]) for r in graph.requests] == [1000, 1000, 500]
+    assert sorted(len(r.body["data"]) for r in graph.requests) == [500, 1000, 1000]
     assert cli("run", "purchases") == 0
     assert len(graph.requests) == 3, "the second run must send nothing"
 
@@ -82,7 +82,8 @@ def test_rows_added_between_runs_are_sent_once(project: Path, graph: FakeGraph) 
     assert cli("run", "purchases") == 0
     make_orders(project.parent / "shop.duckdb", 10, start_id=5000, minutes_ago=30)
     assert cli("run", "purchases") == 0
-    assert [len(r.body["data"]) for r in graph.requests] == [1000, 1000, 500, 10]
+    assert sorted(len(r.body["data"]) for r in graph.requests[:3]) == [500, 1000, 1000]
+    assert len(graph.requests[3].body["data"]) == 10
 
 
 def test_run_history_records_counts(
