@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
 Reply = tuple[int, dict[str, Any]]
+DROP: Reply = (0, {})  # a script returning this closes the connection without answering
 
 
 @dataclass
@@ -92,6 +94,10 @@ class FakeGraph:
                 status, payload = graph.reply(number, self.path, headers, body)
                 with graph._lock:
                     graph.requests.append(Received(self.path, headers, body, status))
+                if (status, payload) == DROP:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
