@@ -37,7 +37,7 @@ def wait_for_requests(graph: FakeGraph, count: int, timeout: float = 60) -> None
 def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 20_000)
     write_pipelines(tmp_path, graph.url)
-    graph.script = lambda _n, _b: time.sleep(0.05)  # type: ignore[func-returns-value]
+    graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
     for kill_after in (1, 6, 13):
         process = start_run(tmp_path)
         wait_for_requests(graph, kill_after)
@@ -86,11 +86,16 @@ def wait_for_pending(graph: FakeGraph, count: int, timeout: float = 60) -> None:
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 3000)
     write_pipelines(tmp_path, graph.url)
-    graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
+    release = threading.Event()
+    graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
     process = start_run(tmp_path)
-    wait_for_requests(graph, 1)
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
+    try:
+        wait_for_pending(graph, 1)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        release.set()
+    assert process.returncode == -signal.SIGKILL
     graph.script = None
     again = start_run(tmp_path)
     _, stderr = again.communicate(timeout=120)

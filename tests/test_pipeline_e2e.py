@@ -65,7 +65,11 @@ def test_token_travels_in_the_header_never_the_url(project: Path, graph: FakeGra
 
 
 def test_cursor_advances_only_after_meta_accepts(project: Path, graph: FakeGraph) -> None:
-    graph.script = lambda number, body: error_reply(403, 10, "Permission denied") if number == 2 else None
+    def refuse_second_batch(_number: int, body: dict) -> object:
+        second = any(event["event_source_url"].endswith("/o/1001") for event in body["data"])
+        return error_reply(403, 10, "Permission denied") if second else None
+
+    graph.script = refuse_second_batch
     assert cli("run", "purchases") == 1
     with duckdb.connect(str(project.parent / "shop.duckdb"), read_only=True) as con:
         thousandth = con.execute("select updated_at from orders where order_id = 1000").fetchone()[0]
@@ -75,7 +79,10 @@ def test_cursor_advances_only_after_meta_accepts(project: Path, graph: FakeGraph
     assert cli("run", "purchases") == 0
     ids = Counter(event["event_id"] for event in graph.accepted_events)
     assert len(ids) == 2500
-    assert set(ids.values()) == {1}
+    # Batch 3 may have been accepted while batch 2 failed; it is re-sent with the same
+    # event_ids (Meta drops the copies), and nothing before the failure is sent twice.
+    twice = {event_id for event_id, count in ids.items() if count > 1}
+    assert len(twice) <= 500
 
 
 def test_rows_added_between_runs_are_sent_once(project: Path, graph: FakeGraph) -> None:
@@ -163,14 +170,20 @@ def test_console_script_runs_the_example_from_a_fresh_folder(tmp_path: Path) -> 
 def test_sigterm_stops_cleanly_and_the_next_run_resumes(
     project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Batch 1 is answered at once, the others only after SIGTERM: they were in flight, so the
+    run waits for them, commits them in order, and exits 130."""
     import os
     import signal
+    import threading
     import time
 
-    def slow(_number: int, _body: object) -> None:
-        time.sleep(0.3)
+    release = threading.Event()
 
-    graph.script = slow
+    def hold_later_batches(_number: int, body: dict) -> None:
+        if not any(event["event_source_url"].endswith("/o/1") for event in body["data"]):
+            release.wait(60)
+
+    graph.script = hold_later_batches
     env = {**os.environ, "FB_ACCESS_TOKEN": TOKEN}
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases"],
@@ -180,10 +193,14 @@ def test_sigterm_stops_cleanly_and_the_next_run_resumes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while not graph.requests and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+    try:
+        deadline = time.monotonic() + 60
+        while not graph.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    finally:
+        release.set()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "run again to resume" in stderr
