@@ -117,11 +117,11 @@ class EventMapper:
 
     def row_key(self, row: Row) -> str:
         """The primary key as one string (`|`-joined when composite): names the row everywhere."""
-        return "|".join("" if value is None else str(value) for value in self._key(row))
+        return _join_key(self._key(row))
 
     def map_row(self, row: Row, now: float | None = None) -> MappedRow:
         key_values = self._key(row)
-        row_key = "|".join("" if value is None else str(value) for value in key_values)
+        row_key = _join_key(key_values)
         if any(value is None for value in key_values):
             missing = Problem(",".join(self.options.primary_key), "missing_primary_key")
             return MappedRow(row_key, None, (missing,))
@@ -320,6 +320,10 @@ _APP_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "campaign_ids": values.to_text,
     "url_schemes": lambda v: [values.to_text(x) for x in values.to_list(v)],
 }
+
+
+def _join_key(values: tuple[Any, ...]) -> str:
+    return "|".join("" if value is None else str(value) for value in values)
 
 
 def _is_empty(value: Any) -> bool:

@@ -131,7 +131,7 @@ def validate(ctx: Context, offline: bool) -> None:
         for pipeline in ctx.project.pipelines.values():
             try:
                 with open_source(ctx.project.warehouse_of(pipeline)) as source:
-                    prepare(ctx.project, pipeline, source)
+                    prepare(pipeline, source)
             except ConfigError as exc:
                 errors += exc.errors
             except CapiSyncError as exc:
@@ -155,7 +155,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
     for column in ("row", "outcome", "event / reasons"):
         table.add_column(column, overflow="fold")
     with open_source(ctx.project.warehouse_of(config)) as source:
-        mapper, columns = prepare(ctx.project, config, source)
+        mapper, columns = prepare(config, source)
         window = Window(order_by=tuple(columns[i] for i in mapper.key_indexes))
         for chunk in source.stream(config.query, window, rows):
             for row in chunk[:rows]:

@@ -71,9 +71,7 @@ def mapper_for(
     return compile_mapping(pipeline.mapping, options, columns, clock)
 
 
-def prepare(
-    project: ProjectConfig, pipeline: PipelineConfig, source: Source
-) -> tuple[EventMapper, list[str]]:
+def prepare(pipeline: PipelineConfig, source: Source) -> tuple[EventMapper, list[str]]:
     """Describe the query and compile the mapping: every config error surfaces before a row is read."""
     columns = source.columns(pipeline.query)
     mapper = mapper_for(pipeline, columns)
@@ -130,7 +128,7 @@ def run_pipeline(
     report = RunReport(pipeline=name, dry_run=options.dry_run)
     with ExitStack() as stack:
         source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
-        mapper, columns = prepare(project, pipeline, source)
+        mapper, columns = prepare(pipeline, source)
         client = client or stack.enter_context(closing(make_client(project, pipeline)))
         if not options.dry_run:
             stack.enter_context(store.lock(name))
@@ -176,7 +174,6 @@ class _Sent:
     """What a sender thread hands back for one batch."""
 
     refused: list[tuple[int, MetaRequestError]] = field(default_factory=list)
-    fbtrace_id: str | None = None
     retries: int = 0
 
 
@@ -202,7 +199,7 @@ class _Run:
 
     def window(self) -> Window:
         columns = self.columns
-        key = tuple(columns[_column(k, columns) or 0] for k in self.pipeline.primary_key)
+        key = tuple(columns[index] for index in self.mapper.key_indexes)
         if self.cursor_index is None:
             return Window(order_by=key)
         cursor = columns[self.cursor_index]
@@ -257,7 +254,8 @@ class _Run:
                 continue
             batch.add_event(mapped.row_key, cursor, mapped.event)
             self.report.quality.add_event(mapped.event["user_data"])
-            self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
+            if mapped.problems:
+                self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
             if len(batch.events) >= self.batch_size:
                 yield batch
                 batch = Batch()
@@ -299,8 +297,7 @@ class _Run:
             nonlocal retries
             retries += 1
 
-        refused, fbtrace_id = self._deliver(batch.events, count)
-        return _Sent(refused, fbtrace_id, retries)
+        return _Sent(self._deliver(batch.events, count), retries)
 
     def _commit(self, batch: Batch, sent: Future[_Sent]) -> None:
         """Record everything an accepted batch settles, in one transaction; raise if it failed.
@@ -325,7 +322,6 @@ class _Run:
                 rejections=[(r.row_key, [_problem_dict(p) for p in r.problems]) for r in rejections],
                 delivered_keys=delivered,
                 retries=outcome.retries,
-                fbtrace_id=outcome.fbtrace_id,
             )
             self.store.commit_batch(self.pipeline.name, commit, self.state)
         batch.committed = True
@@ -353,25 +349,25 @@ class _Run:
 
     def _deliver(
         self, events: list[dict[str, Any]], on_retry: RetryHook, offset: int = 0
-    ) -> tuple[list[tuple[int, MetaRequestError]], str | None]:
-        """Send, retrying transient errors; on an invalid-parameter error, bisect to find the bad events.
+    ) -> list[tuple[int, MetaRequestError]]:
+        """Send, retrying transient errors; on an invalid-parameter error, bisect to the bad events.
 
-        Returns the refused events (index, Meta's error) and the last accepted request's fbtrace_id.
+        Returns the refused events as (index in the batch, Meta's error).
         """
         try:
-            result = call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry)
+            call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry)
         except MetaRequestError as exc:
             if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
                 raise
             if len(events) == 1:
-                return [(offset, exc)], None
+                return [(offset, exc)]
             middle = len(events) // 2
-            left, left_trace = self._deliver(events[:middle], on_retry, offset)
-            right, right_trace = self._deliver(events[middle:], on_retry, offset + middle)
-            if len(left) + len(right) == len(events):
+            refused = self._deliver(events[:middle], on_retry, offset)
+            refused += self._deliver(events[middle:], on_retry, offset + middle)
+            if len(refused) == len(events):
                 raise  # every event refused alone: the request itself is wrong, not the rows
-            return left + right, right_trace or left_trace
-        return [], result.fbtrace_id
+            return refused
+        return []
 
     def _meta_rejection(self, row_key: str, error: MetaRequestError) -> Rejection:
         rule = f"meta_{error.code}" + (f"_{error.subcode}" if error.subcode else "")

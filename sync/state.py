@@ -155,7 +155,6 @@ class BatchCommit:
     rejections: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     delivered_keys: Sequence[str] = ()
     retries: int = 0
-    fbtrace_id: str | None = None
 
 
 def default_state_url(config_path: Path | None) -> str:
