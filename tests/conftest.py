@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +101,22 @@ def cli(*args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:
+    """`capi-sync run purchases` as a real process (the installed console script)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", *args],
+        cwd=folder,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)

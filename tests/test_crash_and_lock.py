@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tests.conftest import TOKEN, make_orders, write_pipelines
+from tests.conftest import make_orders, start_run, wait_for, write_pipelines
 from tests.fake_graph import FakeGraph
-
-CAPI_SYNC = str(Path(sys.executable).parent / "capi-sync")
-
-
-def start_run(folder: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [CAPI_SYNC, "run", "purchases"],
-        cwd=folder,
-        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for_requests(graph: FakeGraph, count: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(graph.requests) < count:
-        assert time.monotonic() < deadline, f"only {len(graph.requests)} requests arrived"
-        time.sleep(0.01)
 
 
 def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph) -> None:
@@ -40,7 +17,7 @@ def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph
     graph.script = lambda _n, _b: time.sleep(0.2)  # type: ignore[func-returns-value]
     for kill_after in (1, 6, 13):
         process = start_run(tmp_path)
-        wait_for_requests(graph, kill_after)
+        wait_for(lambda k=kill_after: len(graph.requests) >= k)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
         assert process.returncode == -signal.SIGKILL
@@ -61,7 +38,7 @@ def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph
     graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
     first = start_run(tmp_path)
     try:
-        wait_for_pending(graph, 1)
+        wait_for(lambda: graph.arrived >= 1)
         second = start_run(tmp_path)
         _, second_err = second.communicate(timeout=120)
     finally:
@@ -75,14 +52,6 @@ def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph
     assert len(ids) == len(set(ids)) == 5000, "no event sent twice"
 
 
-def wait_for_pending(graph: FakeGraph, count: int, timeout: float = 60) -> None:
-    """Wait until `count` requests have arrived (answered or not)."""
-    deadline = time.monotonic() + timeout
-    while graph.arrived < count:
-        assert time.monotonic() < deadline, "no request arrived"
-        time.sleep(0.01)
-
-
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 3000)
     write_pipelines(tmp_path, graph.url)
@@ -90,7 +59,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph
     graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
     process = start_run(tmp_path)
     try:
-        wait_for_pending(graph, 1)
+        wait_for(lambda: graph.arrived >= 1)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
     finally:
@@ -120,7 +89,7 @@ def test_an_interrupt_never_commits_past_a_batch_still_in_flight(tmp_path: Path,
     graph.script = script
     process = start_run(tmp_path)
     try:
-        wait_for_requests(graph, 2)  # batches 2 and 3 answered; batch 1 still held
+        wait_for(lambda: len(graph.requests) >= 2)  # batches 2 and 3 answered; batch 1 still held
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
     finally:

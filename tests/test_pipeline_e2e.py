@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from capi_sync.state import StateStore
-from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.conftest import TOKEN, cli, make_orders, start_run, wait_for, write_pipelines
 from tests.fake_graph import FakeGraph, error_reply
 
 
@@ -172,7 +172,6 @@ def test_sigterm_stops_cleanly_and_the_next_run_resumes(
 ) -> None:
     """Batch 1 is answered at once, the others only after SIGTERM: they were in flight, so the
     run waits for them, commits them in order, and exits 130."""
-    import os
     import signal
     import threading
     import time
@@ -184,19 +183,9 @@ def test_sigterm_stops_cleanly_and_the_next_run_resumes(
             release.wait(60)
 
     graph.script = hold_later_batches
-    env = {**os.environ, "FB_ACCESS_TOKEN": TOKEN}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases"],
-        cwd=project.parent,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(project.parent)
     try:
-        deadline = time.monotonic() + 60
-        while not graph.requests and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: bool(graph.requests))
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
     finally:
