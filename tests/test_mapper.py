@@ -272,3 +272,42 @@ def test_rejected_rows_explain_the_values_dropped_on_the_way() -> None:
         ("customer_info.em", "invalid_email"),
         ("customer_info.ph", "invalid_phone"),
     }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [
+            {"id": "sku-1", "quantity": 2, "item_price": "12.50", "delivery_category": "Home_Delivery"},
+            {"id": 7, "quantity": 1.0, "item_price": 3},
+        ],
+        '[{"id": "sku-1", "quantity": 2, "item_price": 12.5, "delivery_category": "home_delivery"},'
+        ' {"id": "7", "quantity": 1, "item_price": 3.0}]',
+    ],
+)
+def test_contents_from_array_or_json_columns(raw: Any) -> None:
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": {"value": "Purchase"}, "event_time": "ts"},
+        "customer_info": {"em": "email"},
+        "custom_data": {"value": "amount", "currency": "currency", "contents": "tags",
+                        "content_ids": {"value": '["sku-1", "7"]'}},
+    })  # fmt: skip
+    options = MapperOptions(pipeline="p", primary_key=("id",), action_source="system_generated")
+    event = ok(compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp).map_row(row(tags=raw)))
+    assert event["custom_data"]["contents"] == [
+        {"id": "sku-1", "quantity": 2, "item_price": 12.5, "delivery_category": "home_delivery"},
+        {"id": "7", "quantity": 1, "item_price": 3.0},
+    ]
+    assert event["custom_data"]["content_ids"] == ["sku-1", "7"]
+
+
+def test_malformed_contents_are_dropped_with_their_rule() -> None:
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": {"value": "Lead"}, "event_time": "ts"},
+        "customer_info": {"em": "email"},
+        "custom_data": {"contents": "tags"},
+    })  # fmt: skip
+    options = MapperOptions(pipeline="p", primary_key=("id",), action_source="system_generated")
+    result = compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp).map_row(row(tags='[{"qty": 1}]'))
+    assert "custom_data" not in ok(result)
+    assert [(p.field, p.rule) for p in result.problems] == [("custom_data.contents", "invalid_contents")]

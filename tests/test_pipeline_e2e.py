@@ -119,12 +119,17 @@ def test_dry_run_writes_events_and_touches_nothing(project: Path, graph: FakeGra
     assert state_cursor(project) is None
 
 
-def test_rejected_rows_do_not_block_the_batch(project: Path, graph: FakeGraph) -> None:
+def test_rejected_rows_do_not_block_the_batch(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
     with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
         con.execute("update orders set email = null, phone = null, ip = null where order_id = 7")
         con.execute("update orders set currency = 'XYZ' where order_id = 8")
     assert cli("run", "purchases") == 0
     assert len(graph.accepted_events) == 2498
+    printed = capsys.readouterr().out
+    assert "2,500 rows read, 2,498 events sent" in printed
+    assert "match quality (2,498 events)" in printed
     with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
         rejected = {row["row_key"]: row["reasons"] for row in store.list_rejected("purchases")}
     assert set(rejected) == {"7", "8"}
