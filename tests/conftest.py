@@ -15,6 +15,7 @@ import pytest
 
 from capi_sync.cli import main
 from tests.fake_graph import FakeGraph
+from tests.postgres import create_database, postgres_server
 
 TOKEN = "EAAB-secret-token-9f8e7d6c5b4a"
 
@@ -23,6 +24,18 @@ TOKEN = "EAAB-secret-token-9f8e7d6c5b4a"
 def graph() -> Iterator[FakeGraph]:
     with FakeGraph(token=TOKEN) as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> str:
+    """A fresh database on the session's throwaway PostgreSQL server."""
+    return create_database(postgres_server_url)
 
 
 @pytest.fixture(autouse=True)
