@@ -25,6 +25,8 @@ class Window:
     start_inclusive: bool = True
     end: Any = None
     end_inclusive: bool = False
+    key_columns: tuple[str, ...] = ()
+    keys: tuple[tuple[Any, ...], ...] = ()  # only these rows (by primary key), to retry them
 
 
 class Source(Protocol):
@@ -67,6 +69,15 @@ def window_sql(
         if window.end is not None:
             conditions.append(f"{column} {'<=' if window.end_inclusive else '<'} {placeholder(len(params))}")
             params.append(window.end)
+    if window.keys:
+        matches = []
+        for key in window.keys:
+            parts = []
+            for column, value in zip(window.key_columns, key, strict=True):
+                parts.append(f"{quote(column)} = {placeholder(len(params))}")
+                params.append(value)
+            matches.append(f"({' and '.join(parts)})")
+        conditions.append(f"({' or '.join(matches)})")
     where = f" where {' and '.join(conditions)}" if conditions else ""
     order = ", ".join(quote(column) for column in window.order_by)
     return f"select * from ({query}) as capi_src{where} order by {order}", params

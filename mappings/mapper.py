@@ -44,6 +44,7 @@ class MappedRow(NamedTuple):
     row_key: str
     event: dict[str, Any] | None
     problems: tuple[Problem, ...]
+    key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,7 @@ class Rejection:
     pipeline: str
     row_key: str
     problems: tuple[Problem, ...]
+    key_values: tuple[Any, ...] | None = None
 
     def __str__(self) -> str:
         reasons = "; ".join(str(problem) for problem in self.problems)
@@ -124,7 +126,7 @@ class EventMapper:
         row_key = _join_key(key_values)
         if any(value is None for value in key_values):
             missing = Problem(",".join(self.options.primary_key), "missing_primary_key")
-            return MappedRow(row_key, None, (missing,))
+            return MappedRow(row_key, None, (missing,), key_values)
         rejected: list[Problem] = []
         dropped: list[Problem] = []
         event = self._server_event(row, row_key, rejected)
@@ -143,8 +145,8 @@ class EventMapper:
             )
         if rejected:
             # Dropped values explain many rejections (an invalid email leaves too little to match).
-            return MappedRow(row_key, None, (*rejected, *dropped))
-        return MappedRow(row_key, event, tuple(dropped))
+            return MappedRow(row_key, None, (*rejected, *dropped), key_values)
+        return MappedRow(row_key, event, tuple(dropped), key_values)
 
     def _server_event(self, row: Row, row_key: str, rejected: list[Problem]) -> dict[str, Any]:
         event: dict[str, Any] = {}

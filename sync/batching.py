@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 class Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
     delivered_keys: list[str] = field(default_factory=list)
+    key_values: list[tuple[Any, ...]] = field(default_factory=list)  # per event, typed
     rejections: list[Rejection] = field(default_factory=list)
     rows: int = 0
     last_cursor: Any = None
     keys_at_last_cursor: list[str] = field(default_factory=list)
     committed: bool = False  # set once its transaction is written; a second commit is a no-op
+    advances_cursor: bool = True  # False for rows re-read by key to retry them
 
     def add_row(self, row_key: str, cursor: Any) -> None:
         self.rows += 1
@@ -30,10 +32,13 @@ class Batch:
             self.keys_at_last_cursor = []
         self.keys_at_last_cursor.append(row_key)
 
-    def add_event(self, row_key: str, cursor: Any, event: dict[str, Any]) -> None:
+    def add_event(
+        self, row_key: str, cursor: Any, event: dict[str, Any], key_values: tuple[Any, ...]
+    ) -> None:
         self.add_row(row_key, cursor)
         self.events.append(event)
         self.delivered_keys.append(row_key)
+        self.key_values.append(key_values)
 
     def add_rejection(self, cursor: Any, rejection: Rejection) -> None:
         self.add_row(rejection.row_key, cursor)

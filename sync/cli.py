@@ -249,6 +249,26 @@ def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
     out.print(table)
 
 
+@cli.command("retry")
+@click.argument("pipeline")
+@project_options
+@click.option(
+    "--all",
+    "retry_all",
+    is_flag=True,
+    help="Also rows rejected for their data (after you fixed the mapping or the data).",
+)
+@with_context
+def retry_command(ctx: Context, pipeline: str, retry_all: bool) -> None:
+    """Re-read PIPELINE's rejected rows by primary key and send them again now."""
+    options = RunOptions(retry_only=True, retry_data_rejections=retry_all)
+    with ctx.store() as store, _progress(pipeline) as on_progress:
+        report = run_pipeline(ctx.project, pipeline, store, options, progress=on_progress)
+    print_report(report)
+    if not report.ok:
+        raise RunFailed(report.error or "retry failed")
+
+
 @cli.group()
 def state() -> None:
     """Inspect or change a pipeline's cursor."""
@@ -324,6 +344,7 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
         f" {report.rows_read:,} rows read, {report.events_sent:,} events {verb}"
         f" in {report.batches} batch(es), {report.rows_rejected:,} rejected"
         + (f", {report.rows_skipped:,} already delivered" if report.rows_skipped else "")
+        + (f", {report.rows_retried:,} rejected rows retried" if report.rows_retried else "")
         + (f", {report.retries} retries" if report.retries else ""),
         soft_wrap=True,
     )

@@ -118,6 +118,7 @@ class SyncSettings(BaseModel):
     strong_match_key_required: bool = False
     hash_external_id: bool = True  # false: send external_id as is (it must match the pixel's)
     batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+    transient_retry_cap: int = Field(3, ge=0)  # runs that retry rows Meta could not take; then kept
     max_in_flight: int = Field(4, ge=1, le=32)  # concurrent requests; the cursor still commits in order
 
     @field_validator("default_phone_region")

@@ -54,6 +54,7 @@ class RunReport:
     events_sent: int = 0
     rows_rejected: int = 0
     rows_skipped: int = 0  # already delivered at the cursor value (ties), not sent again
+    rows_retried: int = 0  # rejected rows looked up again by key to retry them
     batches: int = 0
     retries: int = 0
     cursor_before: Any = None

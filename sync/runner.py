@@ -23,7 +23,7 @@ from capi_sync.batching import Batch
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
-from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError
+from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError, MetaRetryableError
 from capi_sync.mappings.mapper import (
     EventMapper,
     MapperOptions,
@@ -33,17 +33,20 @@ from capi_sync.mappings.mapper import (
 )
 from capi_sync.mappings.validate import Problem
 from capi_sync.report import RunReport
-from capi_sync.state import BatchCommit, CursorState, RunStatus, StateStore
+from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from capi_sync.config import PipelineConfig, ProjectConfig
+    from capi_sync.connectors.base import Chunk
 
 Progress = Callable[[RunReport], None]
 RetryHook = Callable[[MetaError, float], None]
 INVALID_PARAMETER = 100  # Graph API code for an invalid event: worth isolating by bisection
 OBJECT_NOT_FOUND = 33  # code 100 subcode for a wrong pixel id or missing access: fatal
+TRANSIENT_RULE = "meta_unavailable"  # rows dead-lettered after the retry budget; retried next run
+RETRY_KEYS_PER_QUERY = 500
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class RunOptions:
     output: Path | None = None  # dry-run: write each event as one JSON line here
     limit: int | None = None  # stop after this many rows
     retry: RetryPolicy | None = None  # default: the destination's retry settings
+    retry_only: bool = False  # `capi-sync retry`: only re-send rejected rows, no incremental read
+    retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
 
 
 def mapper_for(
@@ -151,7 +156,15 @@ def run_pipeline(
             retry=options.retry or project.destination_of(pipeline).retry_policy(),
         )
         try:
-            run.execute(source)
+            if options.retry_only:
+                run.retry_rejected(
+                    source, transient_only=not options.retry_data_rejections, max_attempts=None
+                )
+            else:
+                if not options.dry_run:  # rows Meta could not take last time go first
+                    cap = pipeline.settings.transient_retry_cap
+                    run.retry_rejected(source, transient_only=True, max_attempts=cap + 1)
+                run.execute(source)
             report.status = RunStatus.SUCCEEDED
         except (KeyboardInterrupt, SystemExit):
             report.status = RunStatus.INTERRUPTED
@@ -175,6 +188,7 @@ class _Sent:
 
     refused: list[tuple[int, MetaRequestError]] = field(default_factory=list)
     retries: int = 0
+    transient: MetaRetryableError | None = None  # the retry budget ran out: dead-letter the batch
 
 
 @dataclass
@@ -206,29 +220,56 @@ class _Run:
         return Window(order_by=(cursor, *key), cursor=cursor, start=self.state.value)
 
     def execute(self, source: Source) -> None:
+        """Send the rows past the cursor."""
+        self._pump(self._batches(self._rows(source), advances_cursor=True))
+
+    def retry_rejected(self, source: Source, *, transient_only: bool, max_attempts: int | None) -> None:
+        """Re-read rejected rows by primary key, map them again and send them; the cursor stays."""
+        rejected = self.store.list_rejected(
+            self.pipeline.name, transient=True if transient_only else None, max_attempts=max_attempts
+        )
+        keys = [tuple(row["key_values"]) for row in rejected if row["key_values"]]
+        key_columns = tuple(self.columns[index] for index in self.mapper.key_indexes)
+        for start in range(0, len(keys), RETRY_KEYS_PER_QUERY):
+            window = Window(
+                order_by=key_columns,
+                key_columns=key_columns,
+                keys=tuple(keys[start : start + RETRY_KEYS_PER_QUERY]),
+            )
+            self.report.rows_retried += len(window.keys)
+            rows = source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
+            self._pump(self._batches(self._counted(rows), advances_cursor=False))
+
+    def _counted(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Any, Any]]:
+        for chunk in chunks:
+            for row in chunk:
+                self.report.rows_read += 1
+                yield row, None
+
+    def _pump(self, batches: Iterator[Batch]) -> None:
         """Build batches on this thread while up to `in_flight` requests run; commit in read order.
 
-        A batch is committed only when it and every batch before it were accepted, so the cursor
+        A batch is committed only when it and every batch before it were settled, so the cursor
         never skips a batch that is still in flight or failed.
         """
         in_flight = 1 if self.options.dry_run else self.pipeline.settings.max_in_flight
         pending: deque[tuple[Batch, Future[_Sent]]] = deque()
         with ThreadPoolExecutor(in_flight, thread_name_prefix="capi-send") as pool:
             try:
-                for batch in self._batches(source):
+                for batch in batches:
                     pending.append((batch, pool.submit(self._send, batch)))
                     while pending and (len(pending) >= in_flight or pending[0][1].done()):
                         self._commit_oldest(pending)
                 while pending:
                     self._commit_oldest(pending)
-            except KeyboardInterrupt:
-                self._drain_after_interrupt(pending)
+            except (KeyboardInterrupt, CapiSyncError):
+                self._drain(pending)
                 raise
             finally:
                 for _, future in pending:
                     future.cancel()
 
-    def _drain_after_interrupt(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
+    def _drain(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
         """Stop cleanly: commit, in order, the batches already on the wire; drop the rest unsent."""
         for _, future in pending:
             future.cancel()
@@ -243,22 +284,22 @@ class _Run:
         self._commit(*pending[0])
         pending.popleft()
 
-    def _batches(self, source: Source) -> Iterator[Batch]:
-        batch = Batch()
-        for row, cursor in self._rows(source):
+    def _batches(self, rows: Iterator[tuple[Any, Any]], *, advances_cursor: bool) -> Iterator[Batch]:
+        batch = Batch(advances_cursor=advances_cursor)
+        for row, cursor in rows:
             mapped = self.mapper.map_row(row)
             if mapped.event is None:
-                rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems)
+                rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
                 batch.add_rejection(cursor, rejection)
                 self.report.reject(rejection)
                 continue
-            batch.add_event(mapped.row_key, cursor, mapped.event)
+            batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
             self.report.quality.add_event(mapped.event["user_data"])
             if mapped.problems:
                 self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
             if len(batch.events) >= self.batch_size:
                 yield batch
-                batch = Batch()
+                batch = Batch(advances_cursor=advances_cursor)
         if batch.rows:
             yield batch
 
@@ -297,7 +338,10 @@ class _Run:
             nonlocal retries
             retries += 1
 
-        return _Sent(self._deliver(batch.events, count), retries)
+        try:
+            return _Sent(self._deliver(batch.events, count), retries)
+        except MetaRetryableError as exc:
+            return _Sent(retries=retries, transient=exc)
 
     def _commit(self, batch: Batch, sent: Future[_Sent]) -> None:
         """Record everything an accepted batch settles, in one transaction; raise if it failed.
@@ -307,11 +351,15 @@ class _Run:
         if batch.committed:
             return
         outcome = sent.result()
-        refused = {i: self._meta_rejection(batch.delivered_keys[i], e) for i, e in outcome.refused}
+        if outcome.transient is not None:
+            failed: list[tuple[int, MetaError]] = [(i, outcome.transient) for i in range(len(batch.events))]
+        else:
+            failed = list(outcome.refused)
+        refused = {i: self._meta_rejection(batch, i, error) for i, error in failed}
         delivered = [key for i, key in enumerate(batch.delivered_keys) if i not in refused]
         rejections = [*batch.rejections, *refused.values()]
         new_state = None
-        if self.cursor_index is not None and batch.last_cursor is not None:
+        if batch.advances_cursor and self.cursor_index is not None and batch.last_cursor is not None:
             new_state = self.state.advance(batch.last_cursor, batch.keys_at_last_cursor)
         if not self.options.dry_run:
             commit = BatchCommit(
@@ -319,13 +367,15 @@ class _Run:
                 cursor=new_state,
                 rows_read=batch.rows,
                 events_sent=len(delivered),
-                rejections=[(r.row_key, [_problem_dict(p) for p in r.problems]) for r in rejections],
+                rejections=[_rejected_row(r) for r in rejections],
                 delivered_keys=delivered,
                 retries=outcome.retries,
             )
             self.store.commit_batch(self.pipeline.name, commit, self.state)
         batch.committed = True
         self._account(batch, refused, len(delivered), outcome.retries, new_state)
+        if outcome.transient is not None:
+            raise outcome.transient  # stop the run: Meta is unavailable; the rows wait in `rejected`
 
     def _account(
         self,
@@ -369,12 +419,23 @@ class _Run:
             return refused
         return []
 
-    def _meta_rejection(self, row_key: str, error: MetaRequestError) -> Rejection:
-        rule = f"meta_{error.code}" + (f"_{error.subcode}" if error.subcode else "")
+    def _meta_rejection(self, batch: Batch, index: int, error: MetaError) -> Rejection:
+        rule = f"meta_{error.code or error.status or 'unreachable'}" + (
+            f"_{error.subcode}" if error.subcode else ""
+        )
+        if isinstance(error, MetaRetryableError):
+            rule = TRANSIENT_RULE
         detail = error.user_message or str(error)
         if error.fbtrace_id:
             detail += f" (fbtrace_id {error.fbtrace_id})"
-        return Rejection(self.pipeline.name, row_key, (Problem("event", rule, detail=detail),))
+        problem = Problem("event", rule, detail=detail)
+        return Rejection(self.pipeline.name, batch.delivered_keys[index], (problem,), batch.key_values[index])
+
+
+def _rejected_row(rejection: Rejection) -> RejectedRow:
+    reasons = [_problem_dict(p) for p in rejection.problems]
+    transient = any(p.rule == TRANSIENT_RULE for p in rejection.problems)
+    return RejectedRow(rejection.row_key, reasons, rejection.key_values, transient)
 
 
 def _problem_dict(problem: Any) -> dict[str, Any]:

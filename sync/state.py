@@ -62,7 +62,8 @@ rejected = sa.Table(
     sa.Column("pipeline", sa.String(200), primary_key=True),
     sa.Column("row_key", sa.String(500), primary_key=True),
     sa.Column("reasons", sa.Text, nullable=False),  # JSON list of {field, rule, value, detail}
-    sa.Column("transient", sa.Boolean, nullable=False, default=False),
+    sa.Column("transient", sa.Boolean, nullable=False, default=False),  # retried automatically
+    sa.Column("key_values", sa.Text),  # JSON list of the primary key's typed values, to re-read it
     sa.Column("attempts", sa.Integer, nullable=False, default=1),
     sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
@@ -144,6 +145,14 @@ class CursorState:
         return CursorState(value, frozenset(keys_at_value))
 
 
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    row_key: str
+    reasons: list[dict[str, Any]]
+    key_values: tuple[Any, ...] | None = None
+    transient: bool = False  # Meta was unreachable or throttling: worth another try later
+
+
 @dataclass
 class BatchCommit:
     """What one accepted batch changes, written atomically."""
@@ -152,7 +161,7 @@ class BatchCommit:
     cursor: CursorState | None = None  # None: pipeline without a cursor column
     rows_read: int = 0
     events_sent: int = 0
-    rejections: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
+    rejections: list[RejectedRow] = field(default_factory=list)
     delivered_keys: Sequence[str] = ()
     retries: int = 0
 
@@ -249,10 +258,8 @@ class StateStore:
         with self.engine.begin() as conn:
             if commit.cursor is not None and commit.cursor.value is not None:
                 self._write_cursor(conn, pipeline, commit.cursor, previous)
-            for row_key, reasons in commit.rejections:
-                self._upsert_rejection(
-                    conn, pipeline, row_key, reasons=reasons, run_id=commit.run_id, now=now
-                )
+            for row in commit.rejections:
+                self._upsert_rejection(conn, pipeline, row, run_id=commit.run_id, now=now)
             if commit.delivered_keys and self._has_rejections(conn, pipeline):
                 conn.execute(rejected.delete().where(
                     rejected.c.pipeline == pipeline,
@@ -281,25 +288,26 @@ class StateStore:
 
     @staticmethod
     def _upsert_rejection(
-        conn: sa.Connection,
-        pipeline: str,
-        row_key: str,
-        *,
-        reasons: list[dict[str, Any]],
-        run_id: int,
-        now: dt.datetime,
+        conn: sa.Connection, pipeline: str, row: RejectedRow, *, run_id: int, now: dt.datetime
     ) -> None:
-        text = orjson.dumps(reasons).decode()
+        values = {
+            "reasons": orjson.dumps(row.reasons).decode(),
+            "transient": row.transient,
+            "key_values": orjson.dumps(row.key_values, default=str).decode() if row.key_values else None,
+            "last_seen": now,
+            "run_id": run_id,
+        }
         updated = conn.execute(
             rejected.update()
-            .where(rejected.c.pipeline == pipeline, rejected.c.row_key == row_key)
-            .values(reasons=text, attempts=rejected.c.attempts + 1, last_seen=now, run_id=run_id)
+            .where(rejected.c.pipeline == pipeline, rejected.c.row_key == row.row_key)
+            .values(attempts=rejected.c.attempts + 1, **values)
         )
         if updated.rowcount == 0:
-            conn.execute(rejected.insert().values(
-                pipeline=pipeline, row_key=row_key, reasons=text, transient=False, attempts=1,
-                first_seen=now, last_seen=now, run_id=run_id,
-            ))  # fmt: skip
+            conn.execute(
+                rejected.insert().values(
+                    pipeline=pipeline, row_key=row.row_key, attempts=1, first_seen=now, **values
+                )
+            )
 
     def finish_run(
         self,
@@ -321,13 +329,20 @@ class StateStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
-    def list_rejected(self, pipeline: str) -> list[dict[str, Any]]:
+    def list_rejected(
+        self, pipeline: str, *, transient: bool | None = None, max_attempts: int | None = None
+    ) -> list[dict[str, Any]]:
         query = sa.select(rejected).where(rejected.c.pipeline == pipeline).order_by(rejected.c.last_seen)
+        if transient is not None:
+            query = query.where(rejected.c.transient == transient)
+        if max_attempts is not None:
+            query = query.where(rejected.c.attempts < max_attempts)
         with self.engine.connect() as conn:
             return [
                 {
                     **{str(k): v for k, v in row._mapping.items()},
                     "reasons": orjson.loads(row.reasons),
+                    "key_values": orjson.loads(row.key_values) if row.key_values else None,
                 }
                 for row in conn.execute(query)
             ]

@@ -14,6 +14,7 @@ from capi_sync.errors import PipelineLocked, StateError
 from capi_sync.state import (
     BatchCommit,
     CursorState,
+    RejectedRow,
     RunStatus,
     StateStore,
     decode_value,
@@ -67,7 +68,7 @@ def test_batch_commit_writes_cursor_ties_rejections_and_counters(store: StateSto
             first,
             rows_read=3,
             events_sent=2,
-            rejections=[("3", [{"field": "em", "rule": "r"}])],
+            rejections=[RejectedRow("3", [{"field": "em", "rule": "r"}])],
         ),
         CursorState(),
     )

@@ -1,0 +1,106 @@
+"""Rows Meta could not take are kept as transient rejections and retried by key, up to a cap;
+`capi-sync retry` re-sends rejected rows on demand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from capi_sync.state import StateStore
+from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.fake_graph import FakeGraph, error_reply
+
+
+@pytest.fixture
+def project(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 2500)
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace(
+            "retry_base_seconds: 0.01", "retry_base_seconds: 0.01\n    retry_max_seconds: 0.05"
+        )
+    )
+    return path
+
+
+def store_of(project: Path) -> StateStore:
+    return StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}")
+
+
+def in_second_batch(event: dict) -> bool:
+    return 1001 <= int(event["event_source_url"].rsplit("/", 1)[1]) <= 2000
+
+
+def unavailable_for_second_batch(_number: int, body: dict) -> object:
+    """Meta cannot take rows 1001-2000, however they are batched."""
+    if any(in_second_batch(event) for event in body["data"]):
+        return error_reply(503, 2, "Service temporarily unavailable", transient=True)
+    return None
+
+
+def second_batch_requests(graph: FakeGraph) -> int:
+    return sum(
+        1 for r in graph.requests if any(e["event_source_url"].endswith("/o/1001") for e in r.body["data"])
+    )
+
+
+def test_a_batch_meta_cannot_take_is_kept_and_sent_next_run(project: Path, graph: FakeGraph) -> None:
+    graph.script = unavailable_for_second_batch
+    assert cli("run", "purchases") == 1
+    with store_of(project) as store:
+        kept = store.list_rejected("purchases")
+        assert store.load_cursor("purchases").value is not None
+    assert len(kept) == 1000
+    assert {row["transient"] for row in kept} == {True}
+    assert {row["reasons"][0]["rule"] for row in kept} == {"meta_unavailable"}
+    assert sorted(int(row["row_key"]) for row in kept) == list(range(1001, 2001))
+
+    graph.script = None
+    assert cli("run", "purchases") == 0
+    with store_of(project) as store:
+        assert store.list_rejected("purchases") == []
+    assert len({event["event_id"] for event in graph.accepted_events}) == 2500
+
+
+def test_transient_retries_stop_at_the_cap(project: Path, graph: FakeGraph) -> None:
+    project.write_text(
+        project.read_text().replace(
+            "default_phone_region: US", "default_phone_region: US,\n                transient_retry_cap: 2"
+        )
+    )
+    graph.script = unavailable_for_second_batch
+    assert cli("run", "purchases") == 1  # dead-letters rows 1001-2000 (attempt 1)
+    for _ in range(6):  # each run retries the least recently tried group first, until the cap
+        cli("run", "purchases")
+    with store_of(project) as store:
+        kept = store.list_rejected("purchases")
+    assert len(kept) == 1000
+    assert {row["attempts"] for row in kept} == {3}, "one dead-lettering plus two automatic retries"
+    before = second_batch_requests(graph)
+    assert cli("run", "purchases") == 0, "past the cap the rows stay rejected and the run goes on"
+    assert second_batch_requests(graph) == before
+
+    graph.script = None
+    assert cli("retry", "purchases") == 0, "on demand, past the cap"
+    with store_of(project) as store:
+        assert store.list_rejected("purchases") == []
+
+
+def test_retry_all_resends_fixed_data_rejections(project: Path, graph: FakeGraph) -> None:
+    database = project.parent / "shop.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("update orders set currency = 'XYZ' where order_id in (5, 6)")
+    assert cli("run", "purchases") == 0
+    with duckdb.connect(str(database)) as con:  # fixed in place: the cursor column did not move
+        con.execute("update orders set currency = 'usd' where order_id in (5, 6)")
+
+    assert cli("retry", "purchases") == 0
+    with store_of(project) as store:
+        assert len(store.list_rejected("purchases")) == 2, "plain retry is for transient rejections"
+    assert cli("retry", "purchases", "--all") == 0
+    with store_of(project) as store:
+        assert store.list_rejected("purchases") == []
+    assert len({event["event_id"] for event in graph.accepted_events}) == 2500
