@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
+HEARTBEAT_EVERY = dt.timedelta(seconds=30)
 
 metadata = sa.MetaData()
 cursors = sa.Table(
@@ -353,11 +355,29 @@ class StateStore:
     def lock(self, pipeline: str) -> Iterator[None]:
         """One run of a pipeline at a time, across processes and hosts sharing this store."""
         self._acquire(pipeline)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(pipeline, stop), daemon=True)
+        beat.start()
         try:
             yield
         finally:
+            stop.set()
+            beat.join()
             with self.engine.begin() as conn:
                 conn.execute(locks.delete().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner))
+
+    def _heartbeat(self, pipeline: str, stop: threading.Event) -> None:
+        """Keep the lock fresh while a long query or a throttled batch holds up commits."""
+        while not stop.wait(HEARTBEAT_EVERY.total_seconds()):
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        locks.update()
+                        .where(locks.c.pipeline == pipeline, locks.c.owner == self.owner)
+                        .values(heartbeat_at=utcnow())
+                    )
+            except sa.exc.SQLAlchemyError:
+                continue  # a busy store: the next beat tries again, well within LOCK_STALE_AFTER
 
     def _acquire(self, pipeline: str) -> None:
         now = utcnow()

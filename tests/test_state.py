@@ -132,3 +132,18 @@ def test_a_lock_without_heartbeat_goes_stale(store: StateStore) -> None:
         )
     with store.lock("p"):
         pass
+
+
+def test_a_held_lock_keeps_its_heartbeat_fresh(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from capi_sync import state
+
+    monkeypatch.setattr(state, "HEARTBEAT_EVERY", dt.timedelta(seconds=0.05))
+    with store.lock("p"):
+        with store.engine.connect() as conn:
+            first = conn.execute(sa.select(locks.c.heartbeat_at)).scalar()
+        time.sleep(0.3)
+        with store.engine.connect() as conn:
+            later = conn.execute(sa.select(locks.c.heartbeat_at)).scalar()
+    assert later > first
