@@ -1,48 +1,16 @@
-"""A real PostgreSQL server: the shared state store (cursor, lock) and the SQLAlchemy source."""
+"""A real PostgreSQL server as warehouse and state store (state-store tests: test_state.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import socket
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from capi_sync.errors import PipelineLocked
-from capi_sync.state import BatchCommit, CursorState, StateStore, locks
+from capi_sync.state import StateStore
 from tests.conftest import TOKEN, cli, recent, write_pipelines
 from tests.fake_graph import FakeGraph
-
-
-def test_state_store_on_postgres_keeps_cursor_and_ties(postgres_url: str) -> None:
-    with StateStore(postgres_url) as store:
-        run_id = store.start_run("p")
-        moment = dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.UTC)
-        state = CursorState().advance(moment, ["1", "2"])
-        store.commit_batch("p", BatchCommit(run_id, state, rows_read=2, events_sent=2), CursorState())
-        assert store.load_cursor("p") == CursorState(moment, frozenset({"1", "2"}))
-
-
-def test_lock_on_postgres_admits_one_owner_and_takes_over_dead_ones(postgres_url: str) -> None:
-    with StateStore(postgres_url) as first, StateStore(postgres_url) as second:
-        with first.lock("p"), pytest.raises(PipelineLocked, match="already running"):
-            second._acquire("p")
-        now = dt.datetime.now(dt.UTC)
-        with first.engine.begin() as conn:
-            conn.execute(
-                locks.insert().values(
-                    pipeline="q",
-                    owner="ghost",
-                    host=socket.gethostname(),
-                    pid=2**22 + 9,
-                    acquired_at=now,
-                    heartbeat_at=now,
-                )
-            )
-        with second.lock("q"), second.engine.connect() as conn:
-            owner = conn.execute(sa.select(locks.c.owner).where(locks.c.pipeline == "q")).scalar()
-            assert owner == second.owner
 
 
 def test_pipeline_from_postgres_delivers_once_and_binds_the_cursor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,18 @@ from capi_sync.state import (
 )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every state-store test runs on SQLite (the default) and on a real PostgreSQL server."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'state.db'}"
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
-    return StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+def store(store_url: str) -> Iterator[StateStore]:
+    with StateStore(store_url) as opened:
+        yield opened
 
 
 @pytest.mark.parametrize(
@@ -87,15 +97,15 @@ def test_batch_commit_writes_cursor_ties_rejections_and_counters(store: StateSto
     assert store.load_cursor("p") == CursorState()
 
 
-def test_a_second_owner_cannot_take_a_live_lock(store: StateStore, tmp_path: Path) -> None:
-    other = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
-    with store.lock("p"):
-        with pytest.raises(PipelineLocked, match="already running"):
-            other._acquire("p")
-        with other.lock("q"):
+def test_a_second_owner_cannot_take_a_live_lock(store: StateStore, store_url: str) -> None:
+    with StateStore(store_url) as other:
+        with store.lock("p"):
+            with pytest.raises(PipelineLocked, match="already running"):
+                other._acquire("p")
+            with other.lock("q"):
+                pass
+        with other.lock("p"):
             pass
-    with other.lock("p"):
-        pass
 
 
 def test_a_dead_owners_lock_is_taken_over(store: StateStore) -> None:
