@@ -102,9 +102,21 @@ class EventMapper:
         self._zone = ZoneInfo(options.timezone)
         self._server = getters["server_event"]
         self._user = getters["customer_info"]
-        self._custom = getters["custom_data"]
         self._properties = getters["custom_properties"]
-        self._app = getters["app_data"]
+        # Typed fields resolve their converter once here, not per row.
+        self._server_typed = [
+            (key, getter, _SERVER_CONVERTERS[key])
+            for key, getter in self._server.items()
+            if key in _SERVER_CONVERTERS
+        ]
+        self._custom_typed = [
+            (key, getter, _CUSTOM_CONVERTERS[CUSTOM_DATA_TYPES[key]])
+            for key, getter in getters["custom_data"].items()
+        ]
+        self._app_typed = [
+            (key, getter, _APP_CONVERTERS.get(key, values.to_text))
+            for key, getter in getters["app_data"].items()
+        ]
         self.key_indexes = key_indexes
         self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (lambda row: (row[key_indexes[0]],))
         self._clock = clock
@@ -135,8 +147,11 @@ class EventMapper:
         custom_data = self._custom_data(row, dropped)
         if custom_data:
             event["custom_data"] = custom_data
-        if self._app and (app_data := self._app_data(row, rejected)):
-            event["app_data"] = app_data
+        if self._app_typed:
+            app_data: dict[str, Any] = {}
+            _convert_fields(row, self._app_typed, "app_data.", app_data, rejected)
+            if app_data:
+                event["app_data"] = app_data
         if not rejected:
             rejected += validate_event(
                 event,
@@ -188,18 +203,8 @@ class EventMapper:
         for field in ("event_source_url", "referrer_url", "messaging_channel"):
             if field in get and (text := _text_or_none(get[field](row))) is not None:
                 event[field] = text
-        self._optional_server_fields(row, event, rejected)
+        _convert_fields(row, self._server_typed, "", event, rejected)
         return event
-
-    def _optional_server_fields(self, row: Row, event: dict[str, Any], rejected: list[Problem]) -> None:
-        get = self._server
-        for field, convert in _SERVER_CONVERTERS.items():
-            if field not in get or (raw := get[field](row)) is None:
-                continue
-            try:
-                event[field] = convert(raw)
-            except normalize.InvalidValue as exc:
-                rejected.append(Problem(field, exc.rule, values.to_text(raw)[:64]))
 
     def _user_data(self, row: Row, rejected: list[Problem], dropped: list[Problem]) -> dict[str, Any]:
         user: dict[str, Any] = {}
@@ -258,28 +263,9 @@ class EventMapper:
             user[key] = sent[0] if len(sent) == 1 and not isinstance(raw, list | tuple) else sent
         return plain
 
-    def _app_data(self, row: Row, rejected: list[Problem]) -> dict[str, Any]:
-        app: dict[str, Any] = {}
-        for key, getter in self._app.items():
-            raw = getter(row)
-            if raw is None or _is_empty(raw):
-                continue
-            try:
-                app[key] = _APP_CONVERTERS.get(key, values.to_text)(raw)
-            except normalize.InvalidValue as exc:
-                rejected.append(Problem(f"app_data.{key}", exc.rule, values.to_text(raw)[:64]))
-        return app
-
     def _custom_data(self, row: Row, dropped: list[Problem]) -> dict[str, Any]:
         custom: dict[str, Any] = {}
-        for key, getter in self._custom.items():
-            raw = getter(row)
-            if raw is None or _is_empty(raw):
-                continue
-            try:
-                custom[key] = _CUSTOM_CONVERTERS[CUSTOM_DATA_TYPES[key]](raw)
-            except normalize.InvalidValue as exc:
-                dropped.append(Problem(f"custom_data.{key}", exc.rule, values.to_text(raw)[:64]))
+        _convert_fields(row, self._custom_typed, "custom_data.", custom, dropped)
         for key, getter in self._properties.items():
             raw = getter(row)
             if raw is not None:
@@ -322,6 +308,26 @@ _APP_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "campaign_ids": values.to_text,
     "url_schemes": lambda v: [values.to_text(x) for x in values.to_list(v)],
 }
+
+
+TypedField = tuple[str, Getter, Callable[[Any], Any]]
+
+
+def _convert_fields(
+    row: Row, fields: list[TypedField], prefix: str, into: dict[str, Any], problems: list[Problem]
+) -> None:
+    """Convert each present value into `into`; an invalid one becomes a problem named by its rule.
+
+    Whether that problem rejects the row or only drops the value is the caller's choice of list.
+    """
+    for key, getter, convert in fields:
+        raw = getter(row)
+        if raw is None or _is_empty(raw):
+            continue
+        try:
+            into[key] = convert(raw)
+        except normalize.InvalidValue as exc:
+            problems.append(Problem(prefix + key, exc.rule, values.to_text(raw)[:64]))
 
 
 def _join_key(values: tuple[Any, ...]) -> str:

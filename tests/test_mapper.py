@@ -311,3 +311,11 @@ def test_malformed_contents_are_dropped_with_their_rule() -> None:
     result = compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp).map_row(row(tags='[{"qty": 1}]'))
     assert "custom_data" not in ok(result)
     assert [(p.field, p.rule) for p in result.problems] == [("custom_data.contents", "invalid_contents")]
+
+
+def test_empty_optional_values_are_absent_in_every_group() -> None:
+    m = mapper(server_event={"opt_out": "tags"}, app_data={"advertiser_tracking_enabled": "tags"})
+    event = ok(m.map_row(row(tags="  ", currency="usd")))
+    assert "opt_out" not in event
+    assert "app_data" not in event
+    assert ("opt_out", "not_a_boolean") in rules(m.map_row(row(tags="maybe")))
