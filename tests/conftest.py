@@ -5,8 +5,10 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,28 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)
+
+
+@contextmanager
+def meta_on_hold(
+    graph: FakeGraph, holds: Callable[[dict[str, Any]], bool] = lambda _body: True, then: Any = None
+) -> Iterator[None]:
+    """Requests whose body `holds` wait unanswered until the block ends, then get `then`
+    (None: the normal answer). Lets a test signal or kill a process with batches on the wire."""
+    release = threading.Event()
+
+    def script(_number: int, body: dict[str, Any]) -> Any:
+        if holds(body):
+            release.wait(60)
+            return then
+        return None
+
+    graph.script = script
+    try:
+        yield
+    finally:
+        release.set()
+
+
+def carries_row(body: dict[str, Any], order_id: int) -> bool:
+    return any(event["event_source_url"].endswith(f"/o/{order_id}") for event in body["data"])

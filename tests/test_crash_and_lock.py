@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
-from tests.conftest import make_orders, start_run, wait_for, write_pipelines
+from tests.conftest import carries_row, make_orders, meta_on_hold, start_run, wait_for, write_pipelines
 from tests.fake_graph import FakeGraph
 
 
@@ -34,15 +33,11 @@ def test_sigkill_at_several_points_loses_no_row(tmp_path: Path, graph: FakeGraph
 def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 5000)
     write_pipelines(tmp_path, graph.url)
-    release = threading.Event()
-    graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
-    first = start_run(tmp_path)
-    try:
+    with meta_on_hold(graph):
+        first = start_run(tmp_path)
         wait_for(lambda: graph.arrived >= 1)
         second = start_run(tmp_path)
         _, second_err = second.communicate(timeout=120)
-    finally:
-        release.set()
     _, first_err = first.communicate(timeout=120)
 
     assert first.returncode == 0, first_err
@@ -55,15 +50,11 @@ def test_two_runs_of_one_pipeline_never_overlap(tmp_path: Path, graph: FakeGraph
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path, graph: FakeGraph) -> None:
     make_orders(tmp_path / "shop.duckdb", 3000)
     write_pipelines(tmp_path, graph.url)
-    release = threading.Event()
-    graph.script = lambda _n, _b: release.wait(60) and None  # type: ignore[func-returns-value]
-    process = start_run(tmp_path)
-    try:
+    with meta_on_hold(graph):
+        process = start_run(tmp_path)
         wait_for(lambda: graph.arrived >= 1)
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=30)
-    finally:
-        release.set()
     assert process.returncode == -signal.SIGKILL
     graph.script = None
     again = start_run(tmp_path)
@@ -78,22 +69,12 @@ def test_an_interrupt_never_commits_past_a_batch_still_in_flight(tmp_path: Path,
 
     make_orders(tmp_path / "shop.duckdb", 2500)
     write_pipelines(tmp_path, graph.url)
-    release = threading.Event()
-
-    def script(_number: int, body: dict) -> object:
-        if any(event["event_source_url"].endswith("/o/1") for event in body["data"]):
-            release.wait(60)
-            return error_reply(403, 10, "Permission denied")
-        return None
-
-    graph.script = script
-    process = start_run(tmp_path)
-    try:
+    refused = error_reply(403, 10, "Permission denied")
+    with meta_on_hold(graph, holds=lambda body: carries_row(body, 1), then=refused):
+        process = start_run(tmp_path)
         wait_for(lambda: len(graph.requests) >= 2)  # batches 2 and 3 answered; batch 1 still held
         process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
-    finally:
-        release.set()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
 

@@ -13,7 +13,16 @@ import duckdb
 import pytest
 
 from capi_sync.state import StateStore
-from tests.conftest import TOKEN, cli, make_orders, start_run, wait_for, write_pipelines
+from tests.conftest import (
+    TOKEN,
+    carries_row,
+    cli,
+    make_orders,
+    meta_on_hold,
+    start_run,
+    wait_for,
+    write_pipelines,
+)
 from tests.fake_graph import FakeGraph, error_reply
 
 
@@ -66,8 +75,7 @@ def test_token_travels_in_the_header_never_the_url(project: Path, graph: FakeGra
 
 def test_cursor_advances_only_after_meta_accepts(project: Path, graph: FakeGraph) -> None:
     def refuse_second_batch(_number: int, body: dict) -> object:
-        second = any(event["event_source_url"].endswith("/o/1001") for event in body["data"])
-        return error_reply(403, 10, "Permission denied") if second else None
+        return error_reply(403, 10, "Permission denied") if carries_row(body, 1001) else None
 
     graph.script = refuse_second_batch
     assert cli("run", "purchases") == 1
@@ -178,23 +186,13 @@ def test_sigterm_stops_cleanly_and_the_next_run_resumes(
     """Batch 1 is answered at once, the others only after SIGTERM: they were in flight, so the
     run waits for them, commits them in order, and exits 130."""
     import signal
-    import threading
     import time
 
-    release = threading.Event()
-
-    def hold_later_batches(_number: int, body: dict) -> None:
-        if not any(event["event_source_url"].endswith("/o/1") for event in body["data"]):
-            release.wait(60)
-
-    graph.script = hold_later_batches
-    process = start_run(project.parent)
-    try:
+    with meta_on_hold(graph, holds=lambda body: not carries_row(body, 1)):
+        process = start_run(project.parent)
         wait_for(lambda: bool(graph.requests))
         process.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-    finally:
-        release.set()
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "run again to resume" in stderr

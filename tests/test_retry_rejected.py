@@ -42,9 +42,8 @@ def unavailable_for_second_batch(_number: int, body: dict) -> object:
 
 
 def second_batch_requests(graph: FakeGraph) -> int:
-    return sum(
-        1 for r in graph.requests if any(e["event_source_url"].endswith("/o/1001") for e in r.body["data"])
-    )
+    """Requests that carried any of rows 1001-2000."""
+    return sum(1 for r in graph.requests if any(in_second_batch(e) for e in r.body["data"]))
 
 
 def test_a_batch_meta_cannot_take_is_kept_and_sent_next_run(project: Path, graph: FakeGraph) -> None:
