@@ -7,9 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+from capi_sync.windows import kind_of_type
 
 Chunk = Sequence[Sequence[Any]]
+
+
+class Column(NamedTuple):
+    """A result column and its kind (timestamp, timestamptz, date, integer, number, string, None)."""
+
+    name: str
+    kind: str | None
+
+
+def column_of(name: str, type_name: str | None) -> Column:
+    return Column(name, kind_of_type(type_name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +45,12 @@ class Window:
 class Source(Protocol):
     """A connected warehouse. Sources are context managers and close their connection on exit."""
 
-    def columns(self, query: str) -> list[str]:
-        """The query's result columns, read without fetching a row."""
+    def describe(self, query: str) -> list[Column]:
+        """The query's result columns and their kinds, read without fetching a row."""
+        ...
+
+    def count_null(self, query: str, column: str) -> int:
+        """Rows of `query` whose `column` is NULL: they can never pass a cursor and are reported."""
         ...
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
@@ -50,6 +67,10 @@ class Source(Protocol):
 def describe_sql(query: str) -> str:
     """A query that returns the columns of `query` and no row, in any SQL dialect."""
     return f"select * from ({query}) as capi_src where 1 = 0"
+
+
+def count_null_sql(query: str, column: str) -> str:
+    return f"select count(*) from ({query}) as capi_src where {column} is null"
 
 
 def window_sql(

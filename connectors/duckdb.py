@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING
 
 import duckdb
 
-from capi_sync.connectors.base import Chunk, Window, describe_sql, quote_identifier, window_sql
+from capi_sync.connectors.base import (
+    Chunk,
+    Column,
+    Window,
+    column_of,
+    count_null_sql,
+    describe_sql,
+    quote_identifier,
+    window_sql,
+)
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
@@ -32,12 +41,19 @@ class DuckDBSource:
             msg = f"DuckDB {database}: {exc}"
             raise SourceError(msg) from exc
 
-    def columns(self, query: str) -> list[str]:
+    def describe(self, query: str) -> list[Column]:
         try:
             description = self._connection.execute(describe_sql(query)).description
         except duckdb.Error as exc:
             raise SourceError(f"DuckDB could not run the query: {exc}") from exc
-        return [column[0] for column in description or ()]
+        return [column_of(column[0], str(column[1])) for column in description or ()]
+
+    def count_null(self, query: str, column: str) -> int:
+        try:
+            row = self._connection.execute(count_null_sql(query, quote_identifier(column))).fetchone()
+        except duckdb.Error as exc:
+            raise SourceError(f"DuckDB could not count NULL cursors: {exc}") from exc
+        return int(row[0]) if row else 0
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
         sql, params = window_sql(query, window, quote_identifier, lambda _i: "?")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from capi_sync.connectors.base import Chunk, Window, describe_sql, window_sql
+from capi_sync.connectors.base import (
+    Chunk,
+    Column,
+    Window,
+    column_of,
+    count_null_sql,
+    describe_sql,
+    window_sql,
+)
 from capi_sync.errors import MissingDependency, SourceError
 
 if TYPE_CHECKING:
@@ -34,12 +42,36 @@ class SQLAlchemySource:
             raise SourceError(f"cannot connect: {_short(exc)}") from exc
         self._quote = self._engine.dialect.identifier_preparer.quote
 
-    def columns(self, query: str) -> list[str]:
+    def describe(self, query: str) -> list[Column]:
         try:
-            return list(self._connection.execute(sa.text(describe_sql(query))).keys())
+            result = self._connection.execute(sa.text(describe_sql(query)))
+            description = result.cursor.description if result.cursor is not None else None
+            names = list(result.keys())
+            result.close()
         except sa.exc.SQLAlchemyError as exc:
             self._connection.rollback()
             raise SourceError(f"the query failed: {_short(exc)}") from exc
+        type_codes = [entry[1] for entry in description] if description else [None] * len(names)
+        return [column_of(name, self._type_name(code)) for name, code in zip(names, type_codes, strict=True)]
+
+    def _type_name(self, type_code: Any) -> str | None:
+        """DB-API type codes differ by driver: psycopg gives OIDs, others a name or nothing."""
+        if isinstance(type_code, str):
+            return type_code
+        adapters = getattr(self._connection.connection.dbapi_connection, "adapters", None)
+        if adapters is not None and isinstance(type_code, int):
+            info = adapters.types.get(type_code)
+            return info.name if info is not None else None
+        return None
+
+    def count_null(self, query: str, column: str) -> int:
+        try:
+            return int(
+                self._connection.execute(sa.text(count_null_sql(query, self._quote(column)))).scalar() or 0
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            self._connection.rollback()
+            raise SourceError(f"counting NULL cursors failed: {_short(exc)}") from exc
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
         sql, params = window_sql(query, window, self._quote, lambda i: f":p{i}")

@@ -21,16 +21,14 @@ class Batch:
     rejections: list[Rejection] = field(default_factory=list)
     rows: int = 0
     last_cursor: Any = None
-    keys_at_last_cursor: list[str] = field(default_factory=list)
+    handled: list[tuple[str, Any]] = field(default_factory=list)  # (row key, cursor value), read order
     committed: bool = False  # set once its transaction is written; a second commit is a no-op
     advances_cursor: bool = True  # False for rows re-read by key to retry them
 
     def add_row(self, row_key: str, cursor: Any) -> None:
         self.rows += 1
-        if self.rows == 1 or cursor != self.last_cursor:
-            self.last_cursor = cursor
-            self.keys_at_last_cursor = []
-        self.keys_at_last_cursor.append(row_key)
+        self.last_cursor = cursor
+        self.handled.append((row_key, cursor))
 
     def add_event(
         self, row_key: str, cursor: Any, event: dict[str, Any], key_values: tuple[Any, ...]

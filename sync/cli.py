@@ -155,8 +155,9 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
     for column in ("row", "outcome", "event / reasons"):
         table.add_column(column, overflow="fold")
     with open_source(ctx.project.warehouse_of(config)) as source:
-        mapper, columns = prepare(config, source)
-        window = Window(order_by=tuple(columns[i] for i in mapper.key_indexes))
+        prepared = prepare(config, source)
+        mapper = prepared.mapper
+        window = Window(order_by=prepared.key_columns)
         for chunk in source.stream(config.query, window, rows):
             for row in chunk[:rows]:
                 mapped = mapper.map_row(row)
@@ -348,9 +349,16 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
         + (f", {report.retries} retries" if report.retries else ""),
         soft_wrap=True,
     )
+    for note in report.notes:
+        out.print(note, soft_wrap=True)
     if report.cursor_after is not None:
         saved = " (not saved: dry run)" if report.dry_run else ""
         out.print(f"cursor: {report.cursor_before} -> {report.cursor_after}{saved}")
+    if report.rows_null_cursor:
+        err.print(
+            f"[yellow]warning:[/] {report.rows_null_cursor:,} row(s) have a NULL cursor and are never sent",
+            soft_wrap=True,
+        )
     if output is not None:
         out.print(f"events written to {output}")
     if report.rejected_by_rule:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,8 @@ from capi_sync.envsubst import substitute
 from capi_sync.errors import ConfigError
 from capi_sync.mappings.fields import ACTION_SOURCES
 from capi_sync.mappings.spec import MappingSpec
+from capi_sync.schedules import make_trigger
+from capi_sync.windows import CursorClock, parse_duration, parse_start
 
 DEFAULT_FILES = ("pipelines.yaml", "pipelines.example.yaml")
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
@@ -142,8 +145,12 @@ class PipelineConfig(BaseModel):
     query: str
     primary_key: tuple[str, ...]
     cursor: str | None = None
+    settle_delay: dt.timedelta = dt.timedelta(minutes=5)  # rows newer than now - this wait a run
+    lookback: dt.timedelta = dt.timedelta(0)  # re-read this far behind the cursor for late rows
+    start: str | None = None  # first run only: "7 days ago", a date or a timestamp
+    backfill_column: str | None = None  # default: the column mapped to event_time, else the cursor
     schedule: str | None = None
-    timezone: str = "UTC"
+    timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(10_000, ge=1)
     settings: SyncSettings = SyncSettings()
     mapping: MappingSpec
@@ -158,6 +165,32 @@ class PipelineConfig(BaseModel):
     def _key_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("primary_key needs at least one column")
+        return value
+
+    @field_validator("settle_delay", "lookback", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("settle_delay", "lookback")
+    @classmethod
+    def _not_negative(cls, value: dt.timedelta) -> dt.timedelta:
+        if value < dt.timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _start_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_start(value, CursorClock(None, ZoneInfo("UTC")), dt.datetime.now(dt.UTC))
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            make_trigger(value, "UTC")
         return value
 
     @field_validator("query")
@@ -183,6 +216,8 @@ class PipelineConfig(BaseModel):
         if self.settings.action_source is None and "action_source" not in self.mapping.server_event:
             msg = "action_source is required: set settings.action_source or map server_event.action_source"
             raise ValueError(msg)
+        if self.lookback and self.cursor is None:
+            raise ValueError("lookback needs a cursor column")
         return self
 
     @property

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, closing, nullcontext
+from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
@@ -34,12 +34,14 @@ from capi_sync.mappings.mapper import (
 from capi_sync.mappings.validate import Problem
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
+from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
 
 if TYPE_CHECKING:
+    import threading
     from pathlib import Path
 
     from capi_sync.config import PipelineConfig, ProjectConfig
-    from capi_sync.connectors.base import Chunk
+    from capi_sync.connectors.base import Chunk, Column
 
 Progress = Callable[[RunReport], None]
 RetryHook = Callable[[MetaError, float], None]
@@ -57,6 +59,31 @@ class RunOptions:
     retry: RetryPolicy | None = None  # default: the destination's retry settings
     retry_only: bool = False  # `capi-sync retry`: only re-send rejected rows, no incremental read
     retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
+    stop: threading.Event | None = None  # once set: finish the batches in flight, then stop
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop asked for by the scheduler takes the same path as Ctrl-C: drain, commit, interrupted."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What describing the query and compiling the mapping yield, before any row is read."""
+
+    mapper: EventMapper
+    columns: list[str]
+    kinds: dict[str, str | None]
+
+    def index(self, column: str | None) -> int | None:
+        return _column(column, self.columns)
+
+    def kind(self, column: str | None) -> str | None:
+        index = self.index(column)
+        return self.kinds[self.columns[index]] if index is not None else None
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(self.columns[i] for i in self.mapper.key_indexes)
 
 
 def mapper_for(
@@ -76,18 +103,20 @@ def mapper_for(
     return compile_mapping(pipeline.mapping, options, columns, clock)
 
 
-def prepare(pipeline: PipelineConfig, source: Source) -> tuple[EventMapper, list[str]]:
+def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
     """Describe the query and compile the mapping: every config error surfaces before a row is read."""
-    columns = source.columns(pipeline.query)
+    described: list[Column] = source.describe(pipeline.query)
+    columns = [column.name for column in described]
     mapper = mapper_for(pipeline, columns)
-    if pipeline.cursor is not None and _column(pipeline.cursor, columns) is None:
-        raise ConfigError(
-            [
-                f"pipeline '{pipeline.name}': cursor: column '{pipeline.cursor}' is not"
-                f" returned by the query (columns: {', '.join(columns)})"
-            ]
-        )
-    return mapper, columns
+    for setting, name in (("cursor", pipeline.cursor), ("backfill_column", pipeline.backfill_column)):
+        if name is not None and _column(name, columns) is None:
+            raise ConfigError(
+                [
+                    f"pipeline '{pipeline.name}': {setting}: column '{name}' is not"
+                    f" returned by the query (columns: {', '.join(columns)})"
+                ]
+            )
+    return Prepared(mapper, columns, {column.name: column.kind for column in described})
 
 
 def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
@@ -128,43 +157,61 @@ def run_pipeline(
 ) -> RunReport:
     """Run one pipeline incrementally; return its report (also when it failed)."""
     pipeline = project.pipeline(name)
+    report = RunReport(pipeline=name, dry_run=options.dry_run)
+    with session(project, pipeline, store, options, report, progress=progress, client=client) as run:
+        if options.retry_only:
+            run.retry_rejected(transient_only=not options.retry_data_rejections, max_attempts=None)
+        else:
+            if not options.dry_run:  # rows Meta could not take last time go first
+                cap = pipeline.settings.transient_retry_cap
+                run.retry_rejected(transient_only=True, max_attempts=cap + 1)
+            run.incremental()
+    return report
+
+
+@contextmanager
+def session(
+    project: ProjectConfig,
+    pipeline: PipelineConfig,
+    store: StateStore,
+    options: RunOptions,
+    report: RunReport,
+    *,
+    kind: str = "run",
+    lock_name: str | None = None,
+    progress: Progress | None = None,
+    client: MetaClient | None = None,
+) -> Iterator[_Run]:
+    """Connect, check, lock and record a run; whatever the body does, the run ends with a status.
+
+    Config and connection errors raise before the run is recorded; failures after that end up in
+    the report (and the run history) instead of propagating, interrupts are recorded and re-raised.
+    """
     if not options.dry_run:
         _check_sendable(project, pipeline)
-    report = RunReport(pipeline=name, dry_run=options.dry_run)
     with ExitStack() as stack:
         source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
-        mapper, columns = prepare(pipeline, source)
+        prepared = prepare(pipeline, source)
         client = client or stack.enter_context(closing(make_client(project, pipeline)))
         if not options.dry_run:
-            stack.enter_context(store.lock(name))
+            stack.enter_context(store.lock(lock_name or pipeline.name))
         output = stack.enter_context(_open_output(options.output))
-        state = store.load_cursor(name)
-        report.cursor_before = report.cursor_after = state.value
         if not options.dry_run:
-            report.run_id = store.start_run(name)
+            report.run_id = store.start_run(pipeline.name, kind)
         run = _Run(
             pipeline=pipeline,
-            mapper=mapper,
-            columns=columns,
+            prepared=prepared,
+            source=source,
             client=client,
             store=store,
             options=options,
             report=report,
-            state=state,
             output=output,
             progress=progress,
             retry=options.retry or project.destination_of(pipeline).retry_policy(),
         )
         try:
-            if options.retry_only:
-                run.retry_rejected(
-                    source, transient_only=not options.retry_data_rejections, max_attempts=None
-                )
-            else:
-                if not options.dry_run:  # rows Meta could not take last time go first
-                    cap = pipeline.settings.transient_retry_cap
-                    run.retry_rejected(source, transient_only=True, max_attempts=cap + 1)
-                run.execute(source)
+            yield run
             report.status = RunStatus.SUCCEEDED
         except (KeyboardInterrupt, SystemExit):
             report.status = RunStatus.INTERRUPTED
@@ -179,7 +226,6 @@ def run_pipeline(
             report.ended_at = dt.datetime.now(dt.UTC)
             if report.run_id is not None:
                 store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids)
-    return report
 
 
 @dataclass(frozen=True)
@@ -193,43 +239,88 @@ class _Sent:
 
 @dataclass
 class _Run:
-    """The per-run loop and its mutable state, kept out of `run_pipeline` for readability."""
+    """The per-run loop and its mutable state, kept out of `run_pipeline` for readability.
+
+    `cursor_name` and `cursor_index` say which position the run advances: the pipeline's own cursor
+    for incremental runs, a backfill's private one for backfills.
+    """
 
     pipeline: PipelineConfig
-    mapper: EventMapper
-    columns: list[str]
+    prepared: Prepared
+    source: Source
     client: MetaClient
     store: StateStore
     options: RunOptions
     report: RunReport
-    state: CursorState
     output: IO[bytes] | None
     progress: Progress | None
     retry: RetryPolicy
+    state: CursorState = field(default_factory=CursorState)
+    cursor_name: str = ""
+    cursor_index: int | None = None
+    settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
 
     def __post_init__(self) -> None:
-        self.cursor_index = _column(self.pipeline.cursor, self.columns)
+        self.mapper = self.prepared.mapper
         self.batch_size = self.pipeline.settings.batch_size
+        self.cursor_name = self.cursor_name or self.pipeline.name
 
-    def window(self) -> Window:
-        columns = self.columns
-        key = tuple(columns[index] for index in self.mapper.key_indexes)
-        if self.cursor_index is None:
-            return Window(order_by=key)
-        cursor = columns[self.cursor_index]
-        return Window(order_by=(cursor, *key), cursor=cursor, start=self.state.value)
+    def clock(self, column: str | None, state: CursorState) -> CursorClock:
+        """The column's kind from the warehouse, else from the stored cursor value."""
+        kind = self.prepared.kind(column) or kind_of_value(state.value)
+        return CursorClock(kind, self.pipeline.zone)
 
-    def execute(self, source: Source) -> None:
-        """Send the rows past the cursor."""
-        self._pump(self._batches(self._rows(source), advances_cursor=True))
+    def incremental(self, now: dt.datetime | None = None) -> None:
+        """Send the rows past the pipeline's cursor, up to the settle watermark."""
+        pipeline, report = self.pipeline, self.report
+        key = self.prepared.key_columns
+        self.state = self.store.load_cursor(pipeline.name)
+        report.cursor_before = report.cursor_after = self.state.value
+        if pipeline.cursor is None:
+            self.execute(Window(order_by=key))
+            return
+        self.cursor_index = self.prepared.index(pipeline.cursor)
+        assert self.cursor_index is not None  # prepare() checked the column exists
+        cursor = self.prepared.columns[self.cursor_index]
+        clock = self.clock(cursor, self.state)
+        if pipeline.lookback:
+            require_time_kind(pipeline.name, cursor, clock, "lookback")
+            self.settle_floor = lambda value: _minus(clock, value, pipeline.lookback)
+        bounds = incremental_bounds(
+            last_value=self.state.value,
+            clock=clock,
+            now=now or dt.datetime.now(dt.UTC),
+            settle_delay=pipeline.settle_delay,
+            lookback=pipeline.lookback,
+            start=pipeline.start,
+            max_age=meta_max_age(pipeline.settings.action_source),
+        )
+        if bounds.note:
+            report.notes.append(bounds.note)
+        report.rows_null_cursor = self.source.count_null(pipeline.query, cursor)
+        window = Window(
+            order_by=(cursor, *key),
+            cursor=cursor,
+            start=bounds.start,
+            end=bounds.end,
+            end_inclusive=True,
+        )
+        guard = None
+        if clock.kind is None and (bounds.start_utc or bounds.end_utc):  # type unknown: bound in Python
+            guard = _TimeGuard(clock, bounds.start_utc, bounds.end_utc)
+        self.execute(window, guard)
 
-    def retry_rejected(self, source: Source, *, transient_only: bool, max_attempts: int | None) -> None:
+    def execute(self, window: Window, guard: _TimeGuard | None = None) -> None:
+        """Send the rows of `window`, advancing `cursor_name` batch by batch."""
+        self._pump(self._batches(self._rows(window, guard), advances_cursor=True))
+
+    def retry_rejected(self, *, transient_only: bool, max_attempts: int | None) -> None:
         """Re-read rejected rows by primary key, map them again and send them; the cursor stays."""
         rejected = self.store.list_rejected(
             self.pipeline.name, transient=True if transient_only else None, max_attempts=max_attempts
         )
         keys = [tuple(row["key_values"]) for row in rejected if row["key_values"]]
-        key_columns = tuple(self.columns[index] for index in self.mapper.key_indexes)
+        key_columns = self.prepared.key_columns
         for start in range(0, len(keys), RETRY_KEYS_PER_QUERY):
             window = Window(
                 order_by=key_columns,
@@ -237,7 +328,7 @@ class _Run:
                 keys=tuple(keys[start : start + RETRY_KEYS_PER_QUERY]),
             )
             self.report.rows_retried += len(window.keys)
-            rows = source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
+            rows = self.source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
             self._pump(self._batches(self._counted(rows), advances_cursor=False))
 
     def _counted(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Any, Any]]:
@@ -303,15 +394,20 @@ class _Run:
         if batch.rows:
             yield batch
 
-    def _rows(self, source: Source) -> Iterator[tuple[Any, Any]]:
-        """Rows in cursor order, minus those already settled at exactly the stored cursor value."""
-        limit = self.options.limit
-        start, settled = self.state.value, self.state.keys
+    def _rows(self, window: Window, guard: _TimeGuard | None) -> Iterator[tuple[Any, Any]]:
+        """Rows in cursor order, minus those already settled at or before the stored cursor value."""
+        limit, stop = self.options.limit, self.options.stop
+        last, settled = self.state.value, self.state.settled
         index = self.cursor_index
-        for chunk in source.stream(self.pipeline.query, self.window(), self.pipeline.chunk_size):
+        chunks = self.source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
+        for chunk in chunks:
             for row in chunk:
                 cursor = row[index] if index is not None else None
-                if settled and cursor == start and self.mapper.row_key(row) in settled:
+                if guard is not None and not guard.admits(cursor):
+                    if guard.past_end(cursor):
+                        return
+                    continue
+                if settled and cursor <= last and self.mapper.row_key(row) in settled:
                     self.report.rows_skipped += 1
                     continue
                 if limit is not None and self.report.rows_read >= limit:
@@ -320,6 +416,8 @@ class _Run:
                 yield row, cursor
             if self.progress:
                 self.progress(self.report)
+            if stop is not None and stop.is_set():
+                raise StopRequested
 
     def _send(self, batch: Batch) -> _Sent:
         """Runs on a sender thread: one request (or a bisection), retried within the budget."""
@@ -360,7 +458,8 @@ class _Run:
         rejections = [*batch.rejections, *refused.values()]
         new_state = None
         if batch.advances_cursor and self.cursor_index is not None and batch.last_cursor is not None:
-            new_state = self.state.advance(batch.last_cursor, batch.keys_at_last_cursor)
+            floor = self.settle_floor(batch.last_cursor)
+            new_state = self.state.advance(batch.last_cursor, batch.handled, floor)
         if not self.options.dry_run:
             commit = BatchCommit(
                 run_id=self.report.run_id or 0,
@@ -370,6 +469,7 @@ class _Run:
                 rejections=[_rejected_row(r) for r in rejections],
                 delivered_keys=delivered,
                 retries=outcome.retries,
+                cursor_name=self.cursor_name,
             )
             self.store.commit_batch(self.pipeline.name, commit, self.state)
         batch.committed = True
@@ -449,6 +549,30 @@ def _problem_dict(problem: Any) -> dict[str, Any]:
         }.items()
         if v is not None
     }
+
+
+@dataclass(frozen=True)
+class _TimeGuard:
+    """Window bounds applied row by row when the warehouse did not say the cursor's type."""
+
+    clock: CursorClock
+    start_utc: dt.datetime | None
+    end_utc: dt.datetime | None
+
+    def admits(self, value: Any) -> bool:
+        instant = self.clock.to_utc(value)
+        if instant is None:
+            return True
+        return (self.start_utc is None or instant >= self.start_utc) and not self.past_end(value)
+
+    def past_end(self, value: Any) -> bool:
+        instant = self.clock.to_utc(value)
+        return instant is not None and self.end_utc is not None and instant > self.end_utc
+
+
+def _minus(clock: CursorClock, value: Any, delta: dt.timedelta) -> Any:
+    instant = clock.to_utc(value)
+    return value if instant is None else clock.from_utc(instant - delta)
 
 
 def _column(name: str | None, columns: list[str]) -> int | None:

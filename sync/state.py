@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from capi_sync.errors import PipelineLocked, StateError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
 HEARTBEAT_EVERY = dt.timedelta(seconds=30)
 
@@ -43,6 +43,7 @@ cursor_keys = sa.Table(  # rows already handled at exactly the cursor value: tie
     "capi_cursor_keys", metadata,
     sa.Column("pipeline", sa.String(200), primary_key=True),
     sa.Column("row_key", sa.String(500), primary_key=True),
+    sa.Column("cursor_value", sa.Text),  # the row's cursor value, same kind as the cursor (v2)
 )  # fmt: skip
 runs = sa.Table(
     "capi_runs", metadata,
@@ -132,19 +133,28 @@ def decode_value(kind: str, text: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class CursorState:
-    """The last cursor value delivered and the row keys already handled at exactly that value."""
+    """The last cursor value delivered and the rows already handled near it.
+
+    `settled` maps row key -> cursor value for every row handled at a cursor value at or after the
+    floor (the value itself, or `lookback` earlier), so rows re-read at those values are not re-sent.
+    """
 
     value: Any = None
-    keys: frozenset[str] = frozenset()
+    settled: Mapping[str, Any] = field(default_factory=dict)
 
-    def advance(self, value: Any, keys_at_value: Iterable[str]) -> CursorState:
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.settled)
+
+    def advance(self, value: Any, handled: Iterable[tuple[str, Any]], floor: Any = None) -> CursorState:
         """Pure and monotonic: a smaller value means the source broke its ORDER BY."""
         if self.value is not None and value < self.value:
             msg = f"cursor went backwards ({value!r} < {self.value!r}): is the cursor column stable?"
             raise StateError(msg)
-        if value == self.value:
-            return CursorState(value, self.keys | frozenset(keys_at_value))
-        return CursorState(value, frozenset(keys_at_value))
+        floor = value if floor is None else floor
+        settled = {key: at for key, at in self.settled.items() if at >= floor}
+        settled.update((key, at) for key, at in handled if at >= floor)
+        return CursorState(value, settled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +176,7 @@ class BatchCommit:
     rejections: list[RejectedRow] = field(default_factory=list)
     delivered_keys: Sequence[str] = ()
     retries: int = 0
+    cursor_name: str | None = None  # where the cursor and lock live; a backfill keeps its own
 
 
 def default_state_url(config_path: Path | None) -> str:
@@ -201,8 +212,17 @@ class StateStore:
     def _migrate(self) -> None:
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
-            if conn.execute(sa.select(schema_info.c.version)).scalar() is None:
+            version = conn.execute(sa.select(schema_info.c.version)).scalar()
+            if version is None:
                 conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+                return
+            if version > SCHEMA_VERSION:
+                msg = f"state store schema v{version} is newer than this capi-sync (v{SCHEMA_VERSION})"
+                raise StateError(msg)
+            if version < 2:  # v2: tie keys remember their cursor value, for `lookback`
+                conn.execute(sa.text("alter table capi_cursor_keys add column cursor_value text"))
+            if version < SCHEMA_VERSION:
+                conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     # -- cursor ---------------------------------------------------------------------------------
 
@@ -211,10 +231,14 @@ class StateStore:
             row = conn.execute(sa.select(cursors).where(cursors.c.pipeline == pipeline)).first()
             if row is None:
                 return CursorState()
+            value = decode_value(row.kind, row.value)
             keys = conn.execute(
-                sa.select(cursor_keys.c.row_key).where(cursor_keys.c.pipeline == pipeline)
-            ).scalars()
-            return CursorState(decode_value(row.kind, row.value), frozenset(keys))
+                sa.select(cursor_keys.c.row_key, cursor_keys.c.cursor_value).where(
+                    cursor_keys.c.pipeline == pipeline
+                )
+            )
+            settled = {key: value if text is None else decode_value(row.kind, text) for key, text in keys}
+            return CursorState(value, settled)
 
     def set_cursor(self, pipeline: str, value: Any) -> None:
         with self.engine.begin() as conn:
@@ -226,6 +250,15 @@ class StateStore:
             conn.execute(cursors.delete().where(cursors.c.pipeline == pipeline))
             conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
 
+    def list_cursors(self, prefix: str) -> list[tuple[str, CursorState]]:
+        """Cursors whose name starts with `prefix` (backfill progress is kept as such cursors)."""
+        with self.engine.connect() as conn:
+            names = conn.execute(
+                sa.select(cursors.c.pipeline).where(cursors.c.pipeline.startswith(prefix, autoescape=True))
+            ).scalars()
+            found = list(names)
+        return [(name, self.load_cursor(name)) for name in found]
+
     def _write_cursor(
         self, conn: sa.Connection, pipeline: str, state: CursorState, previous: CursorState | None
     ) -> None:
@@ -236,13 +269,33 @@ class StateStore:
             == 0
         ):
             conn.execute(cursors.insert().values(pipeline=pipeline, **values))
-        if previous is not None and previous.value == state.value:
-            new_keys = state.keys - previous.keys
-        else:
+        before = previous.settled if previous is not None else {}
+        if before and not before.keys() & state.settled.keys():
+            before = {}
+        if not before:
             conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
-            new_keys = state.keys
+        else:
+            gone = [key for key in before if key not in state.settled]
+            for start in range(0, len(gone), 500):
+                conn.execute(
+                    cursor_keys.delete().where(
+                        cursor_keys.c.pipeline == pipeline,
+                        cursor_keys.c.row_key.in_(gone[start : start + 500]),
+                    )
+                )
+        new_keys = [key for key in state.settled if key not in before]
         if new_keys:
-            conn.execute(cursor_keys.insert(), [{"pipeline": pipeline, "row_key": k} for k in new_keys])
+            conn.execute(
+                cursor_keys.insert(),
+                [
+                    {
+                        "pipeline": pipeline,
+                        "row_key": key,
+                        "cursor_value": encode_value(state.settled[key])[1],
+                    }
+                    for key in new_keys
+                ],
+            )
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -257,9 +310,10 @@ class StateStore:
     def commit_batch(self, pipeline: str, commit: BatchCommit, previous: CursorState | None) -> None:
         """One transaction: cursor, tie keys, rejected rows, run counters."""
         now = utcnow()
+        cursor_name = commit.cursor_name or pipeline
         with self.engine.begin() as conn:
             if commit.cursor is not None and commit.cursor.value is not None:
-                self._write_cursor(conn, pipeline, commit.cursor, previous)
+                self._write_cursor(conn, cursor_name, commit.cursor, previous)
             for row in commit.rejections:
                 self._upsert_rejection(conn, pipeline, row, run_id=commit.run_id, now=now)
             if commit.delivered_keys and self._has_rejections(conn, pipeline):
@@ -279,7 +333,7 @@ class StateStore:
             )
             conn.execute(
                 locks.update()
-                .where(locks.c.pipeline == pipeline, locks.c.owner == self.owner)
+                .where(locks.c.pipeline == cursor_name, locks.c.owner == self.owner)
                 .values(heartbeat_at=now)
             )
 

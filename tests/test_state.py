@@ -61,16 +61,36 @@ def test_aware_timestamps_are_stored_in_utc() -> None:
 
 
 def test_cursor_never_moves_backwards() -> None:
-    state = CursorState().advance(5, ["a"])
-    assert state.advance(5, ["b"]).keys == {"a", "b"}
-    assert state.advance(6, ["c"]).keys == {"c"}
+    state = CursorState().advance(5, [("a", 5)])
+    assert state.advance(5, [("b", 5)]).keys == {"a", "b"}
+    assert state.advance(6, [("x", 5), ("c", 6)]).keys == {"c"}, "only keys at the value itself"
     with pytest.raises(StateError, match="backwards"):
-        state.advance(4, ["d"])
+        state.advance(4, [("d", 4)])
+
+
+def test_lookback_keeps_the_keys_of_rows_handled_since_the_floor() -> None:
+    state = CursorState().advance(10, [("a", 7), ("b", 9), ("c", 10)], floor=8)
+    assert state.keys == {"b", "c"}
+    later = state.advance(12, [("d", 11), ("e", 12)], floor=10)
+    assert later.settled == {"c": 10, "d": 11, "e": 12}
+
+
+def test_settled_keys_and_their_cursor_values_survive_a_reload(store: StateStore) -> None:
+    run_id = store.start_run("p")
+    noon = dt.datetime(2026, 11, 20, 12)
+    first = CursorState().advance(
+        noon, [("a", noon - dt.timedelta(hours=2)), ("b", noon)], floor=noon - dt.timedelta(hours=3)
+    )
+    store.commit_batch("p", BatchCommit(run_id, first), CursorState())
+    later = noon + dt.timedelta(hours=2)
+    second = first.advance(later, [("c", later)], floor=noon - dt.timedelta(minutes=1))
+    store.commit_batch("p", BatchCommit(run_id, second), first)
+    assert store.load_cursor("p") == CursorState(later, {"b": noon, "c": later})
 
 
 def test_batch_commit_writes_cursor_ties_rejections_and_counters(store: StateStore) -> None:
     run_id = store.start_run("p")
-    first = CursorState().advance(10, ["1", "2"])
+    first = CursorState().advance(10, [("1", 10), ("2", 10)])
     store.commit_batch(
         "p",
         BatchCommit(
@@ -82,13 +102,13 @@ def test_batch_commit_writes_cursor_ties_rejections_and_counters(store: StateSto
         ),
         CursorState(),
     )
-    second = first.advance(10, ["4"])
+    second = first.advance(10, [("4", 10)])
     store.commit_batch(
         "p", BatchCommit(run_id, second, rows_read=1, events_sent=1, delivered_keys=["3"]), first
     )
     store.finish_run(run_id, RunStatus.SUCCEEDED)
 
-    assert store.load_cursor("p") == CursorState(10, frozenset({"1", "2", "4"}))
+    assert store.load_cursor("p") == CursorState(10, {"1": 10, "2": 10, "4": 10})
     assert store.list_rejected("p") == [], "a row delivered later leaves the rejected list"
     (run,) = store.list_runs("p")
     assert (run.status, run.rows_read, run.events_sent, run.rows_rejected) == ("succeeded", 4, 3, 1)
