@@ -5,6 +5,8 @@ Exit codes are assigned only in `main`: 0 ok, 1 the run failed, 2 usage or confi
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import signal
 import sys
 import threading
@@ -21,12 +23,15 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from capi_sync import __version__
+from capi_sync.backfill import Day, backfill_prefix, run_backfill
 from capi_sync.config import ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
 from capi_sync.errors import CapiSyncError, ConfigError
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, prepare, run_pipeline
+from capi_sync.scheduler import Scheduler
 from capi_sync.state import StateStore, default_state_url
+from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
 if TYPE_CHECKING:
     from capi_sync.report import RunReport
@@ -72,8 +77,12 @@ class Context:
         self.project: ProjectConfig = load_config(config_file)
         self._state_url = state_url
 
+    @property
+    def state_url(self) -> str:
+        return self._state_url or default_state_url(self.project.path)
+
     def store(self) -> StateStore:
-        return StateStore(self._state_url or default_state_url(self.project.path))
+        return StateStore(self.state_url)
 
 
 def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -118,6 +127,68 @@ def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: 
     print_report(report, output)
     if not report.ok:
         raise RunFailed(report.error or "run failed")
+
+
+@cli.command()
+@click.argument("pipeline")
+@project_options
+@click.option("--start", "start", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First day.")
+@click.option("--end", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Day after the last.")
+@click.option("--clip", is_flag=True, help="Send only the part of the range Meta still accepts.")
+@click.option("--dry-run", is_flag=True, help="Build the requests but send nothing; progress is not saved.")
+@with_context
+def backfill(
+    ctx: Context, pipeline: str, *, start: dt.datetime, end: dt.datetime, clip: bool, dry_run: bool
+) -> None:
+    """Send PIPELINE's rows dated in [--start, --end), day by day, leaving its cursor alone.
+
+    Dates are in the pipeline's timezone and the column is `backfill_column` (default: the column
+    mapped to event_time). Run the same command again to resume an interrupted backfill.
+    """
+
+    def announce(day: Day, number: int, total: int) -> None:
+        out.print(f"{pipeline}: day {number}/{total}: {day.date}")
+
+    with ctx.store() as store, _progress(pipeline) as on_progress:
+        report = run_backfill(
+            ctx.project,
+            pipeline,
+            store,
+            start=start.date(),
+            end=end.date(),
+            options=RunOptions(dry_run=dry_run),
+            clip=clip,
+            progress=on_progress,
+            on_day=announce,
+        )
+    print_report(report)
+    if not report.ok:
+        raise RunFailed(report.error or "backfill failed")
+
+
+@cli.command()
+@click.argument("pipelines", nargs=-1)
+@project_options
+@click.option("--run-now", is_flag=True, help="Also run each pipeline once right away.")
+@with_context
+def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
+    """Run PIPELINES (default: all with a schedule) on their `schedule:` until SIGINT/SIGTERM.
+
+    Runs in the foreground and logs one line per run; meant for systemd, a container or tmux.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduler = Scheduler(ctx.project, pipelines, ctx.state_url, run_now=run_now)
+
+    def stop(_signum: int, _frame: object) -> None:
+        scheduler.stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        scheduler.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @cli.command()
@@ -280,17 +351,48 @@ def state() -> None:
 @project_options
 @with_context
 def state_show(ctx: Context, pipeline: str) -> None:
-    """Show PIPELINE's cursor and the rows already handled at exactly that value."""
-    ctx.project.pipeline(pipeline)
+    """Show PIPELINE's cursor, the rows remembered near it, and backfills in progress."""
+    config = ctx.project.pipeline(pipeline)
     with ctx.store() as store:
         cursor = store.load_cursor(pipeline)
+        backfills = store.list_cursors(backfill_prefix(pipeline))
     if cursor.value is None:
-        out.print(f"{pipeline}: no cursor yet; the next run reads everything")
+        out.print(f"{pipeline}: no cursor yet; the next run starts at {config.start or 'Meta age limit'}")
     else:
+        kind = kind_of_value(cursor.value) or type(cursor.value).__name__
+        instant = CursorClock(kind, config.zone).to_utc(cursor.value)
+        utc = f" in {config.timezone} = {instant:%Y-%m-%d %H:%M:%S} UTC" if kind == "timestamp" else ""
         out.print(
-            f"{pipeline}: cursor {cursor.value!s} ({type(cursor.value).__name__}),"
-            f" {len(cursor.keys)} row(s) settled at that value"
+            f"{pipeline}: cursor {cursor.value!s} ({kind}{utc}),"
+            f" {len(cursor.settled)} row(s) settled at or near that value",
+            soft_wrap=True,
         )
+    for name, position in backfills:
+        out.print(f"backfill {name.removeprefix(backfill_prefix(pipeline))}: at {position.value!s}")
+
+
+@state.command("set")
+@click.argument("pipeline")
+@click.argument("value")
+@project_options
+@with_context
+def state_set(ctx: Context, pipeline: str, value: str) -> None:
+    """Move PIPELINE's cursor to VALUE (e.g. 2026-11-20T08:00, '2 days ago', 41000).
+
+    Naive timestamps are read in the pipeline's timezone. The next run reads rows from VALUE on.
+    """
+    config = ctx.project.pipeline(pipeline)
+    if config.cursor is None:
+        raise ConfigError([f"pipeline '{pipeline}': cursor: not set, so there is nothing to move"])
+    with open_source(ctx.project.warehouse_of(config)) as source:
+        kind = prepare(config, source).kind(config.cursor)
+    try:
+        typed = parse_cursor_value(value, CursorClock(kind, config.zone), dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="VALUE") from None
+    with ctx.store() as store, store.lock(pipeline):
+        store.set_cursor(pipeline, typed)
+    out.print(f"{pipeline}: cursor set to {typed!s} ({type(typed).__name__})")
 
 
 @state.command("reset")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from capi_sync.errors import ConfigError
@@ -211,3 +212,36 @@ def require_time_kind(pipeline: str, column: str, clock: CursorClock, setting: s
     if clock.kind is not None and not clock.is_time:
         problem = f"needs a timestamp or date column, '{column}' is {clock.kind}"
         raise ConfigError([f"pipeline '{pipeline}': {setting}: {problem}"])
+
+
+def parse_cursor_value(text: str, clock: CursorClock, now: dt.datetime) -> Any:
+    """A value typed like the cursor column, for `capi-sync state set`; times may be relative."""
+    cleaned = text.strip()
+    if clock.is_time or clock.kind is None:
+        relative = re.fullmatch(r"(.+?)\s+ago", cleaned, re.IGNORECASE)
+        try:
+            if relative:
+                instant = now - parse_duration(relative[1])
+            elif clock.kind == "date" and re.fullmatch(r"\d{4}-\d{2}-\d{2}", cleaned):
+                return dt.date.fromisoformat(cleaned)
+            else:
+                stamp = dt.datetime.fromisoformat(cleaned)
+                instant = clock.to_utc(stamp)
+        except ValueError:
+            if clock.is_time:
+                msg = f"{text!r} is not a timestamp like 2026-11-01T08:00 or a time like '2 days ago'"
+                raise ValueError(msg) from None
+        else:
+            assert instant is not None
+            return clock.from_utc(instant) if clock.is_time else instant
+    if clock.kind == "integer":
+        try:
+            return int(cleaned)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if clock.kind == "number":
+        try:
+            return Decimal(cleaned)
+        except ArithmeticError:
+            raise ValueError(f"{text!r} is not a number") from None
+    return cleaned
