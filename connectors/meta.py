@@ -7,6 +7,7 @@ message this module raises.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
@@ -153,8 +154,9 @@ class MetaClient:
         return MetaRequestError(described, **details)
 
     def _scrub(self, text: str) -> str:
+        """Whole occurrences only: a placeholder token like `x` must not redact every letter x."""
         for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "[redacted]", text)
         return text
 
     def close(self) -> None:

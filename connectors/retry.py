@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 from capi_sync.errors import MetaRetryableError
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
 T = TypeVar("T")
@@ -34,8 +35,13 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     on_retry: Callable[[MetaRetryableError, float], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> T:
-    """Call `fn` until it succeeds, raises a non-retryable error, or the time budget runs out."""
+    """Call `fn` until it succeeds, raises a non-retryable error, or the time budget runs out.
+
+    Setting `stop` ends the waiting at once with the last error: a run being stopped does not sit
+    out minutes of backoff before it can commit and exit.
+    """
     deadline = clock() + policy.max_elapsed
     attempt = 0
     while True:
@@ -45,7 +51,13 @@ def call_with_retry(
             pause = policy.delay(attempt)
             if clock() + pause > deadline:
                 raise
+            if stop is not None and stop.is_set():
+                raise
             if on_retry is not None:
                 on_retry(exc, pause)
-            sleep(pause)
+            if stop is not None:
+                if stop.wait(pause):
+                    raise
+            else:
+                sleep(pause)
             attempt += 1

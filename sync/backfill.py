@@ -154,7 +154,7 @@ def run_backfill(
     plan = plan_backfill(pipeline, column, kind, start, end, now=now or dt.datetime.now(dt.UTC), clip=clip)
     position = backfill_name(name, start, end)
     options = options or RunOptions()
-    report = RunReport(pipeline=name, dry_run=options.dry_run, notes=list(plan.notes))
+    report = RunReport(pipeline=name, dry_run=options.dry_run, kind="backfill", notes=list(plan.notes))
     with session(
         project, pipeline, store, options, report, kind="backfill", lock_name=position, progress=progress
     ) as run:

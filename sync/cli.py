@@ -392,7 +392,7 @@ def state_set(ctx: Context, pipeline: str, value: str) -> None:
         raise click.BadParameter(str(exc), param_hint="VALUE") from None
     with ctx.store() as store, store.lock(pipeline):
         store.set_cursor(pipeline, typed)
-    out.print(f"{pipeline}: cursor set to {typed!s} ({type(typed).__name__})")
+    out.print(f"{pipeline}: cursor set to {typed!s} ({kind_of_value(typed) or kind or type(typed).__name__})")
 
 
 @state.command("reset")
@@ -455,7 +455,8 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
         out.print(note, soft_wrap=True)
     if report.cursor_after is not None:
         saved = " (not saved: dry run)" if report.dry_run else ""
-        out.print(f"cursor: {report.cursor_before} -> {report.cursor_after}{saved}")
+        label = "backfill position" if report.kind == "backfill" else "cursor"
+        out.print(f"{label}: {report.cursor_before} -> {report.cursor_after}{saved}")
     if report.rows_null_cursor:
         err.print(
             f"[yellow]warning:[/] {report.rows_null_cursor:,} row(s) have a NULL cursor and are never sent",

@@ -46,6 +46,7 @@ class MatchQuality:
 class RunReport:
     pipeline: str
     dry_run: bool = False
+    kind: str = "run"  # run | backfill
     run_id: int | None = None
     status: RunStatus = RunStatus.RUNNING
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))

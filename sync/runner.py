@@ -8,6 +8,7 @@ first row not yet settled, and re-sent rows carry the same `event_id`.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -37,7 +38,6 @@ from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, St
 from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
 
 if TYPE_CHECKING:
-    import threading
     from pathlib import Path
 
     from capi_sync.config import PipelineConfig, ProjectConfig
@@ -264,6 +264,8 @@ class _Run:
         self.mapper = self.prepared.mapper
         self.batch_size = self.pipeline.settings.batch_size
         self.cursor_name = self.cursor_name or self.pipeline.name
+        # Set on interrupt or stop: senders give up their backoff so the run can commit and exit.
+        self.abort = self.options.stop or threading.Event()
 
     def clock(self, column: str | None, state: CursorState) -> CursorClock:
         """The column's kind from the warehouse, else from the stored cursor value."""
@@ -353,7 +355,11 @@ class _Run:
                         self._commit_oldest(pending)
                 while pending:
                     self._commit_oldest(pending)
-            except (KeyboardInterrupt, CapiSyncError):
+            except KeyboardInterrupt:
+                self.abort.set()
+                self._drain(pending)
+                raise
+            except CapiSyncError:
                 self._drain(pending)
                 raise
             finally:
@@ -505,7 +511,7 @@ class _Run:
         Returns the refused events as (index in the batch, Meta's error).
         """
         try:
-            call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry)
+            call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry, stop=self.abort)
         except MetaRequestError as exc:
             if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
                 raise

@@ -77,8 +77,10 @@ class Scheduler:
 
     def run(self) -> None:
         """Block until `stop()`; then wait for the runs in flight to commit and finish."""
+        now = dt.datetime.now(dt.UTC)
         for job in self.scheduler.get_jobs():
-            log.info("%s: scheduled (%s), next run %s", job.name, job.trigger, _when(job.next_run_time))
+            first = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(None, now)
+            log.info("%s: scheduled (%s), first run %s", job.name, job.trigger, _when(first))
         self.scheduler.start()
         with self._idle:
             self._idle.wait_for(lambda: self._running == 0)
