@@ -9,6 +9,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from capi_sync.errors import SourceError
 from capi_sync.windows import kind_of_type
 
 Chunk = Sequence[Sequence[Any]]
@@ -40,6 +44,9 @@ class Window:
     end_inclusive: bool = False
     key_columns: tuple[str, ...] = ()
     keys: tuple[tuple[Any, ...], ...] = ()  # only these rows (by primary key), to retry them
+    purpose: str = (
+        "incremental"  # incremental | backfill | retry | describe: which template variables are set
+    )
 
 
 class Source(Protocol):
@@ -57,6 +64,10 @@ class Source(Protocol):
         """Rows of `query` inside `window`, ordered by `window.order_by`, `chunk_size` at a time."""
         ...
 
+    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
+        """The statement `stream` runs, with its bind parameters (for `capi-sync render`)."""
+        ...
+
     def close(self) -> None: ...
 
     def __enter__(self) -> Source: ...
@@ -64,21 +75,79 @@ class Source(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def describe_sql(query: str) -> str:
+TEMPLATE_VARIABLES = (
+    "cursor_start", "cursor_end", "backfill_start", "backfill_end", "window_start", "window_end",
+)  # fmt: skip
+
+
+def is_template(query: str) -> bool:
+    return "{{" in query or "{%" in query
+
+
+def template_variables(window: Window | None) -> dict[str, Any]:
+    """What a templated query sees; a bound that does not apply is None."""
+    values = dict.fromkeys(TEMPLATE_VARIABLES)
+    if window is None:
+        return values
+    values["window_start"], values["window_end"] = window.start, window.end
+    if window.purpose == "incremental":
+        values["cursor_start"], values["cursor_end"] = window.start, window.end
+    elif window.purpose == "backfill":
+        values["backfill_start"], values["backfill_end"] = window.start, window.end
+    return values
+
+
+def render_query(
+    query: str, window: Window | None, placeholder: Callable[[int], str], params: list[Any]
+) -> str:
+    """Render a Jinja query: every `{{ expression }}` becomes a bind parameter, never literal SQL.
+
+    Sandboxed, with undefined names an error. Values are appended to `params` in order.
+    """
+    if not is_template(query):
+        return query
+
+    def bind(value: Any) -> str:
+        if isinstance(value, Undefined):
+            str(value)  # StrictUndefined raises here, naming the variable
+        params.append(value)
+        return placeholder(len(params) - 1)
+
+    environment = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, finalize=bind)
+    try:
+        return environment.from_string(query).render(template_variables(window))
+    except TemplateError as exc:
+        raise TemplateProblem(f"query template: {exc}") from exc
+
+
+class TemplateProblem(ValueError):
+    """A query template that does not render; reported as a config error."""
+
+
+def describe_sql(query: str, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
     """A query that returns the columns of `query` and no row, in any SQL dialect."""
-    return f"select * from ({query}) as capi_src where 1 = 0"
+    params: list[Any] = []
+    inner = render_query(query, Window(order_by=(), purpose="describe"), placeholder, params)
+    return f"select * from ({inner}) as capi_src where 1 = 0", params
 
 
-def count_null_sql(query: str, column: str) -> str:
-    return f"select count(*) from ({query}) as capi_src where {column} is null"
+def count_null_sql(query: str, column: str, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+    params: list[Any] = []
+    inner = render_query(query, Window(order_by=(), purpose="describe"), placeholder, params)
+    return f"select count(*) from ({inner}) as capi_src where {column} is null", params
 
 
 def window_sql(
     query: str, window: Window, quote: Callable[[str], str], placeholder: Callable[[int], str]
 ) -> tuple[str, list[Any]]:
-    """Wrap `query` with the window's filter and order; return SQL and its positional parameters."""
-    conditions: list[str] = []
+    """Wrap `query` with the window's filter and order; return SQL and its positional parameters.
+
+    A templated query is rendered first (its parameters come first); the window's own filter is
+    still applied outside it, so a template can only narrow what is read, never widen it.
+    """
     params: list[Any] = []
+    query = render_query(query, window, placeholder, params)
+    conditions: list[str] = []
     if window.cursor is not None:
         column = quote(window.cursor)
         conditions.append(f"{column} is not null")
@@ -107,3 +176,81 @@ def window_sql(
 def quote_identifier(name: str) -> str:
     """ANSI double-quoted identifier, for dialects without a preparer of their own."""
     return '"' + name.replace('"', '""') + '"'
+
+
+class DBAPISource:
+    """Describe, count and stream over a DB-API connection; subclasses say how to run a statement.
+
+    Subclasses set `_connection`, `_errors` and `_label`, and may override `_type_name`,
+    `_placeholder` and `_quote` for their dialect.
+    """
+
+    _connection: Any
+    _errors: tuple[type[Exception], ...] = ()
+    _label = "the warehouse"
+
+    @staticmethod
+    def _placeholder(_index: int) -> str:
+        return "?"
+
+    @staticmethod
+    def _quote(name: str) -> str:
+        return quote_identifier(name)
+
+    def _type_name(self, description: Any) -> str | None:
+        return str(description[1]) if description[1] is not None else None
+
+    def _execute(self, sql: str, params: list[Any], what: str) -> Any:
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(sql, params)
+        except self._errors as exc:
+            self._release(cursor)
+            raise SourceError(f"{self._label}: {what}: {first_line(exc)}") from exc
+        return cursor
+
+    def _release(self, cursor: Any) -> None:
+        cursor.close()
+
+    def describe(self, query: str) -> list[Column]:
+        cursor = self._execute(*describe_sql(query, self._placeholder), "the query failed")
+        try:
+            return [column_of(entry[0], self._type_name(entry)) for entry in cursor.description or ()]
+        finally:
+            self._release(cursor)
+
+    def count_null(self, query: str, column: str) -> int:
+        statement = count_null_sql(query, self._quote(column), self._placeholder)
+        cursor = self._execute(*statement, "counting NULL cursors failed")
+        try:
+            row = cursor.fetchone()
+        finally:
+            self._release(cursor)
+        return int(row[0]) if row else 0
+
+    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
+        return window_sql(query, window, self._quote, self._placeholder)
+
+    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
+        cursor = self._execute(*self.sql(query, window), "the query failed")
+        try:
+            while chunk := cursor.fetchmany(chunk_size):
+                yield chunk
+        except self._errors as exc:
+            raise SourceError(f"{self._label} failed while reading: {first_line(exc)}") from exc
+        finally:
+            self._release(cursor)
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from capi_sync.connectors.base import (
-    Chunk,
-    Column,
-    Window,
-    column_of,
-    count_null_sql,
-    describe_sql,
-    quote_identifier,
-    window_sql,
-)
+from capi_sync.connectors.base import DBAPISource, first_line
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from capi_sync.config import DuckDBWarehouse
 
 
-class DuckDBSource:
+class DuckDBSource(DBAPISource):
     """Opens files read-only so that a sync never blocks the process that writes the warehouse."""
+
+    _errors = (duckdb.Error,)
+    _label = "DuckDB"
 
     def __init__(self, config: DuckDBWarehouse) -> None:
         database = config.database()
@@ -41,34 +33,13 @@ class DuckDBSource:
             msg = f"DuckDB {database}: {exc}"
             raise SourceError(msg) from exc
 
-    def describe(self, query: str) -> list[Column]:
+    def _execute(self, sql: str, params: list[Any], what: str) -> Any:
+        # The connection itself, not a cursor: DuckDB cursors are new connections that would lose
+        # the session settings made above.
         try:
-            description = self._connection.execute(describe_sql(query)).description
+            return self._connection.execute(sql, params)
         except duckdb.Error as exc:
-            raise SourceError(f"DuckDB could not run the query: {exc}") from exc
-        return [column_of(column[0], str(column[1])) for column in description or ()]
+            raise SourceError(f"DuckDB: {what}: {first_line(exc)}") from exc
 
-    def count_null(self, query: str, column: str) -> int:
-        try:
-            row = self._connection.execute(count_null_sql(query, quote_identifier(column))).fetchone()
-        except duckdb.Error as exc:
-            raise SourceError(f"DuckDB could not count NULL cursors: {exc}") from exc
-        return int(row[0]) if row else 0
-
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        sql, params = window_sql(query, window, quote_identifier, lambda _i: "?")
-        try:
-            cursor = self._connection.execute(sql, params)
-            while chunk := cursor.fetchmany(chunk_size):
-                yield chunk
-        except duckdb.Error as exc:
-            raise SourceError(f"DuckDB failed while reading: {exc}") from exc
-
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> DuckDBSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _release(self, cursor: Any) -> None:
+        pass  # the result is dropped by the next statement; the connection stays open

@@ -66,7 +66,8 @@ class MetaClient:
         app_secret: str | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        self.url = f"{graph_url.rstrip('/')}/{api_version}/{pixel_id}/events"
+        self.pixel_url = f"{graph_url.rstrip('/')}/{api_version}/{pixel_id}"
+        self.url = f"{self.pixel_url}/events"
         self._token = access_token
         self._secrets = [secret for secret in (access_token, app_secret) if secret]
         self._timeout = timeout
@@ -104,6 +105,29 @@ class MetaClient:
         except requests.RequestException as exc:
             raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
         return self._result(response, request.event_count)
+
+    def check(self) -> str:
+        """A harmless read of the pixel: proves the token is valid and may use this pixel.
+
+        Returns the pixel's name (or id); raises `MetaAuthError`, `MetaPermissionError` or
+        `MetaRequestError` (code 100 subcode 33: no such pixel, or no access) like `send` does.
+        """
+        try:
+            response = self._session.get(
+                self.pixel_url,
+                params={"fields": "id,name"},
+                headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
+        try:
+            payload = orjson.loads(response.content) if response.content else {}
+        except orjson.JSONDecodeError:
+            payload = {}
+        if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
+            return str(payload.get("name") or payload.get("id") or "")
+        raise self._error(response.status_code, payload, response.text)
 
     def _result(self, response: requests.Response, sent: int) -> SendResult:
         try:

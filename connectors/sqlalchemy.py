@@ -44,7 +44,8 @@ class SQLAlchemySource:
 
     def describe(self, query: str) -> list[Column]:
         try:
-            result = self._connection.execute(sa.text(describe_sql(query)))
+            sql, params = describe_sql(query, _named)
+            result = self._connection.execute(sa.text(sql), _bound(params))
             description = result.cursor.description if result.cursor is not None else None
             names = list(result.keys())
             result.close()
@@ -66,19 +67,20 @@ class SQLAlchemySource:
 
     def count_null(self, query: str, column: str) -> int:
         try:
-            return int(
-                self._connection.execute(sa.text(count_null_sql(query, self._quote(column)))).scalar() or 0
-            )
+            sql, params = count_null_sql(query, self._quote(column), _named)
+            return int(self._connection.execute(sa.text(sql), _bound(params)).scalar() or 0)
         except sa.exc.SQLAlchemyError as exc:
             self._connection.rollback()
             raise SourceError(f"counting NULL cursors failed: {_short(exc)}") from exc
 
+    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
+        return window_sql(query, window, self._quote, _named)
+
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        sql, params = window_sql(query, window, self._quote, lambda i: f":p{i}")
-        bound = {f"p{i}": value for i, value in enumerate(params)}
+        sql, params = self.sql(query, window)
         try:
             result = self._connection.execution_options(stream_results=True, yield_per=chunk_size).execute(
-                sa.text(sql), bound
+                sa.text(sql), _bound(params)
             )
             yield from result.partitions(chunk_size)
         except sa.exc.SQLAlchemyError as exc:
@@ -93,6 +95,14 @@ class SQLAlchemySource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _named(index: int) -> str:
+    return f":p{index}"
+
+
+def _bound(params: list[Any]) -> dict[str, Any]:
+    return {f"p{i}": value for i, value in enumerate(params)}
 
 
 def _short(exc: Exception) -> str:

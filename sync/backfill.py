@@ -175,6 +175,7 @@ def run_backfill(
                 cursor=column,
                 start=day.start if done_up_to is None else max(day.start, done_up_to),
                 end=day.end,
+                purpose="backfill",
             )
             run.execute(window)
     return report

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from enum import IntEnum
 from functools import wraps
 from pathlib import Path
@@ -19,16 +20,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from capi_sync import __version__
-from capi_sync.backfill import Day, backfill_prefix, run_backfill
-from capi_sync.config import ProjectConfig, load_config
+from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
+from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
-from capi_sync.errors import CapiSyncError, ConfigError
+from capi_sync.errors import CapiSyncError, ConfigError, MetaAuthError, MetaError
 from capi_sync.report import MatchQuality
-from capi_sync.runner import RunOptions, prepare, run_pipeline
+from capi_sync.runner import RunOptions, make_client, plan_incremental, prepare, run_pipeline
 from capi_sync.scheduler import Scheduler
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
@@ -189,6 +191,113 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@cli.command()
+@click.argument("pipeline", required=False)
+@project_options
+@click.option("--offline", is_flag=True, help="Skip the Graph API; check the warehouses only.")
+@with_context
+def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
+    """Connect to each warehouse and the Graph API and report what works; sends no event."""
+    pipelines = [ctx.project.pipeline(pipeline)] if pipeline else list(ctx.project.pipelines.values())
+    secrets = ctx.project.secrets()
+    table = Table(title="capi-sync check", show_lines=False)
+    for column in ("pipeline", "check", "result"):
+        table.add_column(column, overflow="fold")
+    failed = False
+    pixels: dict[str, tuple[bool, str]] = {}
+    for config in pipelines:
+        rows: list[tuple[str, bool, str]] = []
+        warehouse = config.warehouse
+        try:
+            with open_source(ctx.project.warehouse_of(config)) as source:
+                rows.append((f"warehouse {warehouse}", True, "connected"))
+                try:
+                    prepared = prepare(config, source)
+                    rows.append(("query and mapping", True, f"{len(prepared.columns)} columns, mapping OK"))
+                except ConfigError as exc:
+                    rows.append(("query and mapping", False, "; ".join(exc.errors)))
+                except CapiSyncError as exc:
+                    rows.append(("query", False, str(exc)))
+        except CapiSyncError as exc:
+            rows.append((f"warehouse {warehouse}", False, str(exc)))
+        if offline:
+            rows.append((f"destination {config.destination}", True, "skipped (--offline)"))
+        else:
+            if config.destination not in pixels:
+                pixels[config.destination] = _check_destination(ctx.project, config)
+            ok, message = pixels[config.destination]
+            rows.append((f"destination {config.destination}", ok, message))
+        for label, ok, message in rows:
+            failed |= not ok
+            mark = "[green]ok[/]" if ok else "[red]FAILED[/]"
+            table.add_row(config.name, label, f"{mark} {escape(_scrub(message, secrets))}")
+    out.print(table)
+    if failed:
+        raise RunFailed("check failed")
+
+
+def _check_destination(project: ProjectConfig, pipeline: PipelineConfig) -> tuple[bool, str]:
+    destination = project.destination_of(pipeline)
+    if not destination.access_token.get_secret_value():
+        return False, "access_token is empty"
+    try:
+        with closing(make_client(project, pipeline)) as client:
+            name = client.check()
+    except MetaAuthError as exc:
+        return False, f"{exc} (create a new system-user token with ads_management)"
+    except MetaError as exc:
+        return False, str(exc)
+    return True, f"pixel {destination.pixel_id} ({name}) reachable with this token"
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+@cli.command()
+@click.argument("pipeline")
+@project_options
+@click.option("--start", "start", type=click.DateTime(["%Y-%m-%d"]), help="Show a backfill's first day.")
+@click.option("--end", "end", type=click.DateTime(["%Y-%m-%d"]), help="With --start: the backfill's end.")
+@with_context
+def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datetime | None) -> None:
+    """Show the SQL the next run of PIPELINE sends to the warehouse, with its bound parameters."""
+    config = ctx.project.pipeline(pipeline)
+    if (start is None) != (end is None):
+        raise click.UsageError("--start and --end go together")
+    with open_source(ctx.project.warehouse_of(config)) as source:
+        prepared = prepare(config, source)
+        now = dt.datetime.now(dt.UTC)
+        if start is not None and end is not None:
+            column = backfill_column(config)
+            plan = plan_backfill(
+                config, column, prepared.kind(column), start.date(), end.date(), now=now, clip=True
+            )
+            if not plan.days:
+                raise click.UsageError("the range holds no day Meta still accepts")
+            day = plan.days[0]
+            window = Window(
+                order_by=(prepared.columns[prepared.index(column) or 0], *prepared.key_columns),
+                cursor=prepared.columns[prepared.index(column) or 0],
+                start=day.start,
+                end=day.end,
+                purpose="backfill",
+            )
+            what = f"backfill, first day {day.date} of {len(plan.days)}"
+        else:
+            with ctx.store() as store:
+                state = store.load_cursor(pipeline)
+            window = plan_incremental(config, prepared, state, now).window
+            what = "next incremental run"
+        sql, params = source.sql(config.query, window)
+    out.print(f"-- {pipeline}: {what}")
+    out.print(escape(sql), soft_wrap=True)
+    for index, value in enumerate(params):
+        out.print(f"-- parameter {index + 1}: {value!r} ({type(value).__name__})", soft_wrap=True)
 
 
 @cli.command()

@@ -6,6 +6,7 @@ import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pycountry
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from capi_sync.connectors.base import TEMPLATE_VARIABLES, TemplateProblem, is_template, render_query
 from capi_sync.connectors.retry import RetryPolicy
 from capi_sync.envsubst import substitute
 from capi_sync.errors import ConfigError
@@ -65,7 +67,53 @@ class SQLAlchemyWarehouse(BaseModel):
     connect_args: dict[str, Any] = {}
 
 
-Warehouse = Annotated[DuckDBWarehouse | SQLAlchemyWarehouse, Field(discriminator="type")]
+class SnowflakeWarehouse(BaseModel):
+    """snowflake-connector-python; password or key-pair auth. `host`/`port`/`protocol` reach a proxy or
+    a local stand-in (the tests use fakesnow's server)."""
+
+    model_config = _FROZEN
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    password: SecretStr | None = None
+    private_key_file: Path | None = None
+    private_key_file_pwd: SecretStr | None = None
+    authenticator: str | None = None  # e.g. externalbrowser, oauth
+    warehouse: str | None = None
+    database: str | None = None
+    schema_: str | None = Field(None, alias="schema")
+    role: str | None = None
+    host: str | None = None
+    port: int | None = None
+    protocol: Literal["https", "http"] | None = None
+    connect_args: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SnowflakeWarehouse:
+        if self.password is None and self.private_key_file is None and self.authenticator is None:
+            raise ValueError("set password, private_key_file or authenticator")
+        return self
+
+
+class BigQueryWarehouse(BaseModel):
+    """google-cloud-bigquery; a service-account file, or application default credentials."""
+
+    model_config = _FROZEN
+    type: Literal["bigquery"]
+    project: str
+    dataset: str | None = None  # unqualified table names in queries resolve here
+    location: str | None = None
+    credentials_file: Path | None = None
+    anonymous: bool = False  # no credentials at all: only for a local endpoint
+    api_endpoint: str | None = None  # another REST endpoint (a proxy, or the tests' fake)
+
+
+Warehouse = Annotated[
+    DuckDBWarehouse | SQLAlchemyWarehouse | SnowflakeWarehouse | BigQueryWarehouse,
+    Field(discriminator="type"),
+]
+AnyWarehouse = DuckDBWarehouse | SQLAlchemyWarehouse | SnowflakeWarehouse | BigQueryWarehouse
+WAREHOUSE_TYPES = ("duckdb", "sqlalchemy", "snowflake", "bigquery")
 
 
 class MetaDestination(BaseModel):
@@ -199,6 +247,11 @@ class PipelineConfig(BaseModel):
         value = value.strip().rstrip(";").strip()
         if not value:
             raise ValueError("query is empty")
+        if is_template(value):  # syntax errors and unknown variables surface before any connection
+            try:
+                render_query(value, None, lambda _i: "?", [])
+            except TemplateProblem as exc:
+                raise ValueError(f"{exc} (variables: {', '.join(TEMPLATE_VARIABLES)})") from None
         return value
 
     @field_validator("timezone")
@@ -246,6 +299,18 @@ class ProjectConfig(BaseModel):
             raise ValueError("; ".join(errors))
         return self
 
+    def secrets(self) -> list[str]:
+        """Every secret value in the file (tokens, passwords, URL passwords), to scrub from messages."""
+        found: list[str] = []
+        for model in (*self.warehouses.values(), *self.destinations.values()):
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
+                    found.append(secret)
+                    if "://" in secret and (password := urlsplit(secret).password):
+                        found.append(password)
+        return sorted(set(found), key=len, reverse=True)
+
     def pipeline(self, name: str) -> PipelineConfig:
         try:
             return self.pipelines[name]
@@ -255,7 +320,7 @@ class ProjectConfig(BaseModel):
                 [f"no pipeline named '{name}' (pipelines: {known})"], source=str(self.path)
             ) from None
 
-    def warehouse_of(self, pipeline: PipelineConfig) -> DuckDBWarehouse | SQLAlchemyWarehouse:
+    def warehouse_of(self, pipeline: PipelineConfig) -> AnyWarehouse:
         return self.warehouses[pipeline.warehouse]
 
     def destination_of(self, pipeline: PipelineConfig) -> MetaDestination:
@@ -344,7 +409,11 @@ def _format_errors(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
         # Discriminated unions add the tag to the path (warehouses.shop.duckdb.path): drop it.
-        if len(loc) > 2 and loc[0] == "warehouses" and loc[2] in ("duckdb", "sqlalchemy"):
+        if (
+            len(loc) > 2
+            and loc[0] == "warehouses"
+            and loc[2] in ("duckdb", "sqlalchemy", "snowflake", "bigquery")
+        ):
             del loc[2]
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

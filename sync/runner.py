@@ -267,50 +267,23 @@ class _Run:
         # Set on interrupt or stop: senders give up their backoff so the run can commit and exit.
         self.abort = self.options.stop or threading.Event()
 
-    def clock(self, column: str | None, state: CursorState) -> CursorClock:
-        """The column's kind from the warehouse, else from the stored cursor value."""
-        kind = self.prepared.kind(column) or kind_of_value(state.value)
-        return CursorClock(kind, self.pipeline.zone)
-
     def incremental(self, now: dt.datetime | None = None) -> None:
         """Send the rows past the pipeline's cursor, up to the settle watermark."""
         pipeline, report = self.pipeline, self.report
-        key = self.prepared.key_columns
         self.state = self.store.load_cursor(pipeline.name)
         report.cursor_before = report.cursor_after = self.state.value
-        if pipeline.cursor is None:
-            self.execute(Window(order_by=key))
+        plan = plan_incremental(pipeline, self.prepared, self.state, now or dt.datetime.now(dt.UTC))
+        if plan.window.cursor is None:
+            self.execute(plan.window)
             return
-        self.cursor_index = self.prepared.index(pipeline.cursor)
-        assert self.cursor_index is not None  # prepare() checked the column exists
-        cursor = self.prepared.columns[self.cursor_index]
-        clock = self.clock(cursor, self.state)
+        self.cursor_index = self.prepared.index(plan.window.cursor)
         if pipeline.lookback:
-            require_time_kind(pipeline.name, cursor, clock, "lookback")
-            self.settle_floor = lambda value: _minus(clock, value, pipeline.lookback)
-        bounds = incremental_bounds(
-            last_value=self.state.value,
-            clock=clock,
-            now=now or dt.datetime.now(dt.UTC),
-            settle_delay=pipeline.settle_delay,
-            lookback=pipeline.lookback,
-            start=pipeline.start,
-            max_age=meta_max_age(pipeline.settings.action_source),
-        )
-        if bounds.note:
-            report.notes.append(bounds.note)
-        report.rows_null_cursor = self.source.count_null(pipeline.query, cursor)
-        window = Window(
-            order_by=(cursor, *key),
-            cursor=cursor,
-            start=bounds.start,
-            end=bounds.end,
-            end_inclusive=True,
-        )
-        guard = None
-        if clock.kind is None and (bounds.start_utc or bounds.end_utc):  # type unknown: bound in Python
-            guard = _TimeGuard(clock, bounds.start_utc, bounds.end_utc)
-        self.execute(window, guard)
+            clock, lookback = plan.clock, pipeline.lookback
+            self.settle_floor = lambda value: _minus(clock, value, lookback)
+        if plan.note:
+            report.notes.append(plan.note)
+        report.rows_null_cursor = self.source.count_null(pipeline.query, plan.window.cursor)
+        self.execute(plan.window, plan.guard)
 
     def execute(self, window: Window, guard: _TimeGuard | None = None) -> None:
         """Send the rows of `window`, advancing `cursor_name` batch by batch."""
@@ -328,6 +301,7 @@ class _Run:
                 order_by=key_columns,
                 key_columns=key_columns,
                 keys=tuple(keys[start : start + RETRY_KEYS_PER_QUERY]),
+                purpose="retry",
             )
             self.report.rows_retried += len(window.keys)
             rows = self.source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
@@ -555,6 +529,44 @@ def _problem_dict(problem: Any) -> dict[str, Any]:
         }.items()
         if v is not None
     }
+
+
+@dataclass(frozen=True)
+class IncrementalPlan:
+    window: Window
+    clock: CursorClock
+    guard: _TimeGuard | None = None
+    note: str | None = None
+
+
+def plan_incremental(
+    pipeline: PipelineConfig, prepared: Prepared, state: CursorState, now: dt.datetime
+) -> IncrementalPlan:
+    """The window of the next incremental run: what `run` reads and `render` shows."""
+    key = prepared.key_columns
+    cursor_index = prepared.index(pipeline.cursor)
+    if cursor_index is None:
+        return IncrementalPlan(Window(order_by=key), CursorClock(None, pipeline.zone))
+    cursor = prepared.columns[cursor_index]
+    clock = CursorClock(prepared.kind(cursor) or kind_of_value(state.value), pipeline.zone)
+    if pipeline.lookback:
+        require_time_kind(pipeline.name, cursor, clock, "lookback")
+    bounds = incremental_bounds(
+        last_value=state.value,
+        clock=clock,
+        now=now,
+        settle_delay=pipeline.settle_delay,
+        lookback=pipeline.lookback,
+        start=pipeline.start,
+        max_age=meta_max_age(pipeline.settings.action_source),
+    )
+    window = Window(
+        order_by=(cursor, *key), cursor=cursor, start=bounds.start, end=bounds.end, end_inclusive=True
+    )
+    guard = None
+    if clock.kind is None and (bounds.start_utc or bounds.end_utc):  # type unknown: bound in Python
+        guard = _TimeGuard(clock, bounds.start_utc, bounds.end_utc)
+    return IncrementalPlan(window, clock, guard, bounds.note)
 
 
 @dataclass(frozen=True)

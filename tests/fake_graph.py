@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
+PIXEL = re.compile(r"^/(v\d+\.\d+)/(\d+)$")
 Reply = tuple[int, dict[str, Any]]
 DROP: Reply = (0, {})  # a script returning this closes the connection without answering
 
@@ -33,6 +34,7 @@ class FakeGraph:
     """Start with `with FakeGraph() as graph:`; point `graph_url` at `graph.url`."""
 
     token: str = "test-token"
+    pixel_id: str = "123456789"  # the only pixel GET answers for
     requests: list[Received] = field(default_factory=list)
     # Called before the built-in checks; return a reply to override, or None to go on.
     script: Callable[[int, dict[str, Any]], Reply | None] | None = None
@@ -107,6 +109,28 @@ class FakeGraph:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
+
+            def do_GET(self) -> None:  # the pixel itself: what `capi-sync check` reads
+                headers = {key.lower(): value for key, value in self.headers.items()}
+                match = PIXEL.match(self.path.split("?", 1)[0])
+                if headers.get("authorization") != f"Bearer {graph.token}":
+                    status, payload = (
+                        400,
+                        _error(190, "Invalid OAuth access token - Cannot parse access token"),
+                    )
+                elif match is None or match[2] != graph.pixel_id:
+                    status, payload = (
+                        400,
+                        _error(100, "Unsupported get request. Object does not exist", None, 33),
+                    )
+                else:
+                    status, payload = 200, {"id": graph.pixel_id, "name": "Test pixel"}
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 pass
