@@ -1,0 +1,203 @@
+"""End-to-end benchmark: a messy DuckDB (or PostgreSQL) table -> `capi-sync run` -> a local Graph API.
+
+    python bench/run.py --rows 200000                 # capi-sync and Meta's SDK on the same rows
+    python bench/run.py --rows 1000000 --skip-sdk     # peak memory on a large table
+    python bench/run.py --rows 100000 --warehouse postgres --skip-sdk
+
+Every figure is measured on real processes: the Graph stand-in runs in its own process, capi-sync
+and the SDK reference run as child processes, and their CPU time and peak RSS come from wait4().
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+HERE = Path(__file__).resolve().parent
+CAPI_SYNC = Path(sys.executable).parent / "capi-sync"
+
+DATASET = """
+create or replace table conversions as
+select
+    i as order_id,
+    case i % 3 when 0 then ' User' || i || '@Example.COM ' when 1 then 'user' || i || '@example.com'
+         else 'U.' || i || '@mail.example.org' end as email,
+    case i % 3 when 0 then '(650) 555-' || lpad((i % 10000)::varchar, 4, '0')
+         when 1 then '+1 415 555 ' || lpad((i % 10000)::varchar, 4, '0')
+         else '650.555.' || lpad((i % 10000)::varchar, 4, '0') end as phone,
+    ['Élodie', 'JOHN', ' Mary-Ann ', 'José'][1 + i % 4] as first_name,
+    ['Smith', 'O''Brien', 'Müller', 'van der Berg'][1 + i % 4] as last_name,
+    ['Male', 'female', 'M', 'F'][1 + i % 4] as gender,
+    strftime(date '1960-01-01' + to_days((i * 37) % 15000), '%Y-%m-%d') as birth_date,
+    ['San Francisco', 'New York', 'Austin', 'Saint-Étienne'][1 + i % 4] as city,
+    ['CA', 'ny', 'Tx', 'CA'][1 + i % 4] as state,
+    lpad((10000 + i % 89999)::varchar, 5, '0') || '-1234' as zip,
+    ['US', 'us', 'US', 'us'][1 + i % 4] as country,
+    'cust-' || (i % 50000) as customer_id,
+    '203.0.' || (i % 256) || '.' || (i % 200) as ip,
+    'Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 Safari/605.1.15' as user_agent,
+    'fb.1.1700000000000.' || (1000000000 + i) as fbp,
+    'fb.1.1700000000000.IwAR' || i as fbc,
+    'https://shop.example.com/checkout/' || i || '?utm_source=meta' as page_url,
+    round(10 + (i % 500) * 1.37, 2)::decimal(10, 2) as amount,
+    ['usd', 'USD', 'eur'][1 + i % 3] as currency,
+    to_json(list_transform(range(1 + i % 3),
+        lambda k: {'id': 'sku-' || ((i + k) % 9000), 'quantity': 1 + k, 'price': 9.99 + k})) as items,
+    (now()::timestamp - interval 3 hour) + to_microseconds((i * 10000) // $rows * 1000) as created_at,
+    (now()::timestamp - interval 3 hour) + to_microseconds((i * 10000) // $rows * 1000) as updated_at
+from range(0, $rows) as t(i)
+"""
+
+PIPELINE = """
+warehouses:
+  bench: {warehouse}
+destinations:
+  local: {{pixel_id: "1234567890", access_token: bench-token, graph_url: "{graph_url}"}}
+pipelines:
+  conversions:
+    warehouse: bench
+    destination: local
+    query: select * from conversions
+    primary_key: order_id
+    cursor: updated_at
+    settle_delay: 0
+    settings: {{action_source: website, default_phone_region: US}}
+    mapping:
+      server_event: {{event_name: {{value: Purchase}}, event_time: created_at, event_id: order_id,
+                     event_source_url: page_url}}
+      customer_info: {{em: email, ph: phone, fn: first_name, ln: last_name, ge: gender, db: birth_date,
+                      ct: city, st: state, zp: zip, country: country, external_id: customer_id,
+                      client_ip_address: ip, client_user_agent: user_agent, fbp: fbp, fbc: fbc}}
+      custom_data: {{value: amount, currency: currency, order_id: order_id, contents: items}}
+"""
+
+
+@dataclass
+class Measured:
+    label: str
+    events: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        return self.cpu_seconds / self.events * 1e6 if self.events else 0.0
+
+
+def run_measured(label: str, command: list[str], events: int, cwd: Path, env: dict[str, str]) -> Measured:
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{label} failed:\n{stdout.decode()}\n{stderr.decode()}")
+    if sent := re.search(rb"([\d,]+) events sent", stdout):  # capi-sync says what it delivered
+        events = int(sent[1].replace(b",", b""))
+        print(stdout.decode().split("\n", 1)[0], flush=True)
+    return Measured(label, events, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+@contextlib.contextmanager
+def graph_server(folder: Path) -> Iterator[str]:
+    port_file = folder / "graph.port"
+    server = subprocess.Popen([sys.executable, str(HERE / "graph_server.py"), "--port-file", str(port_file)])
+    try:
+        while not port_file.exists() or not port_file.read_text():
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port_file.read_text()}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@contextlib.contextmanager
+def postgres_copy(database: Path) -> Iterator[str]:
+    """A throwaway PostgreSQL server holding the same table (the tests' helper starts it)."""
+    sys.path.insert(0, str(HERE.parent))
+    import psycopg  # noqa: PLC0415
+
+    from tests.postgres import create_database, postgres_server  # noqa: PLC0415
+
+    with postgres_server() as server_url:
+        url = create_database(server_url)
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        with duckdb.connect(str(database), read_only=True) as source, psycopg.connect(dsn) as target:
+            result = source.execute("select * from conversions")
+            columns = [d[0] for d in result.description]
+            target.execute(
+                "create table conversions (order_id bigint, "
+                + ", ".join(f"{c} text" for c in columns[1:17])
+                + ", amount numeric(10, 2), currency text, items json, created_at timestamp,"
+                " updated_at timestamp)"
+            )
+            with target.cursor().copy(f"copy conversions ({', '.join(columns)}) from stdin") as copy:
+                while chunk := result.fetchmany(50_000):
+                    for row in chunk:
+                        copy.write_row(row)
+            target.commit()
+        yield url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb")
+    parser.add_argument("--skip-sdk", action="store_true", help="Do not run the facebook-business reference.")
+    parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
+    args = parser.parse_args()
+
+    folder = Path(tempfile.mkdtemp(prefix="capi-sync-bench-"))
+    database = folder / "bench.duckdb"
+    started = time.perf_counter()
+    with duckdb.connect(str(database)) as con:
+        con.execute(DATASET, {"rows": args.rows})
+    print(f"dataset: {args.rows:,} rows in {time.perf_counter() - started:.1f}s ({folder})", flush=True)
+
+    results: list[Measured] = []
+    with graph_server(folder) as graph_url, contextlib.ExitStack() as stack:
+        if args.warehouse == "postgres":
+            url = stack.enter_context(postgres_copy(database))
+            warehouse = f"{{type: sqlalchemy, url: '{url}'}}"
+        else:
+            warehouse = f"{{type: duckdb, path: {database}}}"
+        (folder / "pipelines.yaml").write_text(PIPELINE.format(warehouse=warehouse, graph_url=graph_url))
+        env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / 'state.db'}"}
+        command = [str(CAPI_SYNC), "run", "conversions", "-f", str(folder / "pipelines.yaml")]
+        results.append(run_measured(f"capi-sync ({args.warehouse})", command, args.rows, folder, env))
+        if not args.skip_sdk and args.warehouse == "duckdb":
+            sdk = [sys.executable, str(HERE / "sdk_reference.py"), "--database", str(database),
+                   "--graph-url", graph_url]  # fmt: skip
+            results.append(run_measured("facebook-business SDK", sdk, args.rows, folder, env))
+
+    print(f"\n| path | rows | events/s | CPU µs/event | peak RSS MB | wall s |\n|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r.label} | {r.events:,} | {r.per_second:,.0f} | {r.cpu_us_per_event:.1f}"
+            f" | {r.peak_rss_mb:.0f} | {r.seconds:.1f} |"
+        )
+    if len(results) == 2:
+        print(f"\ncapi-sync / SDK: {results[0].per_second / results[1].per_second:.1f}x events per second")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
