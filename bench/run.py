@@ -19,11 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 HERE = Path(__file__).resolve().parent
 CAPI_SYNC = Path(sys.executable).parent / "capi-sync"
@@ -132,9 +135,9 @@ def graph_server(folder: Path) -> Iterator[str]:
 def postgres_copy(database: Path) -> Iterator[str]:
     """A throwaway PostgreSQL server holding the same table (the tests' helper starts it)."""
     sys.path.insert(0, str(HERE.parent))
-    import psycopg  # noqa: PLC0415
+    import psycopg
 
-    from tests.postgres import create_database, postgres_server  # noqa: PLC0415
+    from tests.postgres import create_database, postgres_server
 
     with postgres_server() as server_url:
         url = create_database(server_url)
@@ -157,7 +160,9 @@ def postgres_copy(database: Path) -> Iterator[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb")
     parser.add_argument("--skip-sdk", action="store_true", help="Do not run the facebook-business reference.")
@@ -187,7 +192,8 @@ def main() -> None:
                    "--graph-url", graph_url]  # fmt: skip
             results.append(run_measured("facebook-business SDK", sdk, args.rows, folder, env))
 
-    print(f"\n| path | rows | events/s | CPU µs/event | peak RSS MB | wall s |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| path | rows | events/s | CPU µs/event | peak RSS MB | wall s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r.label} | {r.events:,} | {r.per_second:,.0f} | {r.cpu_us_per_event:.1f}"

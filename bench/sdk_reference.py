@@ -22,7 +22,6 @@ from facebook_business.adobjects.serverside.gender import Gender
 from facebook_business.adobjects.serverside.user_data import UserData
 from facebook_business.api import FacebookAdsApi, FacebookSession
 
-
 GENDERS = {"m": Gender.MALE, "f": Gender.FEMALE}
 NOT_DIGITS = re.compile(r"\D")
 
@@ -48,8 +47,9 @@ def main() -> None:
         for values in chunk:
             row = dict(zip(names, values, strict=True))
             user = UserData(
-                emails=[row["email"].strip()], phones=[us_phone(row["phone"])], first_names=[row["first_name"]],
-                last_names=[row["last_name"]], genders=[GENDERS[row["gender"][0].lower()]],
+                emails=[row["email"].strip()], phones=[us_phone(row["phone"])],
+                first_names=[row["first_name"]], last_names=[row["last_name"]],
+                genders=[GENDERS[row["gender"][0].lower()]],
                 dates_of_birth=[row["birth_date"].replace("-", "")], cities=[row["city"]],
                 states=[row["state"]], zip_codes=[row["zip"][:5]], country_codes=[row["country"]],
                 external_ids=[row["customer_id"]], client_ip_address=row["ip"],
@@ -58,7 +58,9 @@ def main() -> None:
             items = orjson.loads(row["items"])
             custom = CustomData(
                 value=float(row["amount"]), currency=row["currency"].lower(), order_id=str(row["order_id"]),
-                contents=[Content(product_id=i["id"], quantity=i["quantity"], item_price=i["price"]) for i in items],
+                contents=[
+                    Content(product_id=i["id"], quantity=i["quantity"], item_price=i["price"]) for i in items
+                ],
             )  # fmt: skip
             events.append(
                 Event(
