@@ -8,8 +8,8 @@ with its reasons, never as an exception, so one bad row never stops the good one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from hashlib import sha256
 from operator import itemgetter
@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 import pycountry
 
 from capi_sync.errors import ConfigError
-from capi_sync.mappings import normalize, values
+from capi_sync.mappings import normalize, urls, values
+from capi_sync.mappings.events import rename
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
     CONTENT_TYPES,
@@ -30,7 +31,8 @@ from capi_sync.mappings.fields import (
     HASHED_USER_FIELDS,
 )
 from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
-from capi_sync.mappings.spec import GROUPS, Column, Constant, FieldSource, MappingSpec
+from capi_sync.mappings.sources import DerivedFactory, SourceCompiler, resolve_column
+from capi_sync.mappings.spec import GROUPS, Derived, FieldSource, MappingSpec
 from capi_sync.mappings.validate import Problem, validate_event
 
 Row = Sequence[Any]
@@ -45,6 +47,7 @@ class MappedRow(NamedTuple):
     event: dict[str, Any] | None
     problems: tuple[Problem, ...]
     key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
+    skipped: str | None = None  # a rule that holds the row back without rejecting it (consent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,19 +76,17 @@ class MapperOptions:
     strong_match_key_required: bool = False
     hash_external_id: bool = True
     timezone: str = "UTC"
+    event_renames: Mapping[str, str] = field(default_factory=dict)  # by `events.name_key`
+    consent_column: str | None = None
+    consent_category: str | None = None
+    fbc_from_fbclid: bool = True
+    url_redaction: str = "none"  # none | query | path
+    warn_missing_standard_fields: bool = False
 
 
 def derive_event_id(pipeline: str, row_key: str) -> str:
     """Deterministic id for rows without one, so a re-sent row is a duplicate Meta drops."""
     return sha256(f"capi-sync\x1f{pipeline}\x1f{row_key}".encode()).hexdigest()[:32]
-
-
-def resolve_column(name: str, columns: Sequence[str]) -> int | None:
-    """Exact match first; else a unique case-insensitive one (Snowflake upper-cases names)."""
-    if name in columns:
-        return list(columns).index(name)
-    folded = [index for index, column in enumerate(columns) if column.lower() == name.lower()]
-    return folded[0] if len(folded) == 1 else None
 
 
 class EventMapper:
@@ -97,8 +98,15 @@ class EventMapper:
         getters: dict[str, dict[str, Getter]],
         key_indexes: tuple[int, ...],
         clock: Callable[[], float] = time.time,
+        *,
+        consent: Getter | None = None,
+        custom_defaults: Getter | None = None,
+        custom_overrides: Getter | None = None,
     ) -> None:
         self.options = options
+        self._consent = consent
+        self._custom_defaults = custom_defaults  # a dict merged under the mapped custom data
+        self._custom_overrides = custom_overrides  # a dict merged over it
         self._zone = ZoneInfo(options.timezone)
         self._server = getters["server_event"]
         self._user = getters["customer_info"]
@@ -123,6 +131,7 @@ class EventMapper:
         self._country_getter = self._user.get("country")
         self._ordered_user = [(k, g) for k, g in self._user.items() if k != "country"]
         self._normalizers = {key: normalize.normalizer_for(key) for key in self._user}
+        self._renames = options.event_renames
         self._hashed = _HASHED if options.hash_external_id else _HASHED - {"external_id"}
         if not options.hash_external_id:
             self._normalizers["external_id"] = normalize.plain  # sent as the pixel sends it
@@ -139,11 +148,14 @@ class EventMapper:
         if any(value is None for value in key_values):
             missing = Problem(",".join(self.options.primary_key), "missing_primary_key")
             return MappedRow(row_key, None, (missing,), key_values)
+        if self._consent is not None and not self._consented(row):
+            return MappedRow(row_key, None, (), key_values, skipped="no_consent")
         rejected: list[Problem] = []
         dropped: list[Problem] = []
         event = self._server_event(row, row_key, rejected)
         user_data = self._user_data(row, rejected, dropped)
         event["user_data"] = user_data
+        self._click_and_url(event, user_data)
         custom_data = self._custom_data(row, dropped)
         if custom_data:
             event["custom_data"] = custom_data
@@ -158,6 +170,10 @@ class EventMapper:
                 now=self._clock() if now is None else now,
                 strong_key_required=self.options.strong_match_key_required,
             )
+            if self.options.warn_missing_standard_fields:
+                warned = [p for p in rejected if p.rule == "required_for_purchase"]
+                rejected = [p for p in rejected if p.rule != "required_for_purchase"]
+                dropped += warned
         if rejected:
             # Dropped values explain many rejections (an invalid email leaves too little to match).
             return MappedRow(row_key, None, (*rejected, *dropped), key_values)
@@ -170,7 +186,8 @@ class EventMapper:
         if name is None or not str(name).strip():
             rejected.append(Problem("event_name", "required"))
         else:
-            event["event_name"] = str(name).strip()
+            name = str(name).strip()
+            event["event_name"] = rename(name, self._renames) if self._renames else name
         raw_time = get["event_time"](row)
         if raw_time is None:
             rejected.append(Problem("event_time", "required"))
@@ -200,9 +217,9 @@ class EventMapper:
             )
         else:
             event["action_source"] = source
-        for field in ("event_source_url", "referrer_url", "messaging_channel"):
-            if field in get and (text := _text_or_none(get[field](row))) is not None:
-                event[field] = text
+        for name in ("event_source_url", "referrer_url", "messaging_channel"):
+            if name in get and (text := _text_or_none(get[name](row))) is not None:
+                event[name] = text
         _convert_fields(row, self._server_typed, "", event, rejected)
         return event
 
@@ -265,12 +282,42 @@ class EventMapper:
 
     def _custom_data(self, row: Row, dropped: list[Problem]) -> dict[str, Any]:
         custom: dict[str, Any] = {}
+        if self._custom_defaults is not None:
+            custom.update(self._custom_defaults(row) or {})
         _convert_fields(row, self._custom_typed, "custom_data.", custom, dropped)
         for key, getter in self._properties.items():
             raw = getter(row)
             if raw is not None:
                 custom[key] = values.to_json(raw)
+        if self._custom_overrides is not None:
+            for key, raw in (self._custom_overrides(row) or {}).items():
+                converter = _CUSTOM_CONVERTERS.get(CUSTOM_DATA_TYPES.get(key, ""), values.to_json)
+                try:
+                    custom[key] = converter(raw)
+                except normalize.InvalidValue as exc:
+                    dropped.append(Problem(f"custom_data.{key}", exc.rule, values.to_text(raw)[:64]))
         return custom
+
+    def _consented(self, row: Row) -> bool:
+        """The category is among the row's consents (a list, JSON array or comma-separated text)."""
+        assert self._consent is not None
+        granted = self._consent(row)
+        if isinstance(granted, str) and not granted.lstrip().startswith("["):
+            granted = granted.split(",")
+        wanted = self.options.consent_category
+        return any(str(item).strip() == wanted for item in values.to_list(granted) if item is not None)
+
+    def _click_and_url(self, event: dict[str, Any], user_data: dict[str, Any]) -> None:
+        """fbc from a landing URL's fbclid (Meta's format), then URL redaction, in that order."""
+        url = event.get("event_source_url")
+        if url and self.options.fbc_from_fbclid and "fbc" not in user_data and "fbclid=" in url:
+            fbclid = urls.query_value(url, "fbclid")
+            if fbclid and "event_time" in event:
+                user_data["fbc"] = f"fb.1.{event['event_time'] * 1000}.{fbclid}"
+        if self.options.url_redaction != "none":
+            for key in ("event_source_url", "referrer_url"):
+                if key in event:
+                    event[key] = urls.redact(event[key], self.options.url_redaction)
 
 
 _SERVER_CONVERTERS: dict[str, Callable[[Any], Any]] = {
@@ -391,33 +438,28 @@ _CUSTOM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _getter(source: FieldSource, columns: Sequence[str], where: str, errors: list[str]) -> Getter:
-    if isinstance(source, Constant):
-        constant = source.value
-        return lambda _row: constant
-    name = source.column if isinstance(source, Column) else source
-    index = resolve_column(name, columns)
-    if index is None:
-        errors.append(
-            f"{where}: column '{name}' is not returned by the query"
-            f" (columns: {', '.join(columns)}); for a constant write {{value: {name}}}"
-        )
-        return lambda _row: None
-    return itemgetter(index)
-
-
 def compile_mapping(
     spec: MappingSpec,
     options: MapperOptions,
     columns: Sequence[str],
     clock: Callable[[], float] = time.time,
+    *,
+    derived: dict[str, DerivedFactory] | None = None,
+    preset: dict[str, dict[str, FieldSource]] | None = None,
 ) -> EventMapper:
     """Resolve every field against the query's columns once; report all unknown columns together."""
-    errors: list[str] = []
+    compiler = SourceCompiler(columns, derived)
+    errors = compiler.errors
     getters: dict[str, dict[str, Getter]] = {}
     for group in GROUPS:
+        # A preset fills the fields the user did not map; its paths may be absent from the table.
+        defaults = (preset or {}).get(group, {})
         getters[group] = {
-            key: _getter(source, columns, f"mapping.{group}.{key}", errors)
+            key: compiler.getter(source, f"mapping.{group}.{key}", required=False)
+            for key, source in defaults.items()
+            if key not in getattr(spec, group)
+        } | {
+            key: compiler.getter(source, f"mapping.{group}.{key}")
             for key, source in getattr(spec, group).items()
         }
     key_indexes = []
@@ -427,7 +469,22 @@ def compile_mapping(
             errors.append(f"primary_key: column '{name}' is not returned by the query")
         else:
             key_indexes.append(index)
+    consent = None
+    if options.consent_column is not None:
+        consent = compiler.getter(options.consent_column, "settings.consent_column")
+    hooks = {name: compiler.getter(Derived(derive=name), name) for name in HOOKS if name in (derived or {})}
     if errors:
         raise ConfigError([f"pipeline '{options.pipeline}': {error}" for error in errors])
 
-    return EventMapper(options, getters, tuple(key_indexes), clock)
+    return EventMapper(
+        options,
+        getters,
+        tuple(key_indexes),
+        clock,
+        consent=consent,
+        custom_defaults=hooks.get("custom_data_defaults"),
+        custom_overrides=hooks.get("custom_data_overrides"),
+    )
+
+
+HOOKS = ("custom_data_defaults", "custom_data_overrides")  # derived values a preset may provide

@@ -32,10 +32,44 @@ class Column(BaseModel):
     column: str
 
 
+class FirstOf(BaseModel):
+    """`{first_of: [a, b, {value: x}]}`: the first source that holds a non-empty value."""
+
+    model_config = _FROZEN
+    first_of: tuple[FieldSource, ...]
+
+
+class AllOf(BaseModel):
+    """`{all_of: [user.id, user.tcId]}`: every non-empty value, as a list (e.g. several external ids)."""
+
+    model_config = _FROZEN
+    all_of: tuple[FieldSource, ...]
+
+
+class Lookup(BaseModel):
+    """`{lookup: type, values: {offline: physical_store}, default: website}`: translate a value."""
+
+    model_config = _FROZEN
+    lookup: FieldSource
+    values: dict[str, Any]
+    default: Any = None
+
+
+class Derived(BaseModel):
+    """`{derive: name}`: a value computed by a preset from several fields (see `presets.py`)."""
+
+    model_config = _FROZEN
+    derive: str
+
+
 GROUPS = ("server_event", "customer_info", "custom_data", "custom_properties", "app_data")
 
-FieldSource = str | Constant | Column
-"""A plain string names a column of the query result; `{value: ...}` is a constant."""
+FieldSource = str | Constant | Column | FirstOf | AllOf | Lookup | Derived
+"""A plain string names a column of the query result, or a path into a JSON/STRUCT column
+(`user.email`, `items.0.price`); `{value: ...}` is a constant."""
+
+for _model in (FirstOf, AllOf, Lookup):
+    _model.model_rebuild()
 
 
 def column_of(source: FieldSource) -> str | None:
@@ -61,6 +95,7 @@ class MappingSpec(BaseModel):
     custom_data: dict[str, FieldSource] = {}
     custom_properties: dict[str, FieldSource] = {}
     app_data: dict[str, FieldSource] = {}
+    preset: str | None = None  # copied from the pipeline's `preset`, which provides the required fields
 
     @field_validator("customer_info", mode="after")
     @classmethod
@@ -80,13 +115,14 @@ class MappingSpec(BaseModel):
         for group, known in MAPPING_GROUPS.items():
             names = known | set(USER_FIELD_ALIASES) if known is USER_FIELDS else known
             errors += [_unknown(group, key, names) for key in getattr(self, group) if key not in known]
-        errors += [
-            f"server_event.{key} is required"
-            for key in REQUIRED_SERVER_EVENT_FIELDS
-            if key not in self.server_event
-        ]
-        if not self.customer_info:
-            errors.append("customer_info needs at least one field (Meta matches events on them)")
+        if self.preset is None:
+            errors += [
+                f"server_event.{key} is required"
+                for key in REQUIRED_SERVER_EVENT_FIELDS
+                if key not in self.server_event
+            ]
+            if not self.customer_info:
+                errors.append("customer_info needs at least one field (Meta matches events on them)")
         errors += [
             f"custom_properties.{key} collides with the standard custom_data field '{key}';"
             " map it under custom_data instead"

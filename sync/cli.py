@@ -556,6 +556,7 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
         f" {report.rows_read:,} rows read, {report.events_sent:,} events {verb}"
         f" in {report.batches} batch(es), {report.rows_rejected:,} rejected"
         + (f", {report.rows_skipped:,} already delivered" if report.rows_skipped else "")
+        + (f", {report.rows_no_consent:,} without consent (not sent)" if report.rows_no_consent else "")
         + (f", {report.rows_retried:,} rejected rows retried" if report.rows_retried else "")
         + (f", {report.retries} retries" if report.retries else ""),
         soft_wrap=True,

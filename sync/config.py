@@ -171,6 +171,19 @@ class SyncSettings(BaseModel):
     batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
     transient_retry_cap: int = Field(3, ge=0)  # runs that retry rows Meta could not take; then kept
     max_in_flight: int = Field(4, ge=1, le=32)  # concurrent requests; the cursor still commits in order
+    standard_event_names: bool = False  # purchase, begin_checkout, "product added" -> Meta's names
+    event_names: dict[str, str] = {}  # your own renames, e.g. {checkout_done: Purchase}
+    consent_column: str | None = None  # a column or path holding the user's consented categories
+    consent_category: str | None = None  # rows whose consent lacks it are skipped, counted, never sent
+    fbc_from_fbclid: bool = True  # no fbc but the URL has ?fbclid=: fb.1.<event ms>.<fbclid>
+    url_redaction: Literal["none", "query", "path"] = "none"  # strip ?query#fragment, or the path too
+    missing_standard_fields: Literal["reject", "warn"] = "reject"  # Purchase without value/currency
+
+    @model_validator(mode="after")
+    def _consent_pair(self) -> SyncSettings:
+        if (self.consent_column is None) != (self.consent_category is None):
+            raise ValueError("consent_column and consent_category go together")
+        return self
 
     @field_validator("default_phone_region")
     @classmethod
@@ -181,6 +194,15 @@ class SyncSettings(BaseModel):
             msg = f"default_phone_region must be an ISO 3166-1 alpha-2 code like 'US', got {value!r}"
             raise ValueError(msg)
         return value.lower()
+
+
+class PresetOptions(BaseModel):
+    """Commanders Act's destination settings, for `preset: commanders_act`."""
+
+    model_config = _FROZEN
+    app_tracking: bool = False  # "Enable App tracking": action_source app, app_data, madid
+    send_all_properties: bool = False  # string/number/boolean root properties as custom data
+    content_type: Literal["product", "product_group"] | None = None
 
 
 class PipelineConfig(BaseModel):
@@ -201,7 +223,17 @@ class PipelineConfig(BaseModel):
     timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(10_000, ge=1)
     settings: SyncSettings = SyncSettings()
-    mapping: MappingSpec
+    preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
+    preset_options: PresetOptions = PresetOptions()
+    mapping: MappingSpec = MappingSpec(preset="commanders_act")  # only valid with a preset; checked below
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mapping_knows_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            mapping = data.get("mapping")
+            data["mapping"] = {**(mapping if isinstance(mapping, dict) else {}), "preset": data["preset"]}
+        return data
 
     @field_validator("primary_key", mode="before")
     @classmethod
@@ -266,7 +298,10 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _action_source_known(self) -> PipelineConfig:
-        if self.settings.action_source is None and "action_source" not in self.mapping.server_event:
+        if self.preset is None and self.mapping.preset is not None:
+            raise ValueError("mapping is required (or set preset: commanders_act)")
+        has_source = "action_source" in self.mapping.server_event or self.preset is not None
+        if self.settings.action_source is None and not has_source:
             msg = "action_source is required: set settings.action_source or map server_event.action_source"
             raise ValueError(msg)
         if self.lookback and self.cursor is None:

@@ -25,6 +25,7 @@ from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
 from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError, MetaRetryableError
+from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import (
     EventMapper,
     MapperOptions,
@@ -32,6 +33,7 @@ from capi_sync.mappings.mapper import (
     compile_mapping,
     resolve_column,
 )
+from capi_sync.mappings.presets import commanders_act, derived_values
 from capi_sync.mappings.validate import Problem
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
@@ -99,8 +101,24 @@ def mapper_for(
         strong_match_key_required=settings.strong_match_key_required,
         hash_external_id=settings.hash_external_id,
         timezone=pipeline.timezone,
+        event_renames=build_renames(
+            settings.event_names, standard=settings.standard_event_names or pipeline.preset is not None
+        ),
+        consent_column=settings.consent_column,
+        consent_category=settings.consent_category,
+        fbc_from_fbclid=settings.fbc_from_fbclid,
+        url_redaction=settings.url_redaction,
+        warn_missing_standard_fields=settings.missing_standard_fields == "warn",
     )
-    return compile_mapping(pipeline.mapping, options, columns, clock)
+    preset_options = pipeline.preset_options.model_dump()
+    return compile_mapping(
+        pipeline.mapping,
+        options,
+        columns,
+        clock,
+        derived=derived_values(pipeline.preset, preset_options),
+        preset=commanders_act(preset_options) if pipeline.preset == "commanders_act" else None,
+    )
 
 
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
@@ -359,6 +377,10 @@ class _Run:
         batch = Batch(advances_cursor=advances_cursor)
         for row, cursor in rows:
             mapped = self.mapper.map_row(row)
+            if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
+                batch.add_row(mapped.row_key, cursor)
+                self.report.rows_no_consent += 1
+                continue
             if mapped.event is None:
                 rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
                 batch.add_rejection(cursor, rejection)
