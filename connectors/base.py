@@ -44,9 +44,9 @@ class Window:
     end_inclusive: bool = False
     key_columns: tuple[str, ...] = ()
     keys: tuple[tuple[Any, ...], ...] = ()  # only these rows (by primary key), to retry them
-    purpose: str = (
-        "incremental"  # incremental | backfill | retry | describe: which template variables are set
-    )
+    # incremental | backfill | retry | describe: which template variables are set
+    purpose: str = "incremental"
+    after: tuple[Any, ...] | None = None  # keyset paging: only rows ordered after these order_by values
 
 
 class Source(Protocol):
@@ -56,8 +56,8 @@ class Source(Protocol):
         """The query's result columns and their kinds, read without fetching a row."""
         ...
 
-    def count_null(self, query: str, column: str) -> int:
-        """Rows of `query` whose `column` is NULL: they can never pass a cursor and are reported."""
+    def count_null(self, query: str, columns: Sequence[str]) -> int:
+        """Rows of `query` with a NULL in any of `columns` (cursor, primary key): never read, reported."""
         ...
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
@@ -131,10 +131,14 @@ def describe_sql(query: str, placeholder: Callable[[int], str]) -> tuple[str, li
     return f"select * from ({inner}) as capi_src where 1 = 0", params
 
 
-def count_null_sql(query: str, column: str, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:
+def count_null_sql(
+    query: str, columns: Sequence[str], placeholder: Callable[[int], str]
+) -> tuple[str, list[Any]]:
+    """`columns` are already quoted."""
     params: list[Any] = []
     inner = render_query(query, Window(order_by=(), purpose="describe"), placeholder, params)
-    return f"select count(*) from ({inner}) as capi_src where {column} is null", params
+    nulls = " or ".join(f"{column} is null" for column in columns)
+    return f"select count(*) from ({inner}) as capi_src where {nulls}", params
 
 
 def window_sql(
@@ -148,9 +152,10 @@ def window_sql(
     params: list[Any] = []
     query = render_query(query, window, placeholder, params)
     conditions: list[str] = []
+    # Rows with a NULL cursor or key cannot be ordered or found again; they are counted instead.
+    conditions += [f"{quote(column)} is not null" for column in window.order_by]
     if window.cursor is not None:
         column = quote(window.cursor)
-        conditions.append(f"{column} is not null")
         if window.start is not None:
             conditions.append(
                 f"{column} {'>=' if window.start_inclusive else '>'} {placeholder(len(params))}"
@@ -159,6 +164,15 @@ def window_sql(
         if window.end is not None:
             conditions.append(f"{column} {'<=' if window.end_inclusive else '<'} {placeholder(len(params))}")
             params.append(window.end)
+    if window.after is not None:  # (a, b) > (x, y) spelled out: a > x or (a = x and b > y)
+        alternatives = []
+        for depth in range(len(window.order_by)):
+            parts = []
+            for index, column in enumerate(window.order_by[: depth + 1]):
+                parts.append(f"{quote(column)} {'>' if index == depth else '='} {placeholder(len(params))}")
+                params.append(window.after[index])
+            alternatives.append(f"({' and '.join(parts)})")
+        conditions.append(f"({' or '.join(alternatives)})")
     if window.keys:
         matches = []
         for key in window.keys:
@@ -219,8 +233,8 @@ class DBAPISource:
         finally:
             self._release(cursor)
 
-    def count_null(self, query: str, column: str) -> int:
-        statement = count_null_sql(query, self._quote(column), self._placeholder)
+    def count_null(self, query: str, columns: Sequence[str]) -> int:
+        statement = count_null_sql(query, [self._quote(c) for c in columns], self._placeholder)
         cursor = self._execute(*statement, "counting NULL cursors failed")
         try:
             row = cursor.fetchone()
@@ -232,7 +246,10 @@ class DBAPISource:
         return window_sql(query, window, self._quote, self._placeholder)
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        cursor = self._execute(*self.sql(query, window), "the query failed")
+        yield from self._stream_sql(*self.sql(query, window), chunk_size)
+
+    def _stream_sql(self, sql: str, params: list[Any], chunk_size: int) -> Iterator[Chunk]:
+        cursor = self._execute(sql, params, "the query failed")
         try:
             while chunk := cursor.fetchmany(chunk_size):
                 yield chunk

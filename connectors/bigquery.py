@@ -23,7 +23,7 @@ from capi_sync.connectors.base import (
 from capi_sync.errors import MissingDependency, SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from capi_sync.config import BigQueryWarehouse
 
@@ -101,8 +101,8 @@ class BigQuerySource:
         rows = self._run(*describe_sql(query, _positional))
         return [column_of(field.name, _TYPE_NAMES.get(field.field_type)) for field in rows.schema]
 
-    def count_null(self, query: str, column: str) -> int:
-        rows = self._run(*count_null_sql(query, quote(column), _positional))
+    def count_null(self, query: str, columns: Sequence[str]) -> int:
+        rows = self._run(*count_null_sql(query, [quote(c) for c in columns], _positional))
         return next((int(row[0]) for row in rows), 0)
 
     def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:

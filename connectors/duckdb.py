@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from capi_sync.connectors.base import DBAPISource, first_line
+from capi_sync.connectors.base import Chunk, DBAPISource, Window, first_line
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from capi_sync.config import DuckDBWarehouse
+
+PAGE_ROWS = 50_000  # rows per keyset page: bounds DuckDB's sort memory
 
 
 class DuckDBSource(DBAPISource):
@@ -43,3 +48,29 @@ class DuckDBSource(DBAPISource):
 
     def _release(self, cursor: Any) -> None:
         pass  # the result is dropped by the next statement; the connection stays open
+
+    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
+        """Page by keyset: DuckDB holds a whole ORDER BY result in memory, a LIMITed one only that page.
+
+        Each page is `order by ... limit PAGE` after the last row of the previous page, so memory
+        stays at one page whatever the table's size.
+        """
+        if window.keys or not window.order_by:
+            yield from super().stream(query, window, chunk_size)
+            return
+        page_size = max(chunk_size, PAGE_ROWS)
+        after = window.after
+        while True:
+            sql, params = self.sql(query, replace(window, after=after))
+            cursor = self._execute(f"{sql} limit {page_size}", params, "the query failed")
+            positions = [
+                names.index(c) for names in [[d[0] for d in cursor.description]] for c in window.order_by
+            ]
+            rows = 0
+            while chunk := cursor.fetchmany(chunk_size):
+                rows += len(chunk)
+                yield chunk
+                last = chunk[-1]
+            if rows < page_size:
+                return
+            after = tuple(last[i] for i in positions)

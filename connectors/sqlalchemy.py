@@ -18,7 +18,7 @@ from capi_sync.connectors.base import (
 from capi_sync.errors import MissingDependency, SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from capi_sync.config import SQLAlchemyWarehouse
 
@@ -65,9 +65,9 @@ class SQLAlchemySource:
             return info.name if info is not None else None
         return None
 
-    def count_null(self, query: str, column: str) -> int:
+    def count_null(self, query: str, columns: Sequence[str]) -> int:
         try:
-            sql, params = count_null_sql(query, self._quote(column), _named)
+            sql, params = count_null_sql(query, [self._quote(c) for c in columns], _named)
             return int(self._connection.execute(sa.text(sql), _bound(params)).scalar() or 0)
         except sa.exc.SQLAlchemyError as exc:
             self._connection.rollback()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from capi_sync.mappings.sources import parse_nested
 from capi_sync.mappings.spec import AllOf, Constant, Derived, FieldSource, FirstOf, Lookup
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def _items(compiler: SourceCompiler) -> Callable[[Row], list[dict[str, Any]]]:
     get = compiler.optional("items")
 
     def items(row: Row) -> list[dict[str, Any]]:
-        value = get(row)
+        value = parse_nested(get(row))
         return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
     return items

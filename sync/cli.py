@@ -567,6 +567,11 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
         saved = " (not saved: dry run)" if report.dry_run else ""
         label = "backfill position" if report.kind == "backfill" else "cursor"
         out.print(f"{label}: {report.cursor_before} -> {report.cursor_after}{saved}")
+    if report.rows_null_key:
+        err.print(
+            f"[yellow]warning:[/] {report.rows_null_key:,} row(s) have a NULL primary key and are never sent",
+            soft_wrap=True,
+        )
     if report.rows_null_cursor:
         err.print(
             f"[yellow]warning:[/] {report.rows_null_cursor:,} row(s) have a NULL cursor and are never sent",

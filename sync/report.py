@@ -57,6 +57,7 @@ class RunReport:
     rows_skipped: int = 0  # already delivered at the cursor value (ties), not sent again
     rows_retried: int = 0  # rejected rows looked up again by key to retry them
     rows_no_consent: int = 0  # skipped: the consent column lacks `consent_category`; never sent
+    rows_null_key: int = 0  # rows whose primary key has a NULL: cannot be named or found again
     rows_null_cursor: int = 0  # rows whose cursor is NULL: never read, reported every run
     notes: list[str] = field(default_factory=list)  # what the run decided on the user's behalf
     batches: int = 0

@@ -291,6 +291,7 @@ class _Run:
         self.state = self.store.load_cursor(pipeline.name)
         report.cursor_before = report.cursor_after = self.state.value
         plan = plan_incremental(pipeline, self.prepared, self.state, now or dt.datetime.now(dt.UTC))
+        report.rows_null_key = self.source.count_null(pipeline.query, list(self.prepared.key_columns))
         if plan.window.cursor is None:
             self.execute(plan.window)
             return
@@ -300,7 +301,7 @@ class _Run:
             self.settle_floor = lambda value: _minus(clock, value, lookback)
         if plan.note:
             report.notes.append(plan.note)
-        report.rows_null_cursor = self.source.count_null(pipeline.query, plan.window.cursor)
+        report.rows_null_cursor = self.source.count_null(pipeline.query, [plan.window.cursor])
         self.execute(plan.window, plan.guard)
 
     def execute(self, window: Window, guard: _TimeGuard | None = None) -> None:
