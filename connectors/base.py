@@ -46,7 +46,6 @@ class Window:
     keys: tuple[tuple[Any, ...], ...] = ()  # only these rows (by primary key), to retry them
     # incremental | backfill | retry | describe: which template variables are set
     purpose: str = "incremental"
-    after: tuple[Any, ...] | None = None  # keyset paging: only rows ordered after these order_by values
 
 
 class Source(Protocol):
@@ -164,15 +163,6 @@ def window_sql(
         if window.end is not None:
             conditions.append(f"{column} {'<=' if window.end_inclusive else '<'} {placeholder(len(params))}")
             params.append(window.end)
-    if window.after is not None:  # (a, b) > (x, y) spelled out: a > x or (a = x and b > y)
-        alternatives = []
-        for depth in range(len(window.order_by)):
-            parts = []
-            for index, column in enumerate(window.order_by[: depth + 1]):
-                parts.append(f"{quote(column)} {'>' if index == depth else '='} {placeholder(len(params))}")
-                params.append(window.after[index])
-            alternatives.append(f"({' and '.join(parts)})")
-        conditions.append(f"({' or '.join(alternatives)})")
     if window.keys:
         matches = []
         for key in window.keys:
@@ -246,10 +236,7 @@ class DBAPISource:
         return window_sql(query, window, self._quote, self._placeholder)
 
     def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        yield from self._stream_sql(*self.sql(query, window), chunk_size)
-
-    def _stream_sql(self, sql: str, params: list[Any], chunk_size: int) -> Iterator[Chunk]:
-        cursor = self._execute(sql, params, "the query failed")
+        cursor = self._execute(*self.sql(query, window), "the query failed")
         try:
             while chunk := cursor.fetchmany(chunk_size):
                 yield chunk

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from capi_sync.connectors.base import Chunk, DBAPISource, Window, first_line
+from capi_sync.connectors.base import DBAPISource, first_line
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from capi_sync.config import DuckDBWarehouse
-
-PAGE_ROWS = 50_000  # rows per keyset page: bounds DuckDB's sort memory
 
 
 class DuckDBSource(DBAPISource):
@@ -32,6 +29,14 @@ class DuckDBSource(DBAPISource):
             # Relative paths in queries (read_csv('orders.csv')) resolve beside the pipelines file.
             self._connection.execute("set file_search_path = ?", [str(config.base_dir)])
             self._connection.execute("set TimeZone = 'UTC'")
+            # The ORDER BY that keeps cursor order is a full sort; bounded memory and a spill folder
+            # keep a sync's footprint flat however large the table (one thread needs fewer pinned
+            # blocks while merging).
+            self._connection.execute("set memory_limit = ?", [config.memory_limit])
+            self._connection.execute("set threads = ?", [config.threads])
+            self._connection.execute("set preserve_insertion_order = false")
+            spill = Path(tempfile.gettempdir()) / "capi-sync-duckdb"
+            self._connection.execute("set temp_directory = ?", [str(spill)])
             for statement in config.setup:
                 self._connection.execute(statement)
         except duckdb.Error as exc:
@@ -48,29 +53,3 @@ class DuckDBSource(DBAPISource):
 
     def _release(self, cursor: Any) -> None:
         pass  # the result is dropped by the next statement; the connection stays open
-
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        """Page by keyset: DuckDB holds a whole ORDER BY result in memory, a LIMITed one only that page.
-
-        Each page is `order by ... limit PAGE` after the last row of the previous page, so memory
-        stays at one page whatever the table's size.
-        """
-        if window.keys or not window.order_by:
-            yield from super().stream(query, window, chunk_size)
-            return
-        page_size = max(chunk_size, PAGE_ROWS)
-        after = window.after
-        while True:
-            sql, params = self.sql(query, replace(window, after=after))
-            cursor = self._execute(f"{sql} limit {page_size}", params, "the query failed")
-            positions = [
-                names.index(c) for names in [[d[0] for d in cursor.description]] for c in window.order_by
-            ]
-            rows = 0
-            while chunk := cursor.fetchmany(chunk_size):
-                rows += len(chunk)
-                yield chunk
-                last = chunk[-1]
-            if rows < page_size:
-                return
-            after = tuple(last[i] for i in positions)
