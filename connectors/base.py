@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
@@ -182,7 +182,20 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class DBAPISource:
+class ClosingSource:
+    """`with source:` closes the connection however the block ends."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DBAPISource(ClosingSource):
     """Describe, count and stream over a DB-API connection; subclasses say how to run a statement.
 
     Subclasses set `_connection`, `_errors` and `_label`, and may override `_type_name`,
@@ -247,12 +260,6 @@ class DBAPISource:
 
     def close(self) -> None:
         self._connection.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from capi_sync.connectors.base import (
     Chunk,
+    ClosingSource,
     Column,
     Window,
     column_of,
@@ -35,7 +36,7 @@ _TYPE_NAMES = {
 }  # fmt: skip
 
 
-class BigQuerySource:
+class BigQuerySource(ClosingSource):
     def __init__(self, config: BigQueryWarehouse) -> None:
         try:
             from google.api_core import exceptions  # noqa: PLC0415  (optional extra)
@@ -118,12 +119,6 @@ class BigQuerySource:
 
     def close(self) -> None:
         self._client.close()
-
-    def __enter__(self) -> BigQuerySource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def quote(name: str) -> str:

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from capi_sync.connectors.base import (
     Chunk,
+    ClosingSource,
     Column,
     Window,
     column_of,
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 _DRIVER_EXTRAS = {"psycopg": "postgres", "psycopg2": "postgres"}
 
 
-class SQLAlchemySource:
+class SQLAlchemySource(ClosingSource):
     """`stream_results` keeps a server-side cursor open, so memory holds one chunk, not the table."""
 
     def __init__(self, config: SQLAlchemyWarehouse) -> None:
@@ -89,12 +90,6 @@ class SQLAlchemySource:
     def close(self) -> None:
         self._connection.close()
         self._engine.dispose()
-
-    def __enter__(self) -> SQLAlchemySource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _named(index: int) -> str:
