@@ -132,6 +132,8 @@ class EventMapper:
         self._ordered_user = [(k, g) for k, g in self._user.items() if k != "country"]
         self._normalizers = {key: normalize.normalizer_for(key) for key in self._user}
         self._renames = options.event_renames
+        # Names, cities, states, countries repeat across rows: their normalized hash is memoized.
+        self._memos = {key: _Memo() for key in self._user}
         self._hashed = _HASHED if options.hash_external_id else _HASHED - {"external_id"}
         if not options.hash_external_id:
             self._normalizers["external_id"] = normalize.plain  # sent as the pixel sends it
@@ -269,16 +271,31 @@ class EventMapper:
                     )
                 )
                 continue
-            try:
-                value = self._normalizers[key](item, country)
-            except normalize.InvalidValue as exc:
-                dropped.append(Problem(f"customer_info.{key}", exc.rule, values.redact(item)))
+            memo = self._memos.get(key)
+            if memo is not None and isinstance(item, str | int):
+                found = memo.lookup((item, country))
+                if found is None:
+                    found = self._normalize_and_hash(key, item, country)
+                    memo.store((item, country), found)
+            else:
+                found = self._normalize_and_hash(key, item, country)
+            value, out, rule = found
+            if rule is not None:
+                dropped.append(Problem(f"customer_info.{key}", rule, values.redact(item)))
                 continue
             plain = plain or value
-            sent.append(sha256_hex(value) if key in self._hashed else value)
+            sent.append(out)
         if sent:
             user[key] = sent[0] if len(sent) == 1 and not isinstance(raw, list | tuple) else sent
         return plain
+
+    def _normalize_and_hash(self, key: str, item: Any, country: str | None) -> tuple[Any, Any, str | None]:
+        """(plain value, value to send, None) or (None, None, rule): the pure part, safe to memoize."""
+        try:
+            value = self._normalizers[key](item, country)
+        except normalize.InvalidValue as exc:
+            return None, None, exc.rule
+        return value, sha256_hex(value) if key in self._hashed else value, None
 
     def _custom_data(self, row: Row, dropped: list[Problem]) -> dict[str, Any]:
         custom: dict[str, Any] = {}
@@ -375,6 +392,37 @@ def _convert_fields(
             into[key] = convert(raw)
         except normalize.InvalidValue as exc:
             problems.append(Problem(prefix + key, exc.rule, values.to_text(raw)[:64]))
+
+
+class _Memo:
+    """A bounded cache that switches itself off for columns whose values rarely repeat (emails)."""
+
+    __slots__ = ("entries", "hits", "lookups", "on")
+    LIMIT = 20_000
+    TRIAL = 5_000
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, tuple[Any, Any, str | None]] = {}
+        self.hits = self.lookups = 0
+        self.on = True
+
+    def lookup(self, key: Any) -> tuple[Any, Any, str | None] | None:
+        if not self.on:
+            return None
+        self.lookups += 1
+        found = self.entries.get(key)
+        if found is not None:
+            self.hits += 1
+        if self.lookups == self.TRIAL and self.hits * 5 < self.lookups:
+            self.on = False  # under 20% hits: hashing is cheaper than remembering
+            self.entries.clear()
+        return found
+
+    def store(self, key: Any, value: tuple[Any, Any, str | None]) -> None:
+        if self.on:
+            if len(self.entries) >= self.LIMIT:
+                self.entries.clear()
+            self.entries[key] = value
 
 
 def _join_key(values: tuple[Any, ...]) -> str:

@@ -50,7 +50,7 @@ class DuckDBWarehouse(BaseModel):
     type: Literal["duckdb"]
     path: str = ":memory:"
     setup: tuple[str, ...] = ()
-    memory_limit: str = "256MB"  # DuckDB's buffer for the sorted read; beyond it, it spills to disk
+    memory_limit: str = "128MB"  # DuckDB's buffer for the sorted read; beyond it, it spills to disk
     threads: int = Field(1, ge=1)
     base_dir: Path = Path()  # relative file paths in `path` and queries resolve against the YAML's folder
 
