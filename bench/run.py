@@ -6,6 +6,8 @@
 
 Every figure is measured on real processes: the Graph stand-in runs in its own process, capi-sync
 and the SDK reference run as child processes, and their CPU time and peak RSS come from wait4().
+Linux charges a child the parent's peak RSS at exec time, so the parent stays small: the dataset is
+built, and copied into PostgreSQL, by child processes too.
 """
 
 from __future__ import annotations
@@ -135,28 +137,32 @@ def graph_server(folder: Path) -> Iterator[str]:
 def postgres_copy(database: Path) -> Iterator[str]:
     """A throwaway PostgreSQL server holding the same table (the tests' helper starts it)."""
     sys.path.insert(0, str(HERE.parent))
-    import psycopg
-
     from tests.postgres import create_database, postgres_server
 
     with postgres_server() as server_url:
         url = create_database(server_url)
         dsn = url.replace("postgresql+psycopg://", "postgresql://")
-        with duckdb.connect(str(database), read_only=True) as source, psycopg.connect(dsn) as target:
-            result = source.execute("select * from conversions")
-            columns = [d[0] for d in result.description]
-            target.execute(
-                "create table conversions (order_id bigint, "
-                + ", ".join(f"{c} text" for c in columns[1:17])
-                + ", amount numeric(10, 2), currency text, items json, created_at timestamp,"
-                " updated_at timestamp)"
-            )
-            with target.cursor().copy(f"copy conversions ({', '.join(columns)}) from stdin") as copy:
-                while chunk := result.fetchmany(50_000):
-                    for row in chunk:
-                        copy.write_row(row)
-            target.commit()
+        subprocess.run([sys.executable, __file__, "--copy-to-postgres", str(database), dsn], check=True)
         yield url
+
+
+def copy_to_postgres(database: str, dsn: str) -> None:
+    import psycopg
+
+    with duckdb.connect(database, read_only=True) as source, psycopg.connect(dsn) as target:
+        result = source.execute("select * from conversions")
+        columns = [d[0] for d in result.description]
+        target.execute(
+            "create table conversions (order_id bigint, "
+            + ", ".join(f"{c} text" for c in columns[1:17])
+            + ", amount numeric(10, 2), currency text, items json, created_at timestamp,"
+            " updated_at timestamp)"
+        )
+        with target.cursor().copy(f"copy conversions ({', '.join(columns)}) from stdin") as copy:
+            while chunk := result.fetchmany(50_000):
+                for row in chunk:
+                    copy.write_row(row)
+        target.commit()
 
 
 def main() -> None:
@@ -165,15 +171,26 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb")
+    parser.add_argument("--workers", type=int, default=1, help="capi-sync --workers N (mapping processes).")
     parser.add_argument("--skip-sdk", action="store_true", help="Do not run the facebook-business reference.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
+    parser.add_argument("--make-dataset", metavar="PATH", help=argparse.SUPPRESS)
+    parser.add_argument("--copy-to-postgres", nargs=2, metavar=("PATH", "DSN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_dataset:
+        with duckdb.connect(args.make_dataset) as con:
+            con.execute(DATASET, {"rows": args.rows})
+        return
+    if args.copy_to_postgres:
+        copy_to_postgres(*args.copy_to_postgres)
+        return
 
     folder = Path(tempfile.mkdtemp(prefix="capi-sync-bench-"))
     database = folder / "bench.duckdb"
     started = time.perf_counter()
-    with duckdb.connect(str(database)) as con:
-        con.execute(DATASET, {"rows": args.rows})
+    subprocess.run(
+        [sys.executable, __file__, "--make-dataset", str(database), "--rows", str(args.rows)], check=True
+    )
     print(f"dataset: {args.rows:,} rows in {time.perf_counter() - started:.1f}s ({folder})", flush=True)
 
     results: list[Measured] = []
@@ -186,7 +203,9 @@ def main() -> None:
         (folder / "pipelines.yaml").write_text(PIPELINE.format(warehouse=warehouse, graph_url=graph_url))
         env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / 'state.db'}"}
         command = [str(CAPI_SYNC), "run", "conversions", "-f", str(folder / "pipelines.yaml")]
-        results.append(run_measured(f"capi-sync ({args.warehouse})", command, args.rows, folder, env))
+        command += ["--workers", str(args.workers)]
+        label = f"capi-sync ({args.warehouse}, {args.workers} worker{'s' if args.workers > 1 else ''})"
+        results.append(run_measured(label, command, args.rows, folder, env))
         if not args.skip_sdk and args.warehouse == "duckdb":
             sdk = [sys.executable, str(HERE / "sdk_reference.py"), "--database", str(database),
                    "--graph-url", graph_url]  # fmt: skip

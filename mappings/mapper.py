@@ -48,6 +48,7 @@ class MappedRow(NamedTuple):
     problems: tuple[Problem, ...]
     key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
     skipped: str | None = None  # a rule that holds the row back without rejecting it (consent)
+    user_keys: tuple[str, ...] | None = None  # set when `event` travels serialized (worker processes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,9 @@ class EventMapper:
             self._normalizers["external_id"] = normalize.plain  # sent as the pixel sends it
         if "ph" in self._user:
             self._normalizers["ph"] = partial(normalize.phone, default_region=options.default_phone_region)
+        # Per key, a fast path for the common case (one text value), resolved once, not per row.
+        self._user_plan = [(key, getter, self._scalar_text_path(key)) for key, getter in self._ordered_user]
+        self._country_path = self._scalar_text_path("country") if self._country_getter else None
 
     def row_key(self, row: Row) -> str:
         """The primary key as one string (`|`-joined when composite): names the row everywhere."""
@@ -230,15 +234,71 @@ class EventMapper:
         country: str | None = None
         if self._country_getter is not None:
             raw_country = self._country_getter(row)
-            if raw_country is not None and not _is_empty(raw_country):
-                country = self._user_value(
-                    "country", raw_country, None, user=user, rejected=rejected, dropped=dropped
+            if raw_country is not None:
+                country = self._user_field(
+                    "country",
+                    raw_country,
+                    None,
+                    self._country_path,
+                    user=user,
+                    rejected=rejected,
+                    dropped=dropped,
                 )
-        for key, getter in self._ordered_user:
+        for key, getter, text_path in self._user_plan:
             raw = getter(row)
-            if raw is not None and not _is_empty(raw):
-                self._user_value(key, raw, country, user=user, rejected=rejected, dropped=dropped)
+            if raw is not None:
+                self._user_field(key, raw, country, text_path, user=user, rejected=rejected, dropped=dropped)
         return user
+
+    def _user_field(
+        self,
+        key: str,
+        raw: Any,
+        country: str | None,
+        text_path: _TextPath | None,
+        *,
+        user: dict[str, Any],
+        rejected: list[Problem],
+        dropped: list[Problem],
+    ) -> str | None:
+        """One customer-information value into `user`; returns its plain form (the row's country)."""
+        if raw.__class__ is not str or text_path is None:
+            if raw is None or _is_empty(raw):
+                return None
+            return self._user_value(key, raw, country, user=user, rejected=rejected, dropped=dropped)
+        found = text_path(raw, country)
+        if found is None:
+            return None  # blank
+        value, out, rule = found
+        if rule is not None:
+            dropped.append(Problem(f"customer_info.{key}", rule, values.redact(raw)))
+            return None
+        user[key] = out
+        return value
+
+    def _scalar_text_path(self, key: str) -> _TextPath | None:
+        """Normalize-and-hash for a single string, memoized; None where rows need the full rules."""
+        hashed = key in self._hashed
+        if hashed and not self.options.hashing_required:
+            return None  # plain values are rejected there: `_user_value` says why
+        memo = self._memos[key]
+        compute = partial(self._normalize_and_hash, key)
+
+        def text_path(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
+            text = raw.strip()
+            if not text:
+                return None
+            if hashed and len(text) == 64 and is_sha256_hex(text):
+                return None, text.lower(), None  # already hashed upstream: never hash twice
+            if not memo.on:
+                return compute(raw, country)
+            found = memo.lookup((raw, country))
+            if found is None:
+                found = compute(raw, country)
+                memo.store((raw, country), found)
+            return found
+
+        return text_path
 
     def _user_value(
         self,
@@ -375,6 +435,7 @@ _APP_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 
 
 TypedField = tuple[str, Getter, Callable[[Any], Any]]
+_TextPath = Callable[[str, "str | None"], "tuple[Any, Any, str | None] | None"]
 
 
 def _convert_fields(

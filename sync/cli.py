@@ -101,6 +101,13 @@ def cli() -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""
 
 
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    help="Map rows on N processes (default: the pipeline's `workers`, 1). Pays off on large runs.",
+)
+
+
 @cli.command()
 @click.argument("pipeline")
 @project_options
@@ -113,8 +120,11 @@ def cli() -> None:
     help="With --dry-run: write each event as one JSON line to this file.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many rows.")
+@workers_option
 @with_context
-def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: int | None) -> None:
+def run(
+    ctx: Context, pipeline: str, *, dry_run: bool, output: Path | None, limit: int | None, workers: int | None
+) -> None:
     """Run PIPELINE incrementally: send the rows past its cursor."""
     if output is not None and not dry_run:
         raise click.UsageError("--output goes with --dry-run")
@@ -123,7 +133,7 @@ def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: 
             ctx.project,
             pipeline,
             store,
-            RunOptions(dry_run=dry_run, output=output, limit=limit),
+            RunOptions(dry_run=dry_run, output=output, limit=limit, workers=workers),
             progress=on_progress,
         )
     print_report(report, output)
@@ -138,9 +148,17 @@ def run(ctx: Context, pipeline: str, dry_run: bool, output: Path | None, limit: 
 @click.option("--end", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Day after the last.")
 @click.option("--clip", is_flag=True, help="Send only the part of the range Meta still accepts.")
 @click.option("--dry-run", is_flag=True, help="Build the requests but send nothing; progress is not saved.")
+@workers_option
 @with_context
 def backfill(
-    ctx: Context, pipeline: str, *, start: dt.datetime, end: dt.datetime, clip: bool, dry_run: bool
+    ctx: Context,
+    pipeline: str,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    clip: bool,
+    dry_run: bool,
+    workers: int | None,
 ) -> None:
     """Send PIPELINE's rows dated in [--start, --end), day by day, leaving its cursor alone.
 
@@ -158,7 +176,7 @@ def backfill(
             store,
             start=start.date(),
             end=end.date(),
-            options=RunOptions(dry_run=dry_run),
+            options=RunOptions(dry_run=dry_run, workers=workers),
             clip=clip,
             progress=on_progress,
             on_day=announce,
@@ -345,7 +363,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
                     reasons = "\n".join(str(p) for p in mapped.problems)
                     table.add_row(mapped.row_key, "[red]rejected[/]", reasons)
                 else:
-                    quality.add_event(mapped.event["user_data"])
+                    quality.add_event(mapped.event["user_data"].keys())
                     quality.dropped.update((p.field, p.rule) for p in mapped.problems)
                     body = orjson.dumps(mapped.event, option=orjson.OPT_INDENT_2).decode()
                     if mapped.problems:

@@ -224,6 +224,7 @@ class PipelineConfig(BaseModel):
     schedule: str | None = None
     timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(10_000, ge=1)
+    workers: int = Field(1, ge=1, le=64)  # processes that map rows (CPU-bound); 1 maps in the run's own
     settings: SyncSettings = SyncSettings()
     preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
     preset_options: PresetOptions = PresetOptions()

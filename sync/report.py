@@ -11,6 +11,8 @@ from capi_sync.mappings.fields import HASHED_USER_FIELDS, UNHASHED_USER_FIELDS
 from capi_sync.state import RunStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from capi_sync.mappings.mapper import Rejection
 
 SAMPLE_REJECTIONS = 20
@@ -24,9 +26,10 @@ class MatchQuality:
     present: Counter[str] = field(default_factory=Counter)
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
 
-    def add_event(self, user_data: dict[str, Any]) -> None:
+    def add_event(self, user_keys: Iterable[str]) -> None:
+        """Count one sent event and the customer-information keys it carried."""
         self.events += 1
-        self.present.update(user_data.keys())
+        self.present.update(user_keys)
 
     def share(self, key: str) -> float:
         return self.present[key] / self.events if self.events else 0.0

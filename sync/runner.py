@@ -29,6 +29,7 @@ from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestE
 from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import (
     EventMapper,
+    MappedRow,
     MapperOptions,
     Rejection,
     compile_mapping,
@@ -36,6 +37,7 @@ from capi_sync.mappings.mapper import (
 )
 from capi_sync.mappings.presets import commanders_act, derived_values
 from capi_sync.mappings.validate import Problem
+from capi_sync.parallel import ParallelMapper
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
@@ -63,6 +65,7 @@ class RunOptions:
     retry_only: bool = False  # `capi-sync retry`: only re-send rejected rows, no incremental read
     retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
     stop: threading.Event | None = None  # once set: finish the batches in flight, then stop
+    workers: int | None = None  # processes that map rows; default: the pipeline's `workers`
 
 
 class StopRequested(KeyboardInterrupt):
@@ -216,6 +219,11 @@ def session(
         if not options.dry_run:
             stack.enter_context(store.lock(lock_name or pipeline.name))
         output = stack.enter_context(_open_output(options.output))
+        workers = options.workers or pipeline.workers
+        parallel = None
+        if workers > 1:
+            parallel = ParallelMapper(pipeline, prepared.columns, workers)
+            stack.callback(parallel.close)
         if not options.dry_run:
             report.run_id = store.start_run(pipeline.name, kind)
         run = _Run(
@@ -229,6 +237,7 @@ def session(
             output=output,
             progress=progress,
             retry=options.retry or project.destination_of(pipeline).retry_policy(),
+            parallel=parallel,
         )
         try:
             yield run
@@ -279,6 +288,7 @@ class _Run:
     cursor_name: str = ""
     cursor_index: int | None = None
     settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
+    parallel: ParallelMapper | None = None  # set when rows are mapped on worker processes
 
     def __post_init__(self) -> None:
         self.mapper = self.prepared.mapper
@@ -376,10 +386,18 @@ class _Run:
         self._commit(*pending[0])
         pending.popleft()
 
+    def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
+        """Rows become events here, in read order: on this process, or on `workers` processes."""
+        if self.parallel is not None:
+            yield from self.parallel.map_in_order(rows)
+            return
+        map_row = self.mapper.map_row
+        for row, cursor in rows:
+            yield map_row(row), cursor
+
     def _batches(self, rows: Iterator[tuple[Any, Any]], *, advances_cursor: bool) -> Iterator[Batch]:
         batch = Batch(advances_cursor=advances_cursor)
-        for row, cursor in rows:
-            mapped = self.mapper.map_row(row)
+        for mapped, cursor in self._mapped(rows):
             if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
                 batch.add_row(mapped.row_key, cursor)
                 self.report.rows_no_consent += 1
@@ -390,7 +408,8 @@ class _Run:
                 self.report.reject(rejection)
                 continue
             batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
-            self.report.quality.add_event(mapped.event["user_data"])
+            user_keys = mapped.user_keys if mapped.user_keys is not None else mapped.event["user_data"].keys()
+            self.report.quality.add_event(user_keys)
             if mapped.problems:
                 self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
             if len(batch.events) >= self.batch_size:

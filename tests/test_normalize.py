@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import random
 from hashlib import sha256
 from typing import Any
 
+import phonenumbers
 import pytest
 
 from capi_sync.mappings import normalize
@@ -120,3 +123,82 @@ def test_digest_detection_is_anchored() -> None:
     assert not is_sha256_hex(digest + "0")
     assert not is_sha256_hex("user:" + digest)
     assert not is_sha256_hex("")
+
+
+def _random_nanp_text(rng: random.Random) -> str:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.choice([9, 10, 10, 11, 11, 12])))
+    if rng.random() < 0.4:
+        digits = "1" + digits[1:]
+    text = "".join(ch + (rng.choice(" -.()") if rng.random() < 0.3 else "") for ch in digits)
+    return ("(" if rng.random() < 0.2 else "") + text
+
+
+def test_the_us_canada_fast_path_parses_exactly_like_phonenumbers() -> None:
+    rng = random.Random(20261123)
+    checked = 0
+    for _ in range(20_000):
+        text = _random_nanp_text(rng)
+        digits = "".join(ch for ch in text if ch.isdigit())
+        for region in ("US", "CA"):
+            fast = normalize._nanp_national(text, digits, region)
+            if fast is None:
+                continue
+            checked += 1
+            slow = phonenumbers.parse(text, region)
+            assert (fast.country_code, fast.national_number, fast.italian_leading_zero, fast.extension) == (
+                slow.country_code,
+                slow.national_number,
+                slow.italian_leading_zero,
+                slow.extension,
+            ), (text, region)
+    assert checked > 10_000, "the fast path must actually be taken"
+    assert normalize._nanp_national("650 555 0123", "6505550123", "GB") is None
+    assert normalize._nanp_national("650-555-0123 x12", "650555012312", "US") is None
+
+
+def test_phone_results_do_not_depend_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    texts = [_random_nanp_text(rng) for _ in range(3_000)]
+
+    def outcomes() -> list[str]:
+        results = []
+        for text in texts:
+            try:
+                results.append(normalize.phone(text, None, default_region="US"))
+            except normalize.InvalidValue as exc:
+                results.append(exc.rule)
+        return results
+
+    fast = outcomes()
+    monkeypatch.setattr(normalize, "_nanp_national", lambda *_args: None)
+    assert outcomes() == fast
+    assert sum(result.isdigit() for result in fast) > 1_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["203.0.113.7", "0.0.0.0", "255.255.255.255", "010.1.1.1", "256.1.1.1", "1.2.3", "1.2.3.4.5", "١.2.3.4"],
+)
+def test_ipv4_shortcut_matches_ipaddress(text: str) -> None:
+    def outcome(function: Any) -> str:
+        try:
+            return str(function(text))
+        except (ValueError, normalize.InvalidValue):
+            return "invalid"
+
+    assert outcome(lambda t: normalize.ip_address(t, None)) == outcome(ipaddress.ip_address)
+
+
+@pytest.mark.parametrize("text", ["1990-02-16", "1990-2-16", "1990-02-30", "1990-13-01"])
+def test_iso_birth_dates_read_like_strptime(text: str) -> None:
+    try:
+        expected = dt.datetime.strptime(text, "%Y-%m-%d").strftime("%Y%m%d")
+    except ValueError:
+        expected = None
+    try:
+        result = normalize.birth_date(text, None)
+    except normalize.InvalidValue:
+        result = None
+    if expected is not None and not int(expected[:4]) >= 1900:
+        expected = None  # outside the accepted years either way
+    assert result == expected
