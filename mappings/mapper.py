@@ -246,8 +246,17 @@ class EventMapper:
                 )
         for key, getter, text_path in self._user_plan:
             raw = getter(row)
-            if raw is not None:
-                self._user_field(key, raw, country, text_path, user=user, rejected=rejected, dropped=dropped)
+            if raw is None:
+                continue
+            if raw.__class__ is str and text_path is not None:  # the common case, inlined
+                found = text_path(raw, country)
+                if found is not None:
+                    if found[2] is None:
+                        user[key] = found[1]
+                    else:
+                        dropped.append(Problem(f"customer_info.{key}", found[2], values.redact(raw)))
+                continue
+            self._user_field(key, raw, country, text_path, user=user, rejected=rejected, dropped=dropped)
         return user
 
     def _user_field(
@@ -282,7 +291,15 @@ class EventMapper:
         if hashed and not self.options.hashing_required:
             return None  # plain values are rejected there: `_user_value` says why
         memo = self._memos[key]
-        compute = partial(self._normalize_and_hash, key)
+        normalizer = self._normalizers[key]
+        invalid = normalize.InvalidValue
+
+        def compute(raw: str, country: str | None) -> tuple[Any, Any, str | None]:
+            try:
+                value = normalizer(raw, country)
+            except invalid as exc:
+                return None, None, exc.rule
+            return value, sha256(value.encode()).hexdigest() if hashed else value, None
 
         def text_path(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
             text = raw.strip()

@@ -224,7 +224,9 @@ class PipelineConfig(BaseModel):
     schedule: str | None = None
     timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(10_000, ge=1)
-    workers: int = Field(1, ge=1, le=64)  # processes that map rows (CPU-bound); 1 maps in the run's own
+    # Processes that map rows (CPU-bound work): "auto" starts one per core (up to 4) once a run has
+    # read AUTO_WORKERS_AFTER rows, so small runs never pay for them; 1 maps in the run's own process.
+    workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     settings: SyncSettings = SyncSettings()
     preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
     preset_options: PresetOptions = PresetOptions()

@@ -12,6 +12,7 @@ here): the dict never crosses the process boundary and is never serialized twice
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from capi_sync.mappings.mapper import EventMapper, MappedRow
 
 BLOCK_ROWS = 500  # rows per task: large enough to amortize the hand-off, small enough to stay lean
+AUTO_WORKERS_AFTER = 20_000  # `workers: auto` maps this many rows in-process before starting workers
+AUTO_MAX_WORKERS = 4
 _mapper: EventMapper | None = None  # the worker's own compiled mapping
 
 
@@ -52,11 +55,22 @@ def _map_block(rows: list[tuple[Any, ...]]) -> list[MappedRow]:
     return out
 
 
+def plan_workers(setting: int | str) -> tuple[int, int]:
+    """(worker processes, rows to map in-process first) for a `workers` setting."""
+    if setting == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(cores, AUTO_MAX_WORKERS)
+        return (workers, AUTO_WORKERS_AFTER) if workers > 1 else (1, 0)
+    return int(setting), 0
+
+
 class ParallelMapper:
     """`map_in_order(rows)` maps `(row, cursor)` pairs on `workers` processes, in read order."""
 
-    def __init__(self, pipeline: PipelineConfig, columns: list[str], workers: int) -> None:
+    def __init__(self, pipeline: PipelineConfig, columns: list[str], workers: int, *, after: int = 0) -> None:
+        self.after = after  # rows mapped in-process before the first worker starts
         # spawn, not fork: this process already runs sender threads and a warehouse driver.
+        # Workers start on the first block submitted, so a run that never reaches `after` has none.
         context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=(pipeline, columns)

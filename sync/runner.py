@@ -37,7 +37,7 @@ from capi_sync.mappings.mapper import (
 )
 from capi_sync.mappings.presets import commanders_act, derived_values
 from capi_sync.mappings.validate import Problem
-from capi_sync.parallel import ParallelMapper
+from capi_sync.parallel import ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
@@ -219,10 +219,10 @@ def session(
         if not options.dry_run:
             stack.enter_context(store.lock(lock_name or pipeline.name))
         output = stack.enter_context(_open_output(options.output))
-        workers = options.workers or pipeline.workers
+        workers, serial_rows = plan_workers(options.workers or pipeline.workers)
         parallel = None
         if workers > 1:
-            parallel = ParallelMapper(pipeline, prepared.columns, workers)
+            parallel = ParallelMapper(pipeline, prepared.columns, workers, after=serial_rows)
             stack.callback(parallel.close)
         if not options.dry_run:
             report.run_id = store.start_run(pipeline.name, kind)
@@ -289,6 +289,7 @@ class _Run:
     cursor_index: int | None = None
     settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
     parallel: ParallelMapper | None = None  # set when rows are mapped on worker processes
+    rows_mapped: int = 0  # in this process, across the run's reads
 
     def __post_init__(self) -> None:
         self.mapper = self.prepared.mapper
@@ -388,11 +389,13 @@ class _Run:
 
     def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
         """Rows become events here, in read order: on this process, or on `workers` processes."""
-        if self.parallel is not None:
-            yield from self.parallel.map_in_order(rows)
-            return
-        map_row = self.mapper.map_row
+        map_row, parallel = self.mapper.map_row, self.parallel
         for row, cursor in rows:
+            if parallel is not None and self.rows_mapped >= parallel.after:
+                yield map_row(row), cursor  # the row already taken from `rows`
+                yield from parallel.map_in_order(rows)
+                return
+            self.rows_mapped += 1
             yield map_row(row), cursor
 
     def _batches(self, rows: Iterator[tuple[Any, Any]], *, advances_cursor: bool) -> Iterator[Batch]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pytest
 
+from capi_sync import parallel
 from capi_sync.state import StateStore
 from tests.conftest import TOKEN, cli, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph, error_reply
@@ -88,3 +89,33 @@ def test_a_failed_parallel_run_resumes_exactly(project: Path, graph: FakeGraph) 
     ids = Counter(event["event_id"] for event in graph.accepted_events)
     assert len(ids) == 2598
     assert set(ids.values()) == {1}, "every event accepted exactly once across the two runs"
+
+
+def test_auto_maps_the_first_rows_in_process_then_on_workers(
+    project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("run", "purchases", "--workers", "1") == 0
+    serial = outcome(project, graph)
+    reset(project, graph)
+
+    submitted: list[int] = []
+    original_submit = parallel.ProcessPoolExecutor.submit
+
+    def counting_submit(self: Any, function: Any, rows: list[Any]) -> Any:
+        submitted.append(len(rows))
+        return original_submit(self, function, rows)
+
+    monkeypatch.setattr(parallel, "AUTO_WORKERS_AFTER", 1000)
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr(parallel.ProcessPoolExecutor, "submit", counting_submit)
+    assert cli("run", "purchases") == 0  # workers: auto is the default
+    assert outcome(project, graph) == serial
+    assert sum(submitted) == 2600 - 1001, "1,000 rows in-process, the switching row too, the rest on workers"
+
+
+def test_plan_workers() -> None:
+    assert parallel.plan_workers(3) == (3, 0)
+    assert parallel.plan_workers(1) == (1, 0)
+    workers, after = parallel.plan_workers("auto")
+    assert 1 <= workers <= parallel.AUTO_MAX_WORKERS
+    assert after == (parallel.AUTO_WORKERS_AFTER if workers > 1 else 0)
