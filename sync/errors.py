@@ -51,6 +51,10 @@ class SourceError(CapiSyncError):
     """The warehouse failed to connect, describe or stream the query."""
 
 
+class WorkerError(CapiSyncError):
+    """A mapping worker process died (killed, out of memory): the run stops where it was committed."""
+
+
 class StateError(CapiSyncError):
     """The state store could not be read or written."""
 

@@ -16,9 +16,12 @@ import os
 import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 import orjson
+
+from capi_sync.errors import WorkerError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -78,6 +81,14 @@ class ParallelMapper:
         self._ahead = workers * 2  # blocks queued per worker: keeps them busy, memory bounded
 
     def map_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
+        try:
+            yield from self._map_in_order(rows)
+        except BrokenProcessPool as exc:
+            msg = "a worker process that builds events died (killed? out of memory?)"
+            msg += "; run again, or set workers: 1"
+            raise WorkerError(msg) from exc
+
+    def _map_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
         pending: deque[tuple[Future[list[MappedRow]], list[Any]]] = deque()
         block: list[tuple[Any, ...]] = []
         cursors: list[Any] = []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +41,13 @@ def outcome(project: Path, graph: FakeGraph) -> dict[str, Any]:
         "rejected": rejected,
         "cursor": cursor,
     }
+
+
+def one_request_at_a_time(project: Path) -> None:
+    text = project.read_text().replace(
+        "default_phone_region: US", "default_phone_region: US, max_in_flight: 1"
+    )
+    project.write_text(text)
 
 
 def reset(project: Path, graph: FakeGraph) -> None:
@@ -79,9 +89,7 @@ def test_a_failed_parallel_run_resumes_exactly(project: Path, graph: FakeGraph) 
 
     # One request at a time: with more in flight, accepted batches after the failed one are re-sent
     # next run (same event_ids, so Meta drops them) and "exactly once" would count them twice.
-    project.write_text(
-        project.read_text().replace("default_phone_region: US", "default_phone_region: US, max_in_flight: 1")
-    )
+    one_request_at_a_time(project)
     graph.script = token_expires_on_second_request
     assert cli("run", "purchases", "--workers", "2") == 1
     graph.script = None
@@ -119,3 +127,28 @@ def test_plan_workers() -> None:
     workers, after = parallel.plan_workers("auto")
     assert 1 <= workers <= parallel.AUTO_MAX_WORKERS
     assert after == (parallel.AUTO_WORKERS_AFTER if workers > 1 else 0)
+
+
+def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_nothing_is_lost(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 20_000)
+    project = write_pipelines(tmp_path, graph.url)
+    one_request_at_a_time(project)
+
+    def kill_workers_on_first_request(number: int, _body: dict[str, Any]) -> object:
+        if number == 1:
+            for worker in multiprocessing.active_children():
+                os.kill(worker.pid, signal.SIGKILL)
+        return None
+
+    graph.script = kill_workers_on_first_request
+    assert cli("run", "purchases", "--workers", "2") == 1
+    printed = capsys.readouterr()
+    assert "a worker process that builds events died" in printed.out + printed.err
+    graph.script = None
+    assert cli("run", "purchases", "--workers", "1") == 0
+    ids = Counter(event["event_id"] for event in graph.accepted_events)
+    assert len(ids) == 20_000
+    assert set(ids.values()) == {1}
