@@ -80,6 +80,7 @@ pipelines:
     primary_key: order_id
     cursor: updated_at
     settle_delay: 0
+    pushdown: {pushdown}
     settings: {{action_source: website, default_phone_region: US}}
     mapping:
       server_event: {{event_name: {{value: Purchase}}, event_time: created_at, event_id: order_id,
@@ -210,6 +211,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", help="capi-sync --workers N (mapping processes); default: the setting's auto."
     )
+    parser.add_argument(
+        "--pushdown", action="store_true", help="Hash customer information in the warehouse (pushdown: true)."
+    )
     parser.add_argument("--skip-sdk", action="store_true", help="Do not run the facebook-business reference.")
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
     parser.add_argument("--make-dataset", metavar="PATH", help=argparse.SUPPRESS)
@@ -238,11 +242,15 @@ def main() -> None:
             warehouse = f"{{type: sqlalchemy, url: '{url}'}}"
         else:
             warehouse = f"{{type: duckdb, path: {database}}}"
-        (folder / "pipelines.yaml").write_text(PIPELINE.format(warehouse=warehouse, graph_url=graph_url))
+        (folder / "pipelines.yaml").write_text(
+            PIPELINE.format(warehouse=warehouse, graph_url=graph_url, pushdown=str(args.pushdown).lower())
+        )
         env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / 'state.db'}"}
         command = [str(CAPI_SYNC), "run", "conversions", "-f", str(folder / "pipelines.yaml")]
         command += ["--workers", args.workers] if args.workers else []
-        label = f"capi-sync ({args.warehouse}, workers: {args.workers or 'auto'})"
+        label = f"capi-sync ({args.warehouse}, workers: {args.workers or 'auto'}" + (
+            ", pushdown)" if args.pushdown else ")"
+        )
         results.append(run_measured(label, command, args.rows, folder, env))
         if not args.skip_sdk and args.warehouse == "duckdb":
             sdk = [sys.executable, str(HERE / "sdk_reference.py"), "--database", str(database),

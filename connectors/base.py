@@ -51,6 +51,9 @@ class Window:
 class Source(Protocol):
     """A connected warehouse. Sources are context managers and close their connection on exit."""
 
+    dialect: str
+    """SQL dialect for generated SQL (hash pushdown): duckdb, postgres, snowflake, bigquery, or other."""
+
     def describe(self, query: str) -> list[Column]:
         """The query's result columns and their kinds, read without fetching a row."""
         ...
@@ -66,6 +69,8 @@ class Source(Protocol):
     def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
         """The statement `stream` runs, with its bind parameters (for `capi-sync render`)."""
         ...
+
+    def prepare_for_pushdown(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -184,6 +189,9 @@ def quote_identifier(name: str) -> str:
 
 class ClosingSource:
     """`with source:` closes the connection however the block ends."""
+
+    def prepare_for_pushdown(self) -> None:
+        """Adjust session settings for hash pushdown's wider rows; most warehouses need nothing."""
 
     def close(self) -> None:
         raise NotImplementedError

@@ -37,6 +37,8 @@ _TYPE_NAMES = {
 
 
 class BigQuerySource(ClosingSource):
+    dialect = "bigquery"
+
     def __init__(self, config: BigQueryWarehouse) -> None:
         try:
             from google.api_core import exceptions  # noqa: PLC0415  (optional extra)

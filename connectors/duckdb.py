@@ -20,8 +20,10 @@ class DuckDBSource(DBAPISource):
 
     _errors = (duckdb.Error,)
     _label = "DuckDB"
+    dialect = "duckdb"
 
     def __init__(self, config: DuckDBWarehouse) -> None:
+        self._pushdown_memory_limit = config.pushdown_memory_limit
         database = config.database()
         read_only = database != ":memory:"
         try:
@@ -50,6 +52,9 @@ class DuckDBSource(DBAPISource):
             return self._connection.execute(sql, params)
         except duckdb.Error as exc:
             raise SourceError(f"DuckDB: {what}: {first_line(exc)}") from exc
+
+    def prepare_for_pushdown(self) -> None:
+        self._execute("set memory_limit = ?", [self._pushdown_memory_limit], "setting pushdown_memory_limit")
 
     def _release(self, cursor: Any) -> None:
         pass  # the result is dropped by the next statement; the connection stays open

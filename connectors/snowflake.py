@@ -25,6 +25,7 @@ _TYPE_NAMES = {
 
 class SnowflakeSource(DBAPISource):
     _label = "Snowflake"
+    dialect = "snowflake"
 
     def __init__(self, config: SnowflakeWarehouse) -> None:
         try:

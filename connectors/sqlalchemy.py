@@ -42,6 +42,8 @@ class SQLAlchemySource(ClosingSource):
             # The exception text may quote the URL; SQLAlchemy masks its password.
             raise SourceError(f"cannot connect: {_short(exc)}") from exc
         self._quote = self._engine.dialect.identifier_preparer.quote
+        name = self._engine.dialect.name
+        self.dialect = "postgres" if name == "postgresql" else name
 
     def describe(self, query: str) -> list[Column]:
         try:

@@ -83,6 +83,7 @@ class MapperOptions:
     fbc_from_fbclid: bool = True
     url_redaction: str = "none"  # none | query | path
     warn_missing_standard_fields: bool = False
+    pushed_keys: frozenset[str] = frozenset()  # hashed in the warehouse: rows hold digests or '!rule'
 
 
 def derive_event_id(pipeline: str, row_key: str) -> str:
@@ -248,13 +249,19 @@ class EventMapper:
             raw = getter(row)
             if raw is None:
                 continue
+            if text_path is _pushed_text_path:  # a digest or '!rule' computed by the warehouse
+                if raw[:1] != "!":
+                    user[key] = raw
+                else:
+                    dropped.append(Problem(f"customer_info.{key}", raw[1:]))
+                continue
             if raw.__class__ is str and text_path is not None:  # the common case, inlined
                 found = text_path(raw, country)
                 if found is not None:
                     if found[2] is None:
                         user[key] = found[1]
                     else:
-                        dropped.append(Problem(f"customer_info.{key}", found[2], values.redact(raw)))
+                        dropped.append(Problem(f"customer_info.{key}", found[2], self._shown(key, raw)))
                 continue
             self._user_field(key, raw, country, text_path, user=user, rejected=rejected, dropped=dropped)
         return user
@@ -280,14 +287,20 @@ class EventMapper:
             return None  # blank
         value, out, rule = found
         if rule is not None:
-            dropped.append(Problem(f"customer_info.{key}", rule, values.redact(raw)))
+            dropped.append(Problem(f"customer_info.{key}", rule, self._shown(key, raw)))
             return None
         user[key] = out
         return value
 
+    def _shown(self, key: str, raw: Any) -> str | None:
+        """A dropped value as reports show it; a pushed-down one was never seen outside the warehouse."""
+        return None if key in self.options.pushed_keys else values.redact(raw)
+
     def _scalar_text_path(self, key: str) -> _TextPath | None:
         """Normalize-and-hash for a single string, memoized; None where rows need the full rules."""
         hashed = key in self._hashed
+        if key in self.options.pushed_keys:
+            return _pushed_text_path
         if hashed and not self.options.hashing_required:
             return None  # plain values are rejected there: `_user_value` says why
         memo = self._memos[key]
@@ -452,6 +465,15 @@ _APP_CONVERTERS: dict[str, Callable[[Any], Any]] = {
 
 
 TypedField = tuple[str, Getter, Callable[[Any], Any]]
+
+
+def _pushed_text_path(computed: str, _country: str | None) -> tuple[Any, Any, str | None]:
+    """A column the warehouse computed (see `pushdown.py`): a digest, or `!rule` for a dropped value."""
+    if computed[:1] == "!":
+        return None, None, computed[1:]
+    return None, computed, None
+
+
 _TextPath = Callable[[str, "str | None"], "tuple[Any, Any, str | None] | None"]
 
 

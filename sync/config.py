@@ -51,6 +51,8 @@ class DuckDBWarehouse(BaseModel):
     path: str = ":memory:"
     setup: tuple[str, ...] = ()
     memory_limit: str = "128MB"  # DuckDB's buffer for the sorted read; beyond it, it spills to disk
+    # Pipelines with `pushdown: true` sort 64-character digests instead of plain values: a wider sort.
+    pushdown_memory_limit: str = "256MB"
     threads: int = Field(1, ge=1)
     base_dir: Path = Path()  # relative file paths in `path` and queries resolve against the YAML's folder
 
@@ -227,6 +229,8 @@ class PipelineConfig(BaseModel):
     # Processes that map rows (CPU-bound work): "auto" starts one per core (up to 4) once a run has
     # read AUTO_WORKERS_AFTER rows, so small runs never pay for them; 1 maps in the run's own process.
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
+    # Normalize and hash customer information in the warehouse's SQL: plain PII never leaves it.
+    pushdown: bool = False
     settings: SyncSettings = SyncSettings()
     preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
     preset_options: PresetOptions = PresetOptions()

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -26,6 +26,7 @@ from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
 from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError, MetaRetryableError
+from capi_sync.mappings import pushdown
 from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import (
     EventMapper,
@@ -36,6 +37,7 @@ from capi_sync.mappings.mapper import (
     resolve_column,
 )
 from capi_sync.mappings.presets import commanders_act, derived_values
+from capi_sync.mappings.spec import GROUPS
 from capi_sync.mappings.validate import Problem
 from capi_sync.parallel import ParallelMapper, plan_workers
 from capi_sync.report import RunReport
@@ -79,6 +81,7 @@ class Prepared:
     mapper: EventMapper
     columns: list[str]
     kinds: dict[str, str | None]
+    query: str  # what is read: the pipeline's query, or its pushdown wrapping
 
     def index(self, column: str | None) -> int | None:
         return _column(column, self.columns)
@@ -115,8 +118,15 @@ def mapper_for(
         warn_missing_standard_fields=settings.missing_standard_fields == "warn",
     )
     preset_options = pipeline.preset_options.model_dump()
+    mapping = pipeline.mapping
+    if pipeline.pushdown:  # each hashed key reads the digest its pushed-down column holds
+        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
+        options = replace(
+            options,
+            pushed_keys=frozenset(pushdown.pushed_keys(mapping, hash_external_id=settings.hash_external_id)),
+        )
     return compile_mapping(
-        pipeline.mapping,
+        mapping,
         options,
         columns,
         clock,
@@ -128,6 +138,11 @@ def mapper_for(
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
     """Describe the query and compile the mapping: every config error surfaces before a row is read."""
     described: list[Column] = source.describe(pipeline.query)
+    query = pipeline.query
+    if pipeline.pushdown:
+        source.prepare_for_pushdown()
+        query = _pushdown_query(pipeline, source, described)
+        described = source.describe(query)  # the generated SQL runs once here, before any row is read
     columns = [column.name for column in described]
     mapper = mapper_for(pipeline, columns)
     for setting, name in (("cursor", pipeline.cursor), ("backfill_column", pipeline.backfill_column)):
@@ -138,7 +153,41 @@ def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
                     f" returned by the query (columns: {', '.join(columns)})"
                 ]
             )
-    return Prepared(mapper, columns, {column.name: column.kind for column in described})
+    return Prepared(mapper, columns, {column.name: column.kind for column in described}, query)
+
+
+def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Column]) -> str:
+    """The pipeline's query wrapped so that hashed customer information leaves only as digests."""
+    settings = pipeline.settings
+    others = {f"primary_key '{name}'": name for name in pipeline.primary_key}
+    for setting in ("cursor", "backfill_column"):
+        if (name := getattr(pipeline, setting)) is not None:
+            others[setting] = name
+    if settings.consent_column is not None:
+        others["settings.consent_column"] = settings.consent_column
+    pushed = set(pushdown.pushed_keys(pipeline.mapping, hash_external_id=settings.hash_external_id))
+    for group in GROUPS:
+        for key, source_spec in getattr(pipeline.mapping, group).items():
+            if group == "customer_info" and key in pushed:
+                continue
+            for index, name in enumerate(pushdown.referenced_names(source_spec)):
+                others[f"mapping.{group}.{key}" + (f" [{index}]" if index else "")] = name
+    kinds = {column.name: column.kind for column in described}
+    try:
+        plan = pushdown.plan(
+            pipeline.mapping,
+            kinds,
+            dialect=getattr(source, "dialect", None),
+            hash_external_id=settings.hash_external_id,
+            hashing_required=settings.hashing_required,
+            preset=pipeline.preset,
+            other_columns=others,
+        )
+    except pushdown.PushdownError as exc:
+        raise ConfigError([f"pipeline '{pipeline.name}': {reason}" for reason in exc.reasons]) from None
+    return plan.wrap(
+        pipeline.query, source.dialect, kinds, default_phone_region=settings.default_phone_region
+    )
 
 
 def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
@@ -336,7 +385,7 @@ class _Run:
                 purpose="retry",
             )
             self.report.rows_retried += len(window.keys)
-            rows = self.source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
+            rows = self.source.stream(self.prepared.query, window, self.pipeline.chunk_size)
             self._pump(self._batches(self._counted(rows), advances_cursor=False))
 
     def _counted(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Any, Any]]:
@@ -426,7 +475,7 @@ class _Run:
         limit, stop = self.options.limit, self.options.stop
         last, settled = self.state.value, self.state.settled
         index = self.cursor_index
-        chunks = self.source.stream(self.pipeline.query, window, self.pipeline.chunk_size)
+        chunks = self.source.stream(self.prepared.query, window, self.pipeline.chunk_size)
         for chunk in chunks:
             for row in chunk:
                 cursor = row[index] if index is not None else None

@@ -1,0 +1,650 @@
+"""Hash pushdown (`pushdown: true`): customer information normalized and hashed inside the warehouse.
+
+The user's query is wrapped so that each hashed customer-information column leaves the warehouse as
+one computed text column instead of its plain value: a SHA-256 hex digest, NULL when blank, or
+`!rule` when the value breaks a rule (the same rule `normalize.py` names). The mapper reads these
+as it reads pre-hashed values, so every other part of a run is unchanged.
+
+The SQL reproduces `normalize.py` byte for byte on a stated domain and nowhere else:
+- text over printable ASCII plus the Latin letters of U+00C0-U+024F (case mapped with an explicit
+  `translate` table, so no collation or locale takes part); phone, zip and date text is ASCII only;
+- phones: US/Canadian numbers as `+1`/`001` numbers, or written nationally where the row's country
+  (or `default_phone_region`) is US or CA and libphonenumber's NANP metadata (compiled into the
+  SQL) finds them valid;
+- birth dates as DATE columns, `YYYY-MM-DD` or `YYYYMMDD`.
+A value outside the domain is never guessed at and never sent plain: it comes back as
+`!not_normalizable_in_warehouse` and is dropped like any invalid value, with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from hashlib import sha256
+from typing import TYPE_CHECKING, Final
+
+import pycountry
+from phonenumbers import PhoneMetadata
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
+
+from capi_sync.mappings import normalize
+from capi_sync.mappings.fields import HASHED_USER_FIELDS
+from capi_sync.mappings.spec import Column as ColumnSource
+from capi_sync.mappings.spec import FieldSource, MappingSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+OUT_OF_DOMAIN: Final = "not_normalizable_in_warehouse"
+PREFIX: Final = "capi_pd_"
+DIALECTS: Final = ("duckdb", "postgres", "snowflake", "bigquery")
+_ASCII_ONLY: Final = frozenset({"ph", "zp", "db"})
+
+
+class PushdownError(ValueError):
+    """A pipeline that cannot be pushed down; each reason names the field and the rule."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+def pushed_column(key: str) -> str:
+    return f"{PREFIX}{key}"
+
+
+def pushed_keys(spec: MappingSpec, *, hash_external_id: bool) -> tuple[str, ...]:
+    """The customer-information keys whose hashing moves into the warehouse."""
+    hashed = [key for key in HASHED_USER_FIELDS if hash_external_id or key != "external_id"]
+    return tuple(key for key in hashed if key in spec.customer_info)
+
+
+def pushed_spec(spec: MappingSpec, *, hash_external_id: bool) -> MappingSpec:
+    """The mapping as the mapper sees it: each pushed key reads its computed column."""
+    keys = pushed_keys(spec, hash_external_id=hash_external_id)
+    customer_info = {**spec.customer_info, **{key: pushed_column(key) for key in keys}}
+    return spec.model_copy(update={"customer_info": customer_info})
+
+
+# --- dialects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The few functions the generated SQL needs, spelled per warehouse."""
+
+    name: str
+    text_type: str
+    int_type: str
+    full_match: Callable[[str, str], str]  # (expression, SQL literal of a pattern)
+    replace_all: Callable[[str, str], str]  # (expression, SQL literal of a pattern) -> deleted matches
+    sha256_hex: Callable[[str], str]
+    date_digits: Callable[[str], str]  # DATE -> 'YYYYMMDD'
+    quote: Callable[[str], str]
+    literal: Callable[[str], str]
+    ascii_lower: Callable[[str], str] = lambda e: f"lower({e})"
+    anchored: bool = False
+    # Its `lower` maps every domain character as Python does (a test checks each one).
+    lower_matches_python: bool = False  # full_match needs ^( )$ written into the pattern
+
+    def pattern(self, regex: str) -> str:
+        return self.literal(f"^({regex})$" if self.anchored else regex)
+
+    def table(self, alias: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+        """An inline table of text literals."""
+        rows = list(rows)
+        if self.name == "bigquery":
+            structs = ", ".join(
+                "struct("
+                + ", ".join(f"{self.literal(v)} as {c}" for v, c in zip(row, columns, strict=True))
+                + ")"
+                for row in rows
+            )
+            return f"unnest([{structs}]) as {alias}"
+        values = ", ".join("(" + ", ".join(self.literal(v) for v in row) + ")" for row in rows)
+        return f"(values {values}) as {alias}({', '.join(columns)})"
+
+
+def _double_quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ansi_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _backslash_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _snowflake_literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+DIALECT: Final[dict[str, Dialect]] = {
+    "duckdb": Dialect(
+        name="duckdb",
+        text_type="varchar",
+        int_type="integer",
+        full_match=lambda e, p: f"regexp_full_match({e}, {p})",
+        replace_all=lambda e, p: f"regexp_replace({e}, {p}, '', 'g')",
+        sha256_hex=lambda e: f"sha256({e})",
+        date_digits=lambda e: f"strftime({e}, '%Y%m%d')",
+        quote=_double_quote,
+        literal=_ansi_literal,
+        lower_matches_python=True,
+    ),
+    "postgres": Dialect(
+        name="postgres",
+        text_type="text",
+        int_type="integer",
+        full_match=lambda e, p: f"({e} ~ {p})",
+        replace_all=lambda e, p: f"regexp_replace({e}, {p}, '', 'g')",
+        sha256_hex=lambda e: f"encode(sha256(convert_to({e}, 'UTF8')), 'hex')",
+        date_digits=lambda e: f"to_char({e}, 'YYYYMMDD')",
+        quote=_double_quote,
+        literal=_ansi_literal,
+        ascii_lower=lambda e: f'lower(({e}) collate "C")',  # no locale rule (Turkish i) applies
+        anchored=True,
+    ),
+    "snowflake": Dialect(
+        name="snowflake",
+        text_type="varchar",
+        int_type="integer",
+        full_match=lambda e, p: f"regexp_like({e}, {p})",  # implicitly anchored at both ends
+        replace_all=lambda e, p: f"regexp_replace({e}, {p}, '')",
+        sha256_hex=lambda e: f"sha2({e}, 256)",
+        date_digits=lambda e: f"to_char({e}, 'YYYYMMDD')",
+        quote=_double_quote,
+        literal=_snowflake_literal,
+    ),
+    "bigquery": Dialect(
+        name="bigquery",
+        text_type="string",
+        int_type="int64",
+        full_match=lambda e, p: f"regexp_contains({e}, {p})",
+        replace_all=lambda e, p: f"regexp_replace({e}, {p}, '')",
+        sha256_hex=lambda e: f"to_hex(sha256({e}))",
+        date_digits=lambda e: f"format_date('%Y%m%d', {e})",
+        quote=lambda name: "`" + name.replace("`", "\\`") + "`",
+        literal=_backslash_literal,
+        anchored=True,
+    ),
+}
+
+
+# --- the character domain ---------------------------------------------------------------------
+
+
+@cache
+def domain_chars() -> tuple[str, ...]:
+    """Characters whose Python handling (NFC, strip, lower, isalpha) SQL can mirror exactly.
+
+    Printable ASCII plus Latin letters that are already NFC, are no mark, control or space, and
+    lowercase to one character that is itself in the set.
+    """
+    chars = {chr(code) for code in range(0x20, 0x7F)}
+    for code in range(0xC0, 0x250):
+        char = chr(code)
+        if unicodedata.category(char)[0] in "MCZ" or unicodedata.normalize("NFC", char) != char:
+            continue
+        if len(char.lower()) == 1:
+            chars.add(char)
+    while True:  # drop characters whose lowercase form left the set
+        kept = {char for char in chars if char.lower() in chars}
+        if kept == chars:
+            return tuple(sorted(chars))
+        chars = kept
+
+
+def in_domain(text: str, *, ascii_only: bool = False) -> bool:
+    """What the generated SQL checks first (used by tests and docs)."""
+    if ascii_only:
+        return all(" " <= char <= "~" for char in text)
+    allowed = set(domain_chars())
+    return all(char in allowed for char in text)
+
+
+def _char_class(chars: Iterable[str], *, negate: bool = False) -> str:
+    """A bracket expression of code-point ranges; endpoints are letters, digits, or ' '..'~'."""
+    codes = sorted({ord(char) for char in chars})
+    parts, start = [], None
+    for index, code in enumerate(codes):
+        if start is None:
+            start = code
+        if index + 1 == len(codes) or codes[index + 1] != code + 1:
+            parts.append(chr(start) if start == code else f"{chr(start)}-{chr(code)}")
+            start = None
+    body = "".join(parts)
+    for special in "]\\^":
+        if special in body.replace(" -~", ""):
+            raise ValueError(f"character class needs escaping: {special!r}")
+    return f"[{'^' if negate else ''}{body}]"
+
+
+@cache
+def _case_maps() -> tuple[str, str]:
+    upper = [char for char in domain_chars() if char.lower() != char]
+    return "".join(upper), "".join(char.lower() for char in upper)
+
+
+@cache
+def _letter_class() -> str:
+    """Lowercase letters of the domain; everything else is removed from names, cities and states."""
+    return _char_class((c for c in domain_chars() if c.lower() == c and c.isalpha()), negate=True)
+
+
+# --- reference tables compiled from the same libraries normalize.py uses ------------------------
+
+
+@cache
+def country_table() -> tuple[tuple[str, str], ...]:
+    """Every text `normalize.country_code` accepts from the domain, lowercased, with its code."""
+    keys = set(normalize._COUNTRY_ALIASES)
+    for country in pycountry.countries:
+        keys |= {str(value).lower() for value in country._fields.values() if value is not None}
+    rows = []
+    for key in sorted(keys):
+        if key != key.strip() or not key or not in_domain(key):
+            continue
+        try:
+            rows.append((key, normalize.country_code(key)))
+        except normalize.InvalidValue:
+            continue
+    return tuple(rows)
+
+
+@cache
+def state_table() -> tuple[tuple[str, str, str], ...]:
+    """(country, letters of a subdivision name, code) where `normalize.state` maps a name to a code."""
+    rows = []
+    for country in pycountry.countries:
+        code = country.alpha_2.lower()
+        for name, short in normalize._subdivision_codes(code).items():
+            if name != short and in_domain(name):
+                rows.append((code, name, short))
+    return tuple(sorted(rows))
+
+
+# --- NANP validity, from libphonenumber's metadata ---------------------------------------------
+
+_DESCS: Final = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+                 "voicemail", "fixed_line", "mobile")  # fmt: skip
+
+
+def _portable_regex(pattern: str) -> str:
+    """libphonenumber's patterns in the syntax all four engines share (no `(?:`, `\\d`, `?`)."""
+    portable = pattern.replace("(?:", "(").replace("\\d", "[0-9]").replace("?", "{0,1}")
+    if re.search(r"[^0-9\[\]()|{},\-]", portable):
+        raise ValueError(f"unexpected construct in phone metadata: {pattern}")
+    return portable
+
+
+def _desc_pattern(desc: object) -> str | None:
+    """The pattern `_is_number_matching_desc` applies to a 10-digit national number; None: no match."""
+    pattern = getattr(desc, "national_number_pattern", None) if desc is not None else None
+    lengths = getattr(desc, "possible_length", ()) if desc is not None else ()
+    if not pattern or (lengths and 10 not in lengths):
+        return None
+    return _portable_regex(pattern)
+
+
+def _known_type(dialect: Dialect, number: str, region: str) -> str:
+    """SQL for `_number_type_helper(...) != UNKNOWN`: the general pattern and any specific type's."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    general = _desc_pattern(metadata.general_desc)
+    # One alternation instead of a test per type: it fully matches exactly when one of them does.
+    specific = [p for name in _DESCS if (p := _desc_pattern(getattr(metadata, name)))]
+    if general is None or not specific:
+        return "false"
+    union = "|".join(f"({pattern})" for pattern in specific)
+    general_sql = dialect.full_match(number, dialect.pattern(general))
+    return f"({general_sql} and {dialect.full_match(number, dialect.pattern(union))})"
+
+
+def nanp_valid(dialect: Dialect, number: str) -> str:
+    """SQL for `phonenumbers.is_valid_number(+1 number)`: the region is chosen as the library does."""
+    branches = []
+    for region in COUNTRY_CODE_TO_REGION_CODE[1]:
+        metadata = PhoneMetadata.metadata_for_region(region)
+        known = _known_type(dialect, number, region)
+        if metadata.leading_digits is not None:
+            lead = dialect.pattern(f"({_portable_regex(metadata.leading_digits)})[0-9]*")
+            branches.append(f"when {dialect.full_match(number, lead)} then {known}")
+        else:
+            branches.append(f"when {known} then true")
+    return f"(case {' '.join(branches)} else false end)"
+
+
+# --- per-key expressions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    dialect: Dialect
+    country: str  # SQL: the row's normalized country, NULL, or '!' when it is outside the domain
+    default_region: str | None
+
+    def lit(self, text: str) -> str:
+        return self.dialect.literal(text)
+
+    def lower(self, expr: str) -> str:
+        """Python's `str.lower` on the domain: SQL `lower` for ASCII (A-Z in every engine and
+        locale), an explicit `translate` table for the rest (slower, so only where needed)."""
+        if self.dialect.lower_matches_python:
+            return f"lower({expr})"
+        upper, lower = _case_maps()
+        ascii_lower = self.dialect.ascii_lower(expr)
+        translated = f"translate({expr}, {self.lit(upper)}, {self.lit(lower)})"
+        return f"(case when {self.match(expr, '[ -~]*')} then {ascii_lower} else {translated} end)"
+
+    def sha(self, expr: str) -> str:
+        return self.dialect.sha256_hex(expr)
+
+    def match(self, expr: str, regex: str) -> str:
+        return self.dialect.full_match(expr, self.dialect.pattern(regex))
+
+    def rule(self, rule: str) -> str:
+        return self.lit("!" + rule)
+
+    def letters(self, expr: str) -> str:
+        return self.dialect.replace_all(self.lower(expr), self.lit(_letter_class()))
+
+
+_EMAIL: Final = r"[^@ ]+@[^@ ]*[^.@ ][^@ ]*[.][^@ ]*[^.@ ][^@ ]*"
+
+
+def _email(ctx: _Ctx, t: str) -> str:
+    v = ctx.lower(t)
+    return f"case when {ctx.match(v, _EMAIL)} then {ctx.sha(v)} else {ctx.rule('invalid_email')} end"
+
+
+def _name_like(rule: str) -> Callable[[_Ctx, str], str]:
+    def expression(ctx: _Ctx, t: str) -> str:
+        letters = ctx.letters(t)
+        return f"case when {letters} = '' then {ctx.rule(rule)} else {ctx.sha(letters)} end"
+
+    return expression
+
+
+def _gender(ctx: _Ctx, t: str) -> str:
+    v = ctx.lower(t)
+    cases = []
+    for code in ("m", "f"):
+        words = ", ".join(ctx.lit(word) for word, value in normalize._GENDERS.items() if value == code)
+        cases.append(f"when {v} in ({words}) then {ctx.lit(sha256(code.encode()).hexdigest())}")
+    return f"case {' '.join(cases)} else {ctx.rule('invalid_gender')} end"
+
+
+def _external_id(ctx: _Ctx, t: str) -> str:
+    return ctx.sha(ctx.lower(t))
+
+
+def _calendar(ctx: _Ctx, year: str, month: str, day: str) -> str:
+    """`YYYYMMDD` hash if the parts form a real date from 1900 to this year, else invalid_date."""
+    as_int = ctx.dialect.int_type
+    y, m, d = (f"cast({part} as {as_int})" for part in (year, month, day))
+    leap = f"(mod({y}, 4) = 0 and (mod({y}, 100) <> 0 or mod({y}, 400) = 0))"
+    february = f"(case when {leap} then 29 else 28 end)"
+    days = f"(case when {m} = 2 then {february} when {m} in (4, 6, 9, 11) then 30 else 31 end)"
+    valid = f"{m} between 1 and 12 and {d} between 1 and {days}"
+    in_range = f"{y} between 1900 and extract(year from current_date)"
+    return (
+        f"case when {valid} and {in_range} then {ctx.sha(f'{year} || {month} || {day}')}"
+        f" else {ctx.rule('invalid_date')} end"
+    )
+
+
+def _birth_date(ctx: _Ctx, t: str) -> str:
+    def part(start: int, length: int) -> str:
+        return f"substr({t}, {start}, {length})"
+
+    iso = _calendar(ctx, part(1, 4), part(6, 2), part(9, 2))
+    compact = _calendar(ctx, part(1, 4), part(5, 2), part(7, 2))
+    return (
+        f"case when {ctx.match(t, '[0-9]{4}-[0-9]{2}-[0-9]{2}')} then {iso}"
+        f" when {ctx.match(t, '[0-9]{8}')} then {compact} else {ctx.rule(OUT_OF_DOMAIN)} end"
+    )
+
+
+def _zip(ctx: _Ctx, t: str) -> str:
+    z = f"replace(replace({ctx.lower(t)}, ' ', ''), '-', '')"
+    return (
+        f"case when not {ctx.match(z, '[a-z0-9]+')} then {ctx.rule('invalid_zip')}"
+        f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" when ({ctx.country} = 'us' or {ctx.country} is null) and {ctx.match(z, '[0-9]{5}([0-9]{4}){0,1}')}"
+        f" then {ctx.sha(f'substr({z}, 1, 5)')} else {ctx.sha(z)} end"
+    )
+
+
+def _state(ctx: _Ctx, t: str) -> str:
+    letters = ctx.letters(t)
+    return (
+        f"case when {letters} = '' then {ctx.rule('invalid_state')}"
+        f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" else {ctx.sha(f'coalesce({PREFIX}states.code, {letters})')} end"
+    )
+
+
+def _phone(ctx: _Ctx, t: str) -> str:
+    digits = ctx.dialect.replace_all(t, ctx.lit("[^0-9]"))
+    significant = f"ltrim({digits}, '0')"
+    default = ctx.lit(ctx.default_region.lower()) if ctx.default_region else "null"
+    region = f"coalesce({ctx.country}, {default})"
+    national = f"right({digits}, 10)"
+    out = ctx.rule(OUT_OF_DOMAIN)
+    with_code = (
+        f"case when {ctx.match(significant, '1[2-9][0-9]{9}')} then {ctx.sha(significant)} else {out} end"
+    )
+    with_one = ctx.sha(f"'1' || {national}")
+    nanp = (
+        f"case when {ctx.match(t, '[0-9 ().-]+')} and {ctx.match(digits, '1{0,1}[2-9][0-9]{9}')}"
+        f" and {nanp_valid(ctx.dialect, national)} then {with_one} else {out} end"
+    )
+    return (
+        f"case when {digits} = '' then {ctx.rule('invalid_phone')}"
+        f" when {ctx.country} = '!' then {out}"
+        f" when substr({t}, 1, 1) = '+' or substr({digits}, 1, 2) = '00' or {region} is null then {with_code}"
+        f" when {region} in ('us', 'ca') then {nanp} else {out} end"
+    )
+
+
+_EXPRESSIONS: Final[dict[str, Callable[[_Ctx, str], str]]] = {
+    "em": _email,
+    "ph": _phone,
+    "fn": _name_like("invalid_name"),
+    "ln": _name_like("invalid_name"),
+    "ge": _gender,
+    "db": _birth_date,
+    "ct": _name_like("invalid_city"),
+    "st": _state,
+    "zp": _zip,
+    "external_id": _external_id,
+}
+
+
+def _value_sql(ctx: _Ctx, key: str, raw: str, kind: str | None) -> str:
+    """The computed column for one key: digest, NULL, or '!rule'. `raw` is the column reference."""
+    dialect = ctx.dialect
+    if kind == "date":
+        in_range = f"extract(year from {raw}) between 1900 and extract(year from current_date)"
+        digest = ctx.sha(dialect.date_digits(raw))
+        invalid = ctx.rule("invalid_date")
+        return f"case when {raw} is null then null when {in_range} then {digest} else {invalid} end"
+    text = f"cast({raw} as {dialect.text_type})"
+    if key == "zp" and kind == "integer":  # `normalize.zip_code` zero-pads integers to five digits
+        text = f"(case when {raw} < 100000 then lpad({text}, 5, '0') else {text} end)"
+    domain = "[ -~]*" if key in _ASCII_ONLY else _char_class(domain_chars()) + "*"
+    t = f"trim({text})"
+    negative = f"when {raw} < 0 then {ctx.rule(OUT_OF_DOMAIN)} " if kind == "integer" else ""
+    return (
+        f"case when {raw} is null then null {negative}"
+        f"when not {ctx.match(text, domain)} then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" when {t} = '' then null"
+        f" when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
+        f" else {_EXPRESSIONS[key](ctx, t)} end"
+    )
+
+
+def _country_sql(ctx: _Ctx, raw: str, kind: str | None) -> tuple[str, str]:
+    """(plain code for other keys: code, NULL or '!'; the computed country column)."""
+    text = f"cast({raw} as {ctx.dialect.text_type})"
+    t = f"trim({text})"
+    outside = f"not {ctx.match(text, _char_class(domain_chars()) + '*')}"
+    code = f"{PREFIX}countries.code"
+    plain = (
+        f"case when {raw} is null then null when {outside} then '!' when {t} = '' then null else {code} end"
+    )
+    hashed = (
+        f"case when {raw} is null then null when {outside} then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" when {t} = '' then null when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
+        f" when {code} is null then {ctx.rule('unknown_country')} else {ctx.sha(code)} end"
+    )
+    return plain, hashed
+
+
+# --- the wrapped query ------------------------------------------------------------------------
+
+_KINDS: Final = {"string", "integer"}
+
+
+@dataclass(frozen=True)
+class PushdownPlan:
+    keys: tuple[str, ...]
+    sources: dict[str, str]  # key -> the column it reads
+    kept: tuple[str, ...]  # columns that still leave the warehouse, as the query returns them
+
+    def wrap(
+        self,
+        query: str,
+        dialect_name: str,
+        kinds: dict[str, str | None],
+        *,
+        default_phone_region: str | None,
+    ) -> str:
+        dialect = DIALECT[dialect_name]
+        q = dialect.quote
+        country_source = self.sources.get("country")
+        cc = f"{PREFIX}src.{q(PREFIX + 'cc')}"
+        ctx = _Ctx(dialect, cc, default_phone_region)
+        inner_select = [f"{PREFIX}in.*"]
+        inner_joins = ""
+        if country_source is not None:
+            raw = f"{PREFIX}in.{q(country_source)}"
+            plain, hashed = _country_sql(ctx, raw, kinds.get(country_source))
+            inner_select += [f"{plain} as {q(PREFIX + 'cc')}", f"{hashed} as {q(pushed_column('country'))}"]
+            key = ctx.lower(f"trim(cast({raw} as {dialect.text_type}))")
+            table = dialect.table(f"{PREFIX}countries", ("name", "code"), country_table())
+            inner_joins = f" left join {table} on {PREFIX}countries.name = {key}"
+        else:
+            inner_select.append(f"cast(null as {dialect.text_type}) as {q(PREFIX + 'cc')}")
+        outer_select = [f"{PREFIX}src.{q(column)}" for column in self.kept]
+        outer_joins = ""
+        for key in self.keys:
+            if key == "country":
+                outer_select.append(f"{PREFIX}src.{q(pushed_column(key))}")
+                continue
+            raw = f"{PREFIX}src.{q(self.sources[key])}"
+            outer_select.append(
+                f"{_value_sql(ctx, key, raw, kinds.get(self.sources[key]))} as {q(pushed_column(key))}"
+            )
+            if key == "st":
+                letters = ctx.letters(f"trim(cast({raw} as {dialect.text_type}))")
+                table = dialect.table(f"{PREFIX}states", ("country", "name", "code"), state_table())
+                outer_joins += (
+                    f" left join {table} on {PREFIX}states.country = coalesce({cc}, 'us')"
+                    f" and {PREFIX}states.name = {letters}"
+                )
+        sql = (
+            f"select {', '.join(outer_select)} from (select {', '.join(inner_select)}"
+            f" from ({query}) as {PREFIX}in{inner_joins}) as {PREFIX}src{outer_joins}"
+        )
+        if re.search(r":\w", sql):  # SQLAlchemy's text() would read it as a bind parameter
+            raise PushdownError(["pushdown: generated SQL contains ':' before a word character"])
+        return sql
+
+
+def plan(
+    spec: MappingSpec,
+    kinds: dict[str, str | None],
+    *,
+    dialect: str | None,
+    hash_external_id: bool,
+    hashing_required: bool,
+    preset: str | None,
+    other_columns: dict[str, str],
+) -> PushdownPlan:
+    """Check that `spec` can be pushed down against these columns; raise with every reason at once.
+
+    `other_columns` maps each other use of a column (cursor, primary key, ...) to the column: a
+    pushed column used elsewhere would leave the warehouse plain, so that is an error.
+    """
+    from capi_sync.mappings.sources import resolve_column  # noqa: PLC0415 (avoids an import cycle)
+
+    errors: list[str] = []
+    if dialect not in DIALECTS:
+        errors.append(
+            f"pushdown: supported on {', '.join(DIALECTS)} (this warehouse is {dialect or 'unknown'})"
+        )
+    if not hashing_required:
+        errors.append("pushdown: needs hashing_required: true (it is the hashing that moves)")
+    if preset is not None:
+        errors.append("pushdown: not available with a preset, whose fields read nested paths")
+    columns = list(kinds)
+    keys = pushed_keys(spec, hash_external_id=hash_external_id)
+    sources: dict[str, str] = {}
+    for key in keys:
+        where = f"mapping.customer_info.{key}"
+        source: FieldSource = spec.customer_info[key]
+        name = (
+            source if isinstance(source, str) else source.column if isinstance(source, ColumnSource) else None
+        )
+        index = resolve_column(name, columns) if name is not None else None
+        if index is None:
+            errors.append(
+                f"pushdown: {where} must name a column of the query (not a path, value or combination)"
+            )
+            continue
+        column = columns[index]
+        kind = kinds[column]
+        allowed = _KINDS | ({"date"} if key == "db" else set())
+        if kind not in allowed:
+            kind_name = kind or "unknown"
+            errors.append(
+                f"pushdown: {where} reads '{column}' of kind {kind_name} (cast it to text in the query)"
+            )
+            continue
+        if column.startswith(PREFIX):
+            errors.append(f"pushdown: column names starting with '{PREFIX}' are reserved ({column})")
+        sources[key] = column
+    pushed_columns = set(sources.values())
+    for use, name in other_columns.items():
+        parts = name.split(".")
+        found = (resolve_column(".".join(parts[:cut]), columns) for cut in range(len(parts), 0, -1))
+        index = next((i for i in found if i is not None), None)
+        if index is not None and columns[index] in pushed_columns:
+            errors.append(
+                f"pushdown: column '{columns[index]}' is hashed in the warehouse but {use} also reads it"
+            )
+    if errors:
+        raise PushdownError(errors)
+    kept = tuple(column for column in columns if column not in pushed_columns)
+    return PushdownPlan(keys, sources, kept)
+
+
+def referenced_names(source: FieldSource) -> list[str]:
+    """Every column name or path a field source reads (for the 'used elsewhere' check)."""
+    if isinstance(source, str):
+        return [source]
+    if isinstance(source, ColumnSource):
+        return [source.column]
+    found: list[str] = []
+    for attribute in ("first_of", "all_of"):
+        for inner in getattr(source, attribute, ()) or ():
+            found += referenced_names(inner)
+    inner = getattr(source, "lookup", None)
+    if inner is not None:
+        found += referenced_names(inner)
+    return found
