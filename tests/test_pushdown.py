@@ -25,6 +25,7 @@ from capi_sync.mappings import pushdown
 from capi_sync.runner import prepare
 from tests.conftest import TOKEN, cli
 from tests.fake_graph import FakeGraph
+from tests.test_warehouses import PIPELINES as WAREHOUSE_PIPELINES
 from tests.test_warehouses import project, rows, warehouse  # noqa: F401 (fixtures)
 
 KEYS = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
@@ -294,32 +295,12 @@ def test_every_warehouse_sends_the_python_paths_bytes(
     ]
     warehouse.insert(values)
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
-    text = textwrap.dedent(f"""
-        warehouses:
-          wh: {warehouse.yaml}
-        destinations:
-          meta: {{pixel_id: "123456789", access_token: "${{FB_ACCESS_TOKEN}}", graph_url: "{graph.url}"}}
-        pipelines:
-          plain: &pipeline
-            warehouse: wh
-            destination: meta
-            query: select * from orders
-            primary_key: order_id
-            cursor: updated_at
-            settle_delay: 0
-            settings: {{action_source: website, default_phone_region: US}}
-            mapping:
-              server_event: {{event_name: {{value: Purchase}}, event_time: created_at, event_source_url: page_url}}
-              customer_info: {{em: email, ph: phone, country: country, client_ip_address: ip,
-                              client_user_agent: user_agent}}
-              custom_data: {{value: amount, currency: currency}}
-          hashed_in_warehouse:
-            <<: *pipeline
-            pushdown: true
-        """)
+    # The warehouse tests' pipeline, plus the same pipeline hashing in the warehouse.
+    text = textwrap.dedent(WAREHOUSE_PIPELINES.format(warehouse=warehouse.yaml, graph_url=graph.url))
+    text += "  hashed_in_warehouse:\n    <<: *pipeline\n    pushdown: true\n"
     path = tmp_path / "both.yaml"
     path.write_text(text)
-    for name in ("plain", "hashed_in_warehouse"):
+    for name in ("purchases", "hashed_in_warehouse"):
         assert cli("run", name, "-f", str(path)) == 0
     by_pipeline: dict[str, dict[str, dict[str, Any]]] = {"plain": {}, "pd": {}}
     ids_seen: dict[str, list[str]] = {}
@@ -366,27 +347,8 @@ def test_pushdown_refuses_warehouses_without_a_dialect(
     import sqlite3
 
     with sqlite3.connect(database) as con:
-        con.execute("create table people (id integer, email text)")
-    path = tmp_path / "p.yaml"
-    path.write_text(
-        textwrap.dedent(f"""
-        warehouses:
-          wh: {{type: sqlalchemy, url: 'sqlite:///{database}'}}
-        destinations:
-          meta: {{pixel_id: "1", access_token: tok}}
-        pipelines:
-          people:
-            warehouse: wh
-            destination: meta
-            query: select * from people
-            primary_key: id
-            pushdown: true
-            settings: {{action_source: website}}
-            mapping:
-              server_event: {{event_name: {{value: Purchase}}, event_time: {{value: 1700000000}}}}
-              customer_info: {{em: email}}
-        """)
-    )
+        con.execute(f"create table people (id integer, {', '.join(COLUMNS.values())})")
+    path = project_file(tmp_path, f"{{type: sqlalchemy, url: 'sqlite:///{database}'}}", pushdown_on=True)
     assert cli("validate", "-f", str(path)) != 0
     output = capsys.readouterr()
     assert "pushdown: supported on duckdb, postgres, snowflake, bigquery (this warehouse is sqlite)" in (
