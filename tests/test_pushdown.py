@@ -65,8 +65,15 @@ def messy_rows(count: int, seed: int) -> list[tuple[Any, ...]]:
     ]  # fmt: skip
 
 
-def project_file(tmp_path: Path, warehouse_yaml: str, *, pushdown_on: bool, extra: str = "") -> Path:
-    customer_info = ", ".join(f"{key}: {column}" for key, column in COLUMNS.items())
+def project_file(
+    tmp_path: Path,
+    warehouse_yaml: str,
+    *,
+    pushdown_on: bool,
+    extra: str = "",
+    columns: dict[str, str] = COLUMNS,
+) -> Path:
+    customer_info = ", ".join(f"{key}: {column}" for key, column in columns.items())
     path = tmp_path / f"pipelines_{pushdown_on}.yaml"
     path.write_text(
         textwrap.dedent(f"""
@@ -226,16 +233,11 @@ def test_typed_columns_integer_zip_phone_and_date_birthdays(tmp_path: Path) -> N
             " from range(40) t(i)"
         )
     extra = "custom_data: {}"
-    files = []
-    for on in (False, True):
-        file = project_file(tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=on, extra=extra)
-        text = file.read_text()
-        text = text.replace(
-            file.read_text().split("customer_info: ")[1].split("\n")[0],
-            "{em: email, ph: phone, zp: zip, db: birth_date, country: country}",
-        )
-        file.write_text(text)
-        files.append(file)
+    typed = {key: COLUMNS[key] for key in ("em", "ph", "zp", "db", "country")}
+    files = [
+        project_file(tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=on, extra=extra, columns=typed)
+        for on in (False, True)
+    ]
     python, _ = mapped_users(files[0])
     pushed, _ = mapped_users(files[1])
     for row_id, (user, rules) in python.items():
