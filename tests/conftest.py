@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import faulthandler
 import os
 import subprocess
 import sys
@@ -20,6 +21,23 @@ from tests.fake_graph import FakeGraph
 from tests.postgres import create_database, postgres_server
 
 TOKEN = "EAAB-secret-token-9f8e7d6c5b4a"
+EXIT_GRACE_SECONDS = 60
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Never let a thread or process a test left behind hold the suite open after it finished.
+
+    Interpreter exit joins non-daemon threads; one stuck there would hang CI silently until its
+    time limit. After the grace period this prints every thread's stack and fails the run instead.
+    """
+
+    def exit_if_stuck() -> None:
+        time.sleep(EXIT_GRACE_SECONDS)
+        sys.stderr.write(f"\nthe test process did not exit {EXIT_GRACE_SECONDS}s after the tests ended:\n")
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(int(exitstatus) or 1)
+
+    threading.Thread(target=exit_if_stuck, name="exit-watchdog", daemon=True).start()
 
 
 @pytest.fixture

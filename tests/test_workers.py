@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import random
 import signal
+import threading
+import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +16,10 @@ import duckdb
 import pytest
 
 from capi_sync import parallel
+from capi_sync.config import load_config
+from capi_sync.connectors import open_source
+from capi_sync.errors import WorkerError
+from capi_sync.runner import prepare
 from capi_sync.state import StateStore
 from tests.conftest import TOKEN, cli, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph, error_reply
@@ -108,15 +116,15 @@ def test_auto_maps_the_first_rows_in_process_then_on_workers(
     reset(project, graph)
 
     submitted: list[int] = []
-    original_submit = parallel.ProcessPoolExecutor.submit
+    original_send = parallel._Worker.send
 
-    def counting_submit(self: Any, function: Any, rows: list[Any]) -> Any:
+    def counting_send(self: Any, rows: list[Any]) -> None:
         submitted.append(len(rows))
-        return original_submit(self, function, rows)
+        original_send(self, rows)
 
     monkeypatch.setattr(parallel, "AUTO_WORKERS_AFTER", 1000)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
-    monkeypatch.setattr(parallel.ProcessPoolExecutor, "submit", counting_submit)
+    monkeypatch.setattr(parallel._Worker, "send", counting_send)
     assert cli("run", "purchases") == 0  # workers: auto is the default
     assert outcome(project, graph) == serial
     assert sum(submitted) == 2600 - 1001, "1,000 rows in-process, the switching row too, the rest on workers"
@@ -153,3 +161,33 @@ def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_nothing_is_lost(
     ids = Counter(event["event_id"] for event in graph.accepted_events)
     assert len(ids) == 20_000
     assert set(ids.values()) == {1}
+
+
+def test_a_worker_killed_at_any_moment_stops_the_mapping_and_never_hangs(project: Path) -> None:
+    """Kills land at random moments, some halfway through a worker writing a result to this process.
+
+    Each must end the mapping with WorkerError and leave no process behind; a kill that left a
+    half-written message (or a lock) behind once hung `ProcessPoolExecutor` until CI gave up.
+    """
+    pipeline = load_config(project).pipeline("purchases")
+    with open_source(load_config(project).warehouse_of(pipeline)) as source:
+        columns = prepare(pipeline, source).columns
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        rows = con.execute("select * from orders order by order_id").fetchall()
+    assert len(rows[0]) == len(columns)
+    chance = random.Random(8)
+    for delay in [0.0, *(chance.uniform(0.0, 0.05) for _ in range(3))]:
+        mapper = parallel.ParallelMapper(pipeline, columns, 2)
+        mapped = mapper.map_in_order((row, None) for row in itertools.cycle(rows))
+        next(mapped)  # both workers are up and mapping
+        victim = mapper._workers[chance.randrange(2)].process
+        killer = threading.Timer(delay, os.kill, (victim.pid, signal.SIGKILL))
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(WorkerError, match="died"):
+            for _ in mapped:
+                pass
+        killer.join()
+        mapper.close()
+        assert time.monotonic() - started < 30
+        assert not [worker for worker in multiprocessing.active_children() if worker.is_alive()]
