@@ -60,8 +60,8 @@ def _serve(conn: Connection, pipeline: PipelineConfig, columns: list[str]) -> No
         from capi_sync.runner import mapper_for  # noqa: PLC0415 (the runner imports this module)
 
         mapper = mapper_for(pipeline, columns)
-    except BaseException:  # whatever it was, the parent reports it
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as exc:  # whatever it was, the parent reports it
+        conn.send(("error", _failure(exc)))
         return
     # Blocks are drained from the socket as they arrive, so the parent's send never waits on a
     # worker that is itself waiting for the parent to read its result.
@@ -70,12 +70,16 @@ def _serve(conn: Connection, pipeline: PipelineConfig, columns: list[str]) -> No
     while (rows := blocks.get()) is not None:
         try:
             reply: tuple[str, Any] = ("ok", _map_block(mapper, rows))
-        except Exception:  # a mapper bug stops the run with its traceback
-            reply = ("error", traceback.format_exc())
+        except Exception as exc:  # a mapper bug stops the run with its traceback
+            reply = ("error", _failure(exc))
         try:
             conn.send(reply)
         except OSError:  # the parent stopped the run and hung up
             return
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
 def _receive_all(conn: Connection, blocks: queue.SimpleQueue[list[tuple[Any, ...]] | None]) -> None:
@@ -127,9 +131,7 @@ class _Worker:
         except (EOFError, OSError) as exc:
             raise WorkerError(DIED) from exc
         if status == "error":
-            last_line = value.strip().splitlines()[-1]
-            msg = f"a worker process failed to map rows: {last_line}\n{value}"
-            raise WorkerError(msg)
+            raise WorkerError(f"a worker process failed to map rows: {value}")
         return value
 
     def stop(self, *, kill: bool) -> None:

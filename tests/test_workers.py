@@ -191,3 +191,14 @@ def test_a_worker_killed_at_any_moment_stops_the_mapping_and_never_hangs(project
         mapper.close()
         assert time.monotonic() - started < 30
         assert not [worker for worker in multiprocessing.active_children() if worker.is_alive()]
+
+
+def test_a_worker_that_cannot_build_the_mapping_says_why(project: Path) -> None:
+    pipeline = load_config(project).pipeline("purchases")
+    mapper = parallel.ParallelMapper(pipeline, ["not_the_query_columns"], 1)
+    try:
+        with pytest.raises(WorkerError, match=r"failed to map rows: .*ConfigError"):
+            list(mapper.map_in_order(iter([(("x",), None)])))
+    finally:
+        mapper.close()
+    assert not multiprocessing.active_children()
