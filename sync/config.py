@@ -227,7 +227,8 @@ class PipelineConfig(BaseModel):
     timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(10_000, ge=1)
     # Processes that map rows (CPU-bound work): "auto" starts one per core (up to 4) once a run has
-    # read AUTO_WORKERS_AFTER rows, so small runs never pay for them; 1 maps in the run's own process.
+    # read AUTO_WORKERS_AFTER rows and uses them once they are up, so small runs never pay for them
+    # and no run waits for them; 1 maps in the run's own process.
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     # Normalize and hash customer information in the warehouse's SQL: plain PII never leaves it.
     pushdown: bool = False

@@ -17,6 +17,7 @@ here): the dict never crosses the process boundary and is never serialized twice
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -41,11 +42,11 @@ if TYPE_CHECKING:
     from capi_sync.mappings.mapper import EventMapper, MappedRow
 
 BLOCK_ROWS = 500  # rows per task: large enough to amortize the hand-off, small enough to stay lean
-AUTO_WORKERS_AFTER = 20_000  # `workers: auto` maps this many rows in-process before starting workers
+AUTO_WORKERS_AFTER = 5_000  # `workers: auto` starts workers after this many rows (small runs never pay)
 AUTO_MAX_WORKERS = 4
 BLOCKS_AHEAD_PER_WORKER = 2  # one mapping, one waiting: workers never idle, memory stays bounded
-STOP_GRACE_SECONDS = 5.0
 WORKER_SWITCH_INTERVAL = 0.0005  # seconds
+READY_POLL_EVERY = 500  # rows mapped in-process between two looks at whether the workers are up
 DIED = "a worker process that builds events died (killed? out of memory?); run again, or set workers: 1"
 
 
@@ -60,8 +61,10 @@ def _serve(conn: Connection, pipeline: PipelineConfig, columns: list[str]) -> No
         from capi_sync.runner import mapper_for  # noqa: PLC0415 (the runner imports this module)
 
         mapper = mapper_for(pipeline, columns)
-    except BaseException as exc:  # whatever it was, the parent reports it
-        conn.send(("error", _failure(exc)))
+        conn.send(("ready", None))
+    except BaseException as exc:  # whatever it was, the parent reports it (if it still listens)
+        with contextlib.suppress(OSError):
+            conn.send(("error", _failure(exc)))
         return
     # Blocks are drained from the socket as they arrive, so the parent's send never waits on a
     # worker that is itself waiting for the parent to read its result.
@@ -115,6 +118,7 @@ class _Worker:
         )
         self.process.start()
         child_end.close()  # only the worker holds it now: its death is end of file here
+        self.ready = False  # set once the worker has built its mapping
 
     def send(self, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -123,25 +127,37 @@ class _Worker:
             raise WorkerError(DIED) from exc
 
     def receive(self) -> list[MappedRow]:
-        # Wait on the socket and the process together: either data (a whole result, or the end of
-        # file a death leaves) or the death itself ends the wait.
-        wait([self.conn, self.process.sentinel])
+        while True:
+            # Wait on the socket and the process together: either data (a whole message, or the
+            # end of file a death leaves) or the death itself ends the wait.
+            wait([self.conn, self.process.sentinel])
+            if (result := self._message()) is not None:
+                return result
+
+    def poll_ready(self) -> bool:
+        """Whether the worker has built its mapping; never waits."""
+        while not self.ready and self.conn.poll():
+            self._message()
+        return self.ready
+
+    def _message(self) -> list[MappedRow] | None:
         try:
             status, value = self.conn.recv()
         except (EOFError, OSError) as exc:
             raise WorkerError(DIED) from exc
         if status == "error":
             raise WorkerError(f"a worker process failed to map rows: {value}")
+        if status == "ready":
+            self.ready = True
+            return None
         return value
 
-    def stop(self, *, kill: bool) -> None:
-        self.conn.close()  # a healthy worker reads end of file and returns
-        if kill:
-            self.process.kill()
-        self.process.join(STOP_GRACE_SECONDS)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+    def stop(self) -> None:
+        # Killed, not asked: whatever it still holds was not wanted (the run is over or stopping),
+        # and a worker still importing would otherwise keep the run waiting.
+        self.conn.close()
+        self.process.kill()
+        self.process.join()
 
 
 def plan_workers(setting: int | str) -> tuple[int, int]:
@@ -154,53 +170,65 @@ def plan_workers(setting: int | str) -> tuple[int, int]:
 
 
 class ParallelMapper:
-    """`map_in_order(rows)` maps `(row, cursor)` pairs on `workers` processes, in read order."""
+    """`map_in_order(rows)` maps `(row, cursor)` pairs on `workers` processes, in read order.
+
+    Workers take a second or so to start (a fresh interpreter imports capi-sync and compiles the
+    mapping). With `after` > 0 (`workers: auto`) they start once `after` rows were mapped and the
+    run keeps mapping in-process until they are ready, so it never waits for them; with `after`
+    = 0 (`workers: N`) every row is mapped on the workers.
+    """
 
     def __init__(self, pipeline: PipelineConfig, columns: list[str], workers: int, *, after: int = 0) -> None:
-        self.after = after  # rows mapped in-process before the first worker starts
+        self.after = after  # rows mapped in-process before the workers start
         self._pipeline, self._columns, self._count = pipeline, columns, workers
-        # Workers start on the first block, so a run that never reaches `after` starts none.
-        self._workers: list[_Worker] = []
-        self._outstanding = 0  # blocks sent and not yet received back
-        self._sent = 0
+        self._workers: list[_Worker] = []  # a run that never reaches `after` starts none
+        self._asked = 0
+
+    def ready(self) -> bool:
+        """Start the workers if need be; True once all can take rows (at once when `after` is 0)."""
+        if not self._workers:
+            self._workers = [_Worker(self._pipeline, self._columns) for _ in range(self._count)]
+        if self.after == 0:
+            return True  # blocks queue on the socket meanwhile
+        self._asked += 1
+        if self._asked % READY_POLL_EVERY != 1:  # a poll is a system call: not on every row
+            return False
+        return all(worker.poll_ready() for worker in self._workers)
 
     def map_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
+        if not self._workers:
+            self.ready()
         pending: deque[tuple[_Worker, list[Any]]] = deque()
         block: list[tuple[Any, ...]] = []
         cursors: list[Any] = []
+        ahead = BLOCKS_AHEAD_PER_WORKER * self._count
+        sent = 0
         for row, cursor in rows:
             block.append(tuple(row))
             cursors.append(cursor)
             if len(block) >= BLOCK_ROWS:
-                pending.append((self._send(block), cursors))
+                pending.append((self._send(sent, block), cursors))
+                sent += 1
                 block, cursors = [], []
-                ahead = BLOCKS_AHEAD_PER_WORKER * self._count
                 while len(pending) > ahead or (pending and pending[0][0].conn.poll()):
-                    yield from self._receive(*pending.popleft())
+                    yield from _unpack(*pending.popleft())
         if block:
-            pending.append((self._send(block), cursors))
+            pending.append((self._send(sent, block), cursors))
         while pending:
-            yield from self._receive(*pending.popleft())
+            yield from _unpack(*pending.popleft())
 
-    def _send(self, block: list[tuple[Any, ...]]) -> _Worker:
-        if not self._workers:
-            self._workers = [_Worker(self._pipeline, self._columns) for _ in range(self._count)]
-        worker = self._workers[self._sent % self._count]
-        self._sent += 1
-        self._outstanding += 1
+    def _send(self, number: int, block: list[tuple[Any, ...]]) -> _Worker:
+        worker = self._workers[number % self._count]
         worker.send(block)
         return worker
 
-    def _receive(self, worker: _Worker, cursors: list[Any]) -> Iterator[tuple[MappedRow, Any]]:
-        mapped_rows = worker.receive()
-        self._outstanding -= 1
-        fragment: Callable[[bytes], Any] = orjson.Fragment
-        for mapped, cursor in zip(mapped_rows, cursors, strict=True):
-            yield (mapped if mapped.event is None else mapped._replace(event=fragment(mapped.event))), cursor
-
     def close(self) -> None:
-        """Stop every worker; one still holding blocks (the run stopped early) is killed, not awaited."""
-        kill = self._outstanding > 0
         for worker in self._workers:
-            worker.stop(kill=kill)
+            worker.stop()
         self._workers = []
+
+
+def _unpack(worker: _Worker, cursors: list[Any]) -> Iterator[tuple[MappedRow, Any]]:
+    fragment: Callable[[bytes], Any] = orjson.Fragment
+    for mapped, cursor in zip(worker.receive(), cursors, strict=True):
+        yield (mapped if mapped.event is None else mapped._replace(event=fragment(mapped.event))), cursor

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import itertools
 import threading
 import time
 from collections import deque
@@ -440,9 +441,8 @@ class _Run:
         """Rows become events here, in read order: on this process, or on `workers` processes."""
         map_row, parallel = self.mapper.map_row, self.parallel
         for row, cursor in rows:
-            if parallel is not None and self.rows_mapped >= parallel.after:
-                yield map_row(row), cursor  # the row already taken from `rows`
-                yield from parallel.map_in_order(rows)
+            if parallel is not None and self.rows_mapped >= parallel.after and parallel.ready():
+                yield from parallel.map_in_order(itertools.chain([(row, cursor)], rows))
                 return
             self.rows_mapped += 1
             yield map_row(row), cursor

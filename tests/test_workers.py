@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import random
 import signal
@@ -108,12 +109,11 @@ def test_a_failed_parallel_run_resumes_exactly(project: Path, graph: FakeGraph) 
     assert set(ids.values()) == {1}, "every event accepted exactly once across the two runs"
 
 
-def test_auto_maps_the_first_rows_in_process_then_on_workers(
+def test_auto_maps_in_process_until_the_workers_are_ready(
     project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert cli("run", "purchases", "--workers", "1") == 0
     serial = outcome(project, graph)
-    reset(project, graph)
 
     submitted: list[int] = []
     original_send = parallel._Worker.send
@@ -122,12 +122,28 @@ def test_auto_maps_the_first_rows_in_process_then_on_workers(
         submitted.append(len(rows))
         original_send(self, rows)
 
+    def ready_once_started(self: Any) -> bool:  # as if the workers started instantly
+        multiprocessing.connection.wait([self.conn])
+        return original_poll_ready(self)
+
+    original_poll_ready = parallel._Worker.poll_ready
     monkeypatch.setattr(parallel, "AUTO_WORKERS_AFTER", 1000)
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
     monkeypatch.setattr(parallel._Worker, "send", counting_send)
+
+    monkeypatch.setattr(parallel._Worker, "poll_ready", ready_once_started)
+    reset(project, graph)
     assert cli("run", "purchases") == 0  # workers: auto is the default
     assert outcome(project, graph) == serial
-    assert sum(submitted) == 2600 - 1001, "1,000 rows in-process, the switching row too, the rest on workers"
+    assert sum(submitted) == 2600 - 1000, "1,000 rows in-process, the rest on workers"
+
+    monkeypatch.setattr(parallel._Worker, "poll_ready", lambda _self: False)  # workers never come up
+    reset(project, graph)
+    submitted.clear()
+    assert cli("run", "purchases") == 0, "the run never waits for its workers"
+    assert outcome(project, graph) == serial
+    assert submitted == []
+    assert not multiprocessing.active_children(), "workers that were never used are stopped too"
 
 
 def test_plan_workers() -> None:
