@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from capi_sync.mappings.mapper import EventMapper, MappedRow
 
 BLOCK_ROWS = 500  # rows per task: large enough to amortize the hand-off, small enough to stay lean
-AUTO_WORKERS_AFTER = 5_000  # `workers: auto` starts workers after this many rows (small runs never pay)
+AUTO_WORKERS_AFTER = 10_000  # `workers: auto` starts workers past this many rows (small runs never pay)
 AUTO_MAX_WORKERS = 4
 BLOCKS_AHEAD_PER_WORKER = 2  # one mapping, one waiting: workers never idle, memory stays bounded
 WORKER_SWITCH_INTERVAL = 0.0005  # seconds
