@@ -112,6 +112,7 @@ def test_a_failed_parallel_run_resumes_exactly(project: Path, graph: FakeGraph) 
 def test_auto_maps_in_process_until_the_workers_are_ready(
     project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    one_request_at_a_time(project)  # concurrent requests may reach the fake server in any order
     assert cli("run", "purchases", "--workers", "1") == 0
     serial = outcome(project, graph)
 
