@@ -161,7 +161,7 @@ class _Worker:
 
 
 def plan_workers(setting: int | str) -> tuple[int, int]:
-    """(worker processes, rows to map in-process first) for a `workers` setting."""
+    """(worker processes, rows mapped before they start) for a `workers` setting."""
     if setting == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = min(cores, AUTO_MAX_WORKERS)
