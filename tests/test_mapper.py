@@ -12,6 +12,7 @@ import pytest
 from capi_sync.errors import ConfigError
 from capi_sync.mappings.mapper import MappedRow, MapperOptions, compile_mapping, derive_event_id
 from capi_sync.mappings.spec import MappingSpec
+from capi_sync.mappings.values import unix_seconds
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
 COLUMNS = [
@@ -87,6 +88,19 @@ EPOCH = int(dt.datetime(2026, 11, 20, 11, 0, tzinfo=dt.UTC).timestamp())
 )
 def test_event_time_becomes_unix_seconds(raw: Any) -> None:
     assert ok(mapper().map_row(row(ts=raw)))["event_time"] == EPOCH
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/New_York"])
+def test_unix_seconds_shortcuts_agree_with_timestamp(zone: str) -> None:
+    """Naive values in UTC and aware values skip `replace(...).timestamp()`: same seconds, always."""
+    tz = ZoneInfo(zone)
+    moments = [dt.datetime(1969, 12, 31, 23, 59, 59, 999_999), dt.datetime(1900, 3, 1, 0, 0, 0, 1),
+               dt.datetime(2026, 10, 25, 2, 30), dt.datetime(2026, 11, 20, 11, 0, 0, 500_000)]  # fmt: skip
+    for moment in moments:
+        assert unix_seconds(moment, tz) == int(moment.replace(tzinfo=tz).timestamp())
+        for other in (dt.UTC, ZoneInfo("Asia/Kolkata"), dt.timezone(dt.timedelta(hours=-3, minutes=-30))):
+            aware = moment.replace(tzinfo=other)
+            assert unix_seconds(aware, tz) == int(aware.timestamp())
 
 
 def test_event_time_from_a_date_is_midnight() -> None:

@@ -139,40 +139,74 @@ def test_the_us_canada_fast_path_parses_exactly_like_phonenumbers() -> None:
     for _ in range(20_000):
         text = _random_nanp_text(rng)
         digits = "".join(ch for ch in text if ch.isdigit())
-        for region in ("US", "CA"):
-            fast = normalize._nanp_national(text, digits, region)
+        for region, international in (("US", False), ("CA", False), (None, True)):
+            if international:
+                text = rng.choice(["+", "+ ", "00", "+00"]) + text
+                digits = "".join(ch for ch in text if ch.isdigit())
+            fast = normalize._nanp_significant(text, digits, region, international)
             if fast is None:
                 continue
             checked += 1
-            slow = phonenumbers.parse(text, region)
-            assert (fast.country_code, fast.national_number, fast.italian_leading_zero, fast.extension) == (
+            if international:
+                slow = phonenumbers.parse("+" + digits.lstrip("0"), None)
+            else:
+                slow = phonenumbers.parse(text, region)
+            assert (1, int(fast), False, None) == (
                 slow.country_code,
                 slow.national_number,
-                slow.italian_leading_zero,
+                bool(slow.italian_leading_zero),
                 slow.extension,
             ), (text, region)
     assert checked > 10_000, "the fast path must actually be taken"
-    assert normalize._nanp_national("650 555 0123", "6505550123", "GB") is None
-    assert normalize._nanp_national("650-555-0123 x12", "650555012312", "US") is None
+    assert normalize._nanp_significant("650 555 0123", "6505550123", "GB", False) is None
+    assert normalize._nanp_significant("650-555-0123 x12", "650555012312", "US", False) is None
+    assert normalize._nanp_significant("+44 20 7946 0958", "442079460958", None, True) is None
+
+
+def test_the_us_canada_validity_check_agrees_with_phonenumbers() -> None:
+    """Random numbers, and numbers that start like each +1 region's examples (so many are valid)."""
+    rng = random.Random(11)
+    starts = [""]
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        for kind in phonenumbers.PhoneNumberType.values():
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is not None and example.country_code == 1:
+                significant = str(example.national_number)
+                starts += [significant[:3], significant[:4], significant[:6]]
+    outcomes = {True: 0, False: 0}
+    for _ in range(30_000):
+        start = rng.choice(starts)
+        significant = start + "".join(rng.choice("0123456789") for _ in range(10 - len(start)))
+        if significant[0] in "01":
+            continue
+        expected = phonenumbers.is_valid_number(
+            phonenumbers.PhoneNumber(country_code=1, national_number=int(significant))
+        )
+        assert normalize._nanp_is_valid(significant) is expected, significant
+        outcomes[expected] += 1
+    assert min(outcomes.values()) > 5_000, outcomes
 
 
 def test_phone_results_do_not_depend_on_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(7)
     texts = [_random_nanp_text(rng) for _ in range(3_000)]
+    texts += [rng.choice(["+", "00", "+ "]) + text for text in texts[:1_500]]
+    regions = [("US", None), (None, "US"), ("CA", None), (None, None), ("GB", None)]
 
     def outcomes() -> list[str]:
         results = []
         for text in texts:
-            try:
-                results.append(normalize.phone(text, None, default_region="US"))
-            except normalize.InvalidValue as exc:
-                results.append(exc.rule)
+            for country, default_region in regions:
+                try:
+                    results.append(normalize.phone(text, country, default_region=default_region))
+                except normalize.InvalidValue as exc:
+                    results.append(exc.rule)
         return results
 
     fast = outcomes()
-    monkeypatch.setattr(normalize, "_nanp_national", lambda *_args: None)
+    monkeypatch.setattr(normalize, "_nanp_significant", lambda *_args: None)
     assert outcomes() == fast
-    assert sum(result.isdigit() for result in fast) > 1_000
+    assert sum(result.isdigit() for result in fast) > 5_000
 
 
 @pytest.mark.parametrize(
@@ -202,3 +236,19 @@ def test_iso_birth_dates_read_like_strptime(text: str) -> None:
     if expected is not None and not int(expected[:4]) >= 1900:
         expected = None  # outside the accepted years either way
     assert result == expected
+
+
+@pytest.mark.parametrize("key", sorted(set(normalize.NORMALIZERS) - normalize.READS_COUNTRY))
+def test_only_the_declared_keys_read_the_country(key: str) -> None:
+    """The mapper memoizes these by value alone: a normalizer that read the country would break it."""
+    samples = [" Élodie ", "New York", "California", "94035-1234", "US", "Männlich", "f", "1990-02-16",
+               "203.0.113.7", "12345", "user@example.com", "+1 650 555 0123", "cust-7", "", "ny"]  # fmt: skip
+
+    def outcome(value: str, country: str | None) -> str:
+        try:
+            return normalize.NORMALIZERS[key](value, country)
+        except normalize.InvalidValue as exc:
+            return f"!{exc.rule}"
+
+    for value in samples:
+        assert outcome(value, "us") == outcome(value, "gb") == outcome(value, None) == outcome(value, "ca")
