@@ -11,8 +11,8 @@ a worker killed at any moment (even halfway through writing a result) shows up h
 on its own socket, and the run stops with `WorkerError` instead of waiting forever, which is what
 `concurrent.futures.ProcessPoolExecutor` could do when a worker died mid-write.
 
-Workers send each event back already serialized (orjson bytes, wrapped in `orjson.Fragment`
-here): the dict never crosses the process boundary and is never serialized twice.
+Workers send each event back already serialized (orjson bytes, which the runner wraps in
+`orjson.Fragment`): the dict never crosses the process boundary and is never serialized twice.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import orjson
 from capi_sync.errors import WorkerError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
@@ -229,6 +229,4 @@ class ParallelMapper:
 
 
 def _unpack(worker: _Worker, cursors: list[Any]) -> Iterator[tuple[MappedRow, Any]]:
-    fragment: Callable[[bytes], Any] = orjson.Fragment
-    for mapped, cursor in zip(worker.receive(), cursors, strict=True):
-        yield (mapped if mapped.event is None else mapped._replace(event=fragment(mapped.event))), cursor
+    return zip(worker.receive(), cursors, strict=True)

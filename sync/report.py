@@ -23,26 +23,34 @@ class MatchQuality:
     """Per customer-information key: how many sent events carry it, and why values were dropped."""
 
     events: int = 0
-    present: Counter[str] = field(default_factory=Counter)
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Events counted by their set of keys: rows share a handful of shapes, so counting one costs a
+    # dict update instead of one per key (this runs once per event).
+    shapes: Counter[tuple[str, ...]] = field(default_factory=Counter)
 
     def add_event(self, user_keys: Iterable[str]) -> None:
         """Count one sent event and the customer-information keys it carried."""
         self.events += 1
-        self.present.update(user_keys)
+        self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1  # type: ignore[index]
 
-    def share(self, key: str) -> float:
-        return self.present[key] / self.events if self.events else 0.0
+    @property
+    def present(self) -> Counter[str]:
+        """Per key, how many counted events carry it."""
+        present: Counter[str] = Counter()
+        for shape, count in self.shapes.items():
+            for key in shape:
+                present[key] += count
+        return present
 
     def rows(self) -> list[tuple[str, int, float, int]]:
         """(key, events carrying it, share, values dropped) for every key seen or dropped."""
         dropped_by_key: Counter[str] = Counter()
         for (name, _rule), count in self.dropped.items():
             dropped_by_key[name.removeprefix("customer_info.")] += count
-        keys = [
-            k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS) if self.present[k] or dropped_by_key[k]
-        ]
-        return [(k, self.present[k], self.share(k), dropped_by_key[k]) for k in keys]
+        present = self.present
+        keys = [k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS) if present[k] or dropped_by_key[k]]
+        events = self.events or 1
+        return [(k, present[k], present[k] / events, dropped_by_key[k]) for k in keys]
 
 
 @dataclass

@@ -459,8 +459,12 @@ class _Run:
                 batch.add_rejection(cursor, rejection)
                 self.report.reject(rejection)
                 continue
-            batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
-            user_keys = mapped.user_keys if mapped.user_keys is not None else mapped.event["user_data"].keys()
+            event = mapped.event
+            if mapped.user_keys is not None:  # serialized on a worker process: sent as those bytes
+                event, user_keys = orjson.Fragment(event), mapped.user_keys
+            else:
+                user_keys = event["user_data"].keys()
+            batch.add_event(mapped.row_key, cursor, event, mapped.key)
             self.report.quality.add_event(user_keys)
             if mapped.problems:
                 self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
