@@ -14,8 +14,10 @@ import time
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Final
 
+import orjson
 import phonenumbers
 import pycountry
 
@@ -277,16 +279,33 @@ def city(value: Any, country: str | None) -> str:
     return text
 
 
-@lru_cache(maxsize=512)
 def _subdivision_codes(country: str) -> dict[str, str]:
     """Subdivision names and codes of one country, mapped to the short code Meta expects."""
-    codes: dict[str, str] = {}
-    for sub in pycountry.subdivisions.get(country_code=country.upper()) or ():
-        short = sub.code.split("-", 1)[1].lower()
+    return _subdivision_table().get(country.lower(), {})
+
+
+@lru_cache(maxsize=1)
+def _subdivision_table() -> dict[str, dict[str, str]]:
+    """Per country: letters of each subdivision's name, and each two-letter code, to that code.
+
+    Read from pycountry's data file in its order, not through `pycountry.subdivisions.get`: that
+    returns a set, so where two subdivisions share a name (`Papua`, `Veszprém`, `Toshkent`) the
+    code sent, and its hash, changed from one process to the next. Here a region beats a
+    subdivision inside it (`La Rioja` -> `ri`, not the province `lo`), the later of two peers in
+    the file wins, and a code always stands for itself. It also keeps 5 MB of pycountry's
+    objects out of every run.
+    """
+    with Path(pycountry.subdivisions.filename).open("rb") as file:
+        entries = orjson.loads(file.read())["3166-2"]
+    names: dict[str, dict[str, str]] = {}
+    shorts: dict[str, set[str]] = {}
+    # Stable sort: nested subdivisions first, so the regions that contain them overwrite them.
+    for entry in sorted(entries, key=lambda entry: "parent" not in entry):
+        country, _, short = entry["code"].lower().partition("-")
         if len(short) == 2 and short.isalpha():
-            codes[_letters(sub.name)] = short
-            codes[short] = short
-    return codes
+            names.setdefault(country, {})[_letters(entry["name"])] = short
+            shorts.setdefault(country, set()).add(short)
+    return {country: codes | {short: short for short in shorts[country]} for country, codes in names.items()}
 
 
 def state(value: Any, country: str | None) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import random
+import subprocess
+import sys
 from hashlib import sha256
 from typing import Any
 
 import phonenumbers
+import pycountry
 import pytest
 
 from capi_sync.mappings import normalize
@@ -252,3 +255,55 @@ def test_only_the_declared_keys_read_the_country(key: str) -> None:
 
     for value in samples:
         assert outcome(value, "us") == outcome(value, "gb") == outcome(value, None) == outcome(value, "ca")
+
+
+@pytest.mark.parametrize(
+    ("name", "country", "code"),
+    [
+        ("La Rioja", "es", "ri"),  # the autonomous community, not the province inside it (lo)
+        ("Illes Balears [Islas Baleares]", "es", "ib"),
+        ("Naxçıvan", "az", "nx"),
+        ("Papua", "id", "pp"),
+        ("lo", "es", "lo"),  # a code stands for itself, even one whose name another code took
+        ("California", None, "ca"),
+    ],
+)
+def test_subdivisions_that_share_a_name_resolve_by_rule(name: str, country: str | None, code: str) -> None:
+    assert normalize.state(name, country) == code
+
+
+def test_every_subdivision_name_resolves_to_a_subdivision_of_that_name() -> None:
+    """Checked against pycountry's own objects, every subdivision with a two-letter code."""
+    checked = 0
+    for sub in pycountry.subdivisions:
+        country, short = sub.code.lower().split("-", 1)
+        if len(short) != 2 or not short.isalpha():
+            continue
+        same_name = {
+            other.code.lower().split("-", 1)[1]
+            for other in pycountry.subdivisions.get(country_code=country.upper())
+            if normalize._letters(other.name) == normalize._letters(sub.name)
+        }
+        assert normalize.state(sub.name, country) in same_name, sub
+        assert normalize.state(short, country) == short
+        checked += 1
+    assert checked > 1500
+
+
+def test_the_state_table_is_the_same_in_every_process() -> None:
+    """Worker processes, pushdown SQL and the next run must all send the same code for a name."""
+    script = (
+        "import pycountry; from capi_sync.mappings.normalize import state;"
+        "print([state(s.name, s.code[:2].lower()) for s in sorted(pycountry.subdivisions, key=lambda s: s.code)])"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(digests) == 1
