@@ -54,6 +54,11 @@ class Source(Protocol):
     dialect: str
     """SQL dialect for generated SQL (hash pushdown): duckdb, postgres, snowflake, bigquery, or other."""
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the source decided on the user's behalf while reading (a run's report shows them)."""
+        ...
+
     def describe(self, query: str) -> list[Column]:
         """The query's result columns and their kinds, read without fetching a row."""
         ...
@@ -189,6 +194,10 @@ def quote_identifier(name: str) -> str:
 
 class ClosingSource:
     """`with source:` closes the connection however the block ends."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return ()
 
     def prepare_for_pushdown(self) -> None:
         """Adjust session settings for hash pushdown's wider rows; most warehouses need nothing."""

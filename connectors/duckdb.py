@@ -14,6 +14,13 @@ from capi_sync.errors import SourceError
 if TYPE_CHECKING:
     from capi_sync.config import DuckDBWarehouse
 
+# With no `memory_limit` set, the sorted read starts lean and doubles its buffer when a sort needs
+# more: the bench rows sort in 96 MB (80 MB fails), wider rows may need more, and no table should fail
+# for want of a setting the user never chose.
+AUTO_MEMORY_LIMIT_MB = 96
+AUTO_PUSHDOWN_MEMORY_LIMIT_MB = 256  # digests make a wider sort
+AUTO_MEMORY_LIMIT_CEILING_MB = 2048
+
 
 class DuckDBSource(DBAPISource):
     """Opens files read-only so that a sync never blocks the process that writes the warehouse."""
@@ -23,7 +30,12 @@ class DuckDBSource(DBAPISource):
     dialect = "duckdb"
 
     def __init__(self, config: DuckDBWarehouse) -> None:
-        self._pushdown_memory_limit = config.pushdown_memory_limit
+        chosen = {"memory_limit": config.memory_limit, "pushdown_memory_limit": config.pushdown_memory_limit}
+        auto = {"memory_limit": AUTO_MEMORY_LIMIT_MB, "pushdown_memory_limit": AUTO_PUSHDOWN_MEMORY_LIMIT_MB}
+        self._limits = {name: value or f"{auto[name]}MB" for name, value in chosen.items()}
+        self._first_limits = dict(self._limits)
+        self._growing = {name for name, value in chosen.items() if value is None}  # set: a hard limit
+        self._setting = "memory_limit"  # the one in force; pushdown_memory_limit for pushdown reads
         database = config.database()
         read_only = database != ":memory:"
         try:
@@ -31,10 +43,13 @@ class DuckDBSource(DBAPISource):
             # Relative paths in queries (read_csv('orders.csv')) resolve beside the pipelines file.
             self._connection.execute("set file_search_path = ?", [str(config.base_dir)])
             self._connection.execute("set TimeZone = 'UTC'")
+            # DuckDB draws its own bar on stdout for slow statements, even into a pipe or a log file;
+            # the run's progress is capi-sync's to show.
+            self._connection.execute("set enable_progress_bar = false")
             # The ORDER BY that keeps cursor order is a full sort; bounded memory and a spill folder
             # keep a sync's footprint flat however large the table (one thread needs fewer pinned
             # blocks while merging).
-            self._connection.execute("set memory_limit = ?", [config.memory_limit])
+            self._connection.execute("set memory_limit = ?", [self._limits["memory_limit"]])
             self._connection.execute("set threads = ?", [config.threads])
             self._connection.execute("set preserve_insertion_order = false")
             spill = Path(tempfile.gettempdir()) / "capi-sync-duckdb"
@@ -48,13 +63,46 @@ class DuckDBSource(DBAPISource):
     def _execute(self, sql: str, params: list[Any], what: str) -> Any:
         # The connection itself, not a cursor: DuckDB cursors are new connections that would lose
         # the session settings made above.
-        try:
-            return self._connection.execute(sql, params)
-        except duckdb.Error as exc:
-            raise SourceError(f"DuckDB: {what}: {first_line(exc)}") from exc
+        while True:
+            try:
+                return self._connection.execute(sql, params)
+            except duckdb.OutOfMemoryException as exc:
+                # The sort runs inside `execute`, before any row is handed out: trying again is safe.
+                if not self._grow_memory_limit():
+                    setting, limit = self._setting, self._limits[self._setting]
+                    msg = f"DuckDB: {what}: {first_line(exc)} (raise the warehouse's {setting}, now {limit})"
+                    raise SourceError(msg) from exc
+            except duckdb.Error as exc:
+                raise SourceError(f"DuckDB: {what}: {first_line(exc)}") from exc
+
+    def _grow_memory_limit(self) -> bool:
+        """Double a limit the user left unset, up to the ceiling."""
+        setting = self._setting
+        if setting not in self._growing:
+            return False
+        current = _megabytes(self._limits[setting])
+        if current * 2 > AUTO_MEMORY_LIMIT_CEILING_MB:
+            return False
+        self._limits[setting] = grown = f"{current * 2}MB"
+        self._connection.execute("set memory_limit = ?", [grown])
+        return True
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return tuple(
+            f"DuckDB needed more than {_megabytes(limit) // 2}MB to sort the rows: read them with {limit}"
+            f" (set {setting} to start there)"
+            for setting, limit in self._limits.items()
+            if limit != self._first_limits[setting]
+        )
 
     def prepare_for_pushdown(self) -> None:
-        self._execute("set memory_limit = ?", [self._pushdown_memory_limit], "setting pushdown_memory_limit")
+        self._setting = "pushdown_memory_limit"
+        self._execute("set memory_limit = ?", [self._limits[self._setting]], "setting pushdown_memory_limit")
 
     def _release(self, cursor: Any) -> None:
         pass  # the result is dropped by the next statement; the connection stays open
+
+
+def _megabytes(limit: str) -> int:
+    return int(limit.removesuffix("MB"))

@@ -50,9 +50,12 @@ class DuckDBWarehouse(BaseModel):
     type: Literal["duckdb"]
     path: str = ":memory:"
     setup: tuple[str, ...] = ()
-    memory_limit: str = "128MB"  # DuckDB's buffer for the sorted read; beyond it, it spills to disk
-    # Pipelines with `pushdown: true` sort 64-character digests instead of plain values: a wider sort.
-    pushdown_memory_limit: str = "256MB"
+    # DuckDB's buffer for the sorted read; beyond it, it spills to disk. Unset, it starts at 96MB
+    # and doubles (up to 2GB) when a sort needs more; set, it is a hard limit.
+    memory_limit: str | None = None
+    # Pipelines with `pushdown: true` sort 64-character digests instead of plain values: a wider sort
+    # (unset: 256MB, doubling likewise).
+    pushdown_memory_limit: str | None = None
     threads: int = Field(1, ge=1)
     base_dir: Path = Path()  # relative file paths in `path` and queries resolve against the YAML's folder
 

@@ -302,6 +302,7 @@ def session(
             if isinstance(exc, MetaError) and exc.fbtrace_id:
                 report.fbtrace_ids.append(exc.fbtrace_id)
         finally:
+            report.notes.extend(source.notes)
             report.ended_at = dt.datetime.now(dt.UTC)
             if report.run_id is not None:
                 store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids)
