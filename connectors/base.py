@@ -270,6 +270,7 @@ class DBAPISource(ClosingSource):
         try:
             while chunk := cursor.fetchmany(chunk_size):
                 yield chunk
+                del chunk  # with the reader's reference gone too, one chunk is alive, not two
         except self._errors as exc:
             raise SourceError(f"{self._label} failed while reading: {first_line(exc)}") from exc
         finally:

@@ -395,6 +395,7 @@ class _Run:
             for row in chunk:
                 self.report.rows_read += 1
                 yield row, None
+            del chunk  # see `_rows`
 
     def _pump(self, batches: Iterator[Batch]) -> None:
         """Build batches on this thread while up to `in_flight` requests run; commit in read order.
@@ -495,6 +496,7 @@ class _Run:
                     return
                 self.report.rows_read += 1
                 yield row, cursor
+            del chunk  # the source fetches the next chunk with this one already freed
             if self.progress:
                 self.progress(self.report)
             if stop is not None and stop.is_set():
