@@ -48,7 +48,7 @@ class MappedRow(NamedTuple):
     problems: tuple[Problem, ...]
     key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
     skipped: str | None = None  # a rule that holds the row back without rejecting it (consent)
-    user_keys: tuple[str, ...] | None = None  # set when `event` travels serialized (worker processes)
+    user_keys: tuple[str, ...] | None = None  # set when a worker process sent the event
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from capi_sync.mappings.mapper import Rejection
+    from capi_sync.parallel import Built
 
 
 @dataclass
@@ -24,6 +25,11 @@ class Batch:
     handled: list[tuple[str, Any]] = field(default_factory=list)  # (row key, cursor value), read order
     committed: bool = False  # set once its transaction is written; a second commit is a no-op
     advances_cursor: bool = True  # False for rows re-read by key to retry them
+    built: Built | None = None  # built and sent by a worker process: `events` stays empty
+
+    @property
+    def event_count(self) -> int:
+        return len(self.delivered_keys)
 
     def add_row(self, row_key: str, cursor: Any) -> None:
         self.rows += 1
@@ -33,8 +39,12 @@ class Batch:
     def add_event(
         self, row_key: str, cursor: Any, event: dict[str, Any], key_values: tuple[Any, ...]
     ) -> None:
-        self.add_row(row_key, cursor)
         self.events.append(event)
+        self.add_sent_event(row_key, cursor, key_values)
+
+    def add_sent_event(self, row_key: str, cursor: Any, key_values: tuple[Any, ...]) -> None:
+        """An event sent elsewhere (by a worker process): its row is settled with the batch."""
+        self.add_row(row_key, cursor)
         self.delivered_keys.append(row_key)
         self.key_values.append(key_values)
 

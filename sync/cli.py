@@ -104,7 +104,7 @@ def cli() -> None:
 workers_option = click.option(
     "--workers",
     type=click.IntRange(min=1, max=64),
-    help="Map rows on N processes (default: the pipeline's `workers`, 1). Pays off on large runs.",
+    help="Build and send events on N processes (default: the pipeline's `workers`). Pays off on large runs.",
 )
 
 

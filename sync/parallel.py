@@ -1,18 +1,20 @@
-"""Mapping on worker processes (`workers: N`), results handed back in read order.
+"""Building and sending on worker processes (`workers: N`), settled in read order.
 
-Building an event is pure-Python CPU work, so on a multi-core machine a large run maps rows in N
-worker processes while this process reads the warehouse, sends and commits. Reading, the cursor
-and every commit stay in this process and in read order, so `workers` changes how fast a run is,
-never what it sends or where it resumes.
+Building an event is pure-Python CPU work, so on a multi-core machine a large run hands blocks of
+rows (one batch's worth each) to N worker processes. A worker maps its block, sends the batch to
+Meta itself (retries and bisection included) and hands back only what the commit needs: row keys,
+rejections, which events Meta refused. Reading, the cursor and every commit stay in this process
+and in read order, so `workers` changes how fast a run is, never what it sends or where it resumes.
+
+Requests leave in the order `max_in_flight` allows, as on the run's own sender threads: block k's
+request waits until block k - max_in_flight was answered, and none leaves once the run is
+stopping (Ctrl-C, a fatal error or a dead-lettered batch). An accepted block whose commit was cut
+short by a crash is sent again next run with the same `event_id`s, which Meta drops.
 
 Each worker owns one socket pair and takes blocks round-robin, so block k's result is simply the
-next message from worker k mod N. There is no shared queue, lock or helper thread in this process:
-a worker killed at any moment (even halfway through writing a result) shows up here as end of file
-on its own socket, and the run stops with `WorkerError` instead of waiting forever, which is what
-`concurrent.futures.ProcessPoolExecutor` could do when a worker died mid-write.
-
-Workers send each event back already serialized (orjson bytes, which the runner wraps in
-`orjson.Fragment`): the dict never crosses the process boundary and is never serialized twice.
+next message from worker k mod N. A worker killed at any moment (even halfway through writing a
+result) shows up here as end of file on its socket or as its process ending, and the run stops
+with `WorkerError` instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -27,42 +29,106 @@ import sys
 import threading
 import traceback
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from capi_sync.errors import WorkerError
+from capi_sync.delivery import Sender, Sent
+from capi_sync.errors import CapiSyncError, WorkerError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
+    from multiprocessing.sharedctypes import SynchronizedArray
+    from multiprocessing.synchronize import Condition, Event
 
     from capi_sync.config import PipelineConfig
-    from capi_sync.mappings.mapper import EventMapper, MappedRow
+    from capi_sync.connectors.meta import MetaClient
+    from capi_sync.connectors.retry import RetryPolicy
+    from capi_sync.mappings.mapper import EventMapper
 
-BLOCK_ROWS = 500  # rows per task: large enough to amortize the hand-off, small enough to stay lean
-AUTO_WORKERS_AFTER = 200_000  # `workers: auto` starts workers past this many rows: below, they cost more
-# than they bring (2 cores: 100k rows tie at 13.9k events/s, 30k rows lose 11.9k -> 9.5k)
+AUTO_WORKERS_AFTER = 20_000  # `workers: auto` starts workers past this many rows (2 cores, bench rows:
+# 30k rows lose 13.2k -> 12.5k events/s, 100k gain 16.5k -> 19.8k, 200k gain 17.3k -> 23k)
 AUTO_MAX_WORKERS = 4
-BLOCKS_AHEAD_PER_WORKER = 2  # one mapping, one waiting: workers never idle, memory stays bounded
+BLOCKS_AHEAD_PER_WORKER = 2  # one building, one waiting: workers never idle, memory stays bounded
 WORKER_SWITCH_INTERVAL = 0.0005  # seconds
 READY_POLL_EVERY = 500  # rows mapped in-process between two looks at whether the workers are up
 DIED = "a worker process that builds events died (killed? out of memory?); run again, or set workers: 1"
+NOT_SENT = "the run stopped before this batch was sent"
 
 
-def _serve(conn: Connection, pipeline: PipelineConfig, columns: list[str]) -> None:
-    """A worker's whole life: build the mapping once, then map blocks until the parent hangs up."""
+@dataclass(frozen=True)
+class Delivery:
+    """How workers deliver what they build (everything here crosses to a fresh process)."""
+
+    make_client: Callable[[], MetaClient]
+    retry: RetryPolicy
+    in_flight: int  # the pipeline's max_in_flight, across all workers
+    dry_run: bool = False  # build each request and drop it
+    keep_lines: bool = False  # dry run with --output: events come back as JSON lines
+
+
+@dataclass
+class Built:
+    """One block as a worker settled it: per row, what the commit needs (never the event itself)."""
+
+    rows: list[tuple[Any, ...]]  # MappedRow fields; `event` None, `user_keys` set where one was built
+    cursors: list[Any]
+    sent: Sent | None  # None: not sent (the run was stopping) or a fatal error
+    error: BaseException | None = None  # a fatal Meta error, raised when the block is committed
+    lines: bytes = b""  # dry run with --output: the events, one JSON line each
+
+
+class _Turns:
+    """At most `in_flight` requests out across workers, none once the run is stopping.
+
+    Blocks k, k + in_flight, k + 2 in_flight ... take turns: each waits until the one before it
+    in its lane was answered. With `in_flight` 1 that is strict read order.
+    """
+
+    def __init__(self, context: Any, in_flight: int) -> None:
+        self.in_flight = in_flight
+        self.answered: SynchronizedArray[int] = context.Array("q", [-1] * in_flight, lock=False)
+        self.changed: Condition = context.Condition()
+        self.stop: Event = context.Event()
+
+    def wait_for(self, block: int) -> bool:
+        """True when `block` may be sent; False when the run is stopping."""
+        lane, before = block % self.in_flight, block - self.in_flight
+        with self.changed:
+            self.changed.wait_for(lambda: self.stop.is_set() or before < 0 or self.answered[lane] >= before)
+        return not self.stop.is_set()
+
+    def done(self, block: int) -> None:
+        with self.changed:
+            self.answered[block % self.in_flight] = block
+            self.changed.notify_all()
+
+    def halt(self) -> None:
+        self.stop.set()
+        with self.changed:
+            self.changed.notify_all()
+
+
+def _serve(
+    conn: Connection, pipeline: PipelineConfig, columns: list[str], delivery: Delivery, turns: _Turns
+) -> None:
+    """A worker's whole life: build the mapping and a client once, then settle blocks until hung up."""
     # Ctrl-C reaches the whole process group: the parent decides how to stop, workers just finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The thread draining blocks needs the GIL briefly per chunk; the default 5 ms wait for it
     # would stall the parent's send and cost a quarter of the throughput.
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     try:
-        from capi_sync.runner import mapper_for  # noqa: PLC0415 (the runner imports this module)
+        from capi_sync.runner import mapper_for, quiet_gc  # noqa: PLC0415 (the runner imports this module)
 
         mapper = mapper_for(pipeline, columns)
+        client = delivery.make_client()
+        sender = Sender(client, delivery.retry, turns.stop)
+        quiet_gc().__enter__()  # for the worker's whole life: it ends killed, never restored
         _send(conn, ("ready", None))
     except BaseException as exc:  # whatever it was, the parent reports it (if it still listens)
         with contextlib.suppress(OSError):
@@ -70,17 +136,57 @@ def _serve(conn: Connection, pipeline: PipelineConfig, columns: list[str]) -> No
         return
     # Blocks are drained from the socket as they arrive, so the parent's send never waits on a
     # worker that is itself waiting for the parent to read its result.
-    blocks: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+    blocks: queue.SimpleQueue[tuple[int, list[tuple[Any, ...]]] | None] = queue.SimpleQueue()
     threading.Thread(target=_receive_all, args=(conn, blocks), daemon=True).start()
-    while (rows := blocks.get()) is not None:
+    while (block := blocks.get()) is not None:
         try:
-            reply: tuple[str, Any] = ("ok", _map_block(mapper, rows))
+            reply: tuple[str, Any] = ("ok", _settle(mapper, sender, delivery, turns, block))
         except Exception as exc:  # a mapper bug stops the run with its traceback
+            turns.halt()
             reply = ("error", _failure(exc))
         try:
             _send(conn, reply)
         except OSError:  # the parent stopped the run and hung up
             return
+
+
+def _settle(
+    mapper: EventMapper,
+    sender: Sender,
+    delivery: Delivery,
+    turns: _Turns,
+    block: tuple[int, list[tuple[Any, ...]]],
+) -> tuple[list[tuple[Any, ...]], Sent | None, BaseException | None, bytes]:
+    """Map one block, send its events as one batch; return what the parent commits."""
+    number, rows = block
+    settled: list[tuple[Any, ...]] = []
+    events = []
+    for row in rows:
+        mapped = mapper.map_row(row)
+        if (event := mapped.event) is not None:
+            events.append(event)
+            # Only the user_data keys travel back: they feed the match-quality report. A plain
+            # tuple in MappedRow's field order: a third of the cost of `_replace` and its pickle.
+            mapped = (mapped[0], None, mapped[2], mapped[3], mapped[4], tuple(event["user_data"]))
+        settled.append(mapped)
+    if delivery.dry_run:
+        if events:
+            sender.client.prepare(events)  # the exact request, built and dropped
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        lines = b"".join(dumps(event, option=newline) for event in events) if delivery.keep_lines else b""
+        return settled, Sent(), None, lines
+    if not turns.wait_for(number):
+        return settled, None, None, b""
+    try:
+        sent = sender.send(events)
+    except CapiSyncError as exc:  # fatal (token, permissions): the parent raises it in read order
+        turns.halt()
+        return settled, None, exc, b""
+    finally:
+        turns.done(number)
+    if sent.transient is not None:
+        turns.halt()  # the batch is dead-lettered and the run stops: send nothing after it
+    return settled, sent, None, b""
 
 
 def _send(conn: Connection, message: object) -> None:
@@ -98,7 +204,7 @@ def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
 
 
-def _receive_all(conn: Connection, blocks: queue.SimpleQueue[list[tuple[Any, ...]] | None]) -> None:
+def _receive_all(conn: Connection, blocks: queue.SimpleQueue[Any]) -> None:
     try:
         while True:
             blocks.put(_receive(conn))
@@ -106,44 +212,38 @@ def _receive_all(conn: Connection, blocks: queue.SimpleQueue[list[tuple[Any, ...
         blocks.put(None)
 
 
-def _map_block(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> list[MappedRow]:
-    out = []
-    dumps = orjson.dumps
-    for row in rows:
-        mapped = mapper.map_row(row)
-        if mapped.event is not None:
-            # Only the user_data keys travel with the bytes: they feed the match-quality report.
-            keys = tuple(mapped.event["user_data"])
-            mapped = mapped._replace(event=dumps(mapped.event), user_keys=keys)
-        out.append(mapped)
-    return out
-
-
 class _Worker:
     """One worker process and this process's end of its socket pair."""
 
-    def __init__(self, pipeline: PipelineConfig, columns: list[str]) -> None:
-        # spawn, not fork: this process already runs sender threads and a warehouse driver.
-        context = multiprocessing.get_context("spawn")
+    def __init__(
+        self, pipeline: PipelineConfig, columns: list[str], delivery: Delivery, turns: _Turns
+    ) -> None:
+        context = _context()
         self.conn, child_end = context.Pipe()
         self.process: BaseProcess = context.Process(
-            target=_serve, args=(child_end, pipeline, columns), name="capi-sync-mapper", daemon=True
+            target=_serve,
+            args=(child_end, pipeline, columns, delivery, turns),
+            name="capi-sync-worker",
+            daemon=True,
         )
         self.process.start()
         child_end.close()  # only the worker holds it now: its death is end of file here
         self.ready = False  # set once the worker has built its mapping
 
-    def send(self, rows: list[tuple[Any, ...]]) -> None:
+    def send(self, number: int, rows: list[tuple[Any, ...]]) -> None:
         try:
-            _send(self.conn, rows)
+            _send(self.conn, (number, rows))
         except OSError as exc:
             raise WorkerError(DIED) from exc
 
-    def receive(self) -> list[MappedRow]:
+    def receive(self, everyone: list[_Worker]) -> tuple[Any, ...]:
         while True:
-            # Wait on the socket and the process together: either data (a whole message, or the
-            # end of file a death leaves) or the death itself ends the wait.
-            wait([self.conn, self.process.sentinel])
+            # Wait on the socket and every worker's process: data (a whole message, or the end of
+            # file a death leaves) or any death ends the wait; a worker may be waiting for its
+            # turn behind one that died.
+            wait([self.conn, *(worker.process.sentinel for worker in everyone)])
+            if not self.conn.poll() and any(not worker.process.is_alive() for worker in everyone):
+                raise WorkerError(DIED)
             if (result := self._message()) is not None:
                 return result
 
@@ -153,13 +253,13 @@ class _Worker:
             self._message()
         return self.ready
 
-    def _message(self) -> list[MappedRow] | None:
+    def _message(self) -> tuple[Any, ...] | None:
         try:
             status, value = _receive(self.conn)
         except (EOFError, OSError) as exc:
             raise WorkerError(DIED) from exc
         if status == "error":
-            raise WorkerError(f"a worker process failed to map rows: {value}")
+            raise WorkerError(f"a worker process failed to build events: {value}")
         if status == "ready":
             self.ready = True
             return None
@@ -173,6 +273,12 @@ class _Worker:
         self.process.join()
 
 
+def _context() -> Any:
+    # spawn, not fork: this process already runs sender threads and a warehouse driver. (A fork
+    # server was no faster end to end on the bench: 20.2k against 22.7-23.7k events/s.)
+    return multiprocessing.get_context("spawn")
+
+
 def plan_workers(setting: int | str) -> tuple[int, int]:
     """(worker processes, rows mapped before they start) for a `workers` setting."""
     if setting == "auto":
@@ -183,24 +289,44 @@ def plan_workers(setting: int | str) -> tuple[int, int]:
 
 
 class ParallelMapper:
-    """`map_in_order(rows)` maps `(row, cursor)` pairs on `workers` processes, in read order.
+    """`settle_in_order(rows)` builds and sends `(row, cursor)` pairs on `workers` processes.
 
-    Workers take a second or so to start (a fresh interpreter imports capi-sync and compiles the
-    mapping). With `after` > 0 (`workers: auto`) they start once `after` rows were mapped and the
-    run keeps mapping in-process until they are ready, so it never waits for them; with `after`
-    = 0 (`workers: N`) every row is mapped on the workers.
+    It yields one `Built` per block of `block_rows` rows, in read order. Workers take a second or
+    so to start (a fresh interpreter imports capi-sync and compiles the mapping). With `after` > 0
+    (`workers: auto`) they start once `after` rows were mapped and the run keeps mapping in-process
+    until they are ready, so it never waits for them; with `after` = 0 (`workers: N`) every row
+    goes to the workers.
     """
 
-    def __init__(self, pipeline: PipelineConfig, columns: list[str], workers: int, *, after: int = 0) -> None:
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        columns: list[str],
+        workers: int,
+        delivery: Delivery,
+        *,
+        block_rows: int,
+        after: int = 0,
+    ) -> None:
         self.after = after  # rows mapped in-process before the workers start
         self._pipeline, self._columns, self._count = pipeline, columns, workers
+        self._delivery, self._block_rows = delivery, block_rows
         self._workers: list[_Worker] = []  # a run that never reaches `after` starts none
+        self._turns: _Turns | None = None
         self._asked = 0
+        self._blocks = 0  # numbered across the run's reads: the request turns continue
+        if after == 0:  # they import while this process still sorts and counts: half a second saved
+            self.ready()
 
     def ready(self) -> bool:
         """Start the workers if need be; True once all can take rows (at once when `after` is 0)."""
         if not self._workers:
-            self._workers = [_Worker(self._pipeline, self._columns) for _ in range(self._count)]
+            context = _context()
+            self._turns = _Turns(context, self._delivery.in_flight)
+            self._workers = [
+                _Worker(self._pipeline, self._columns, self._delivery, self._turns)
+                for _ in range(self._count)
+            ]
         if self.after == 0:
             return True  # blocks queue on the socket meanwhile
         self._asked += 1
@@ -208,38 +334,43 @@ class ParallelMapper:
             return False
         return all(worker.poll_ready() for worker in self._workers)
 
-    def map_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
+    def settle_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[Built]:
         if not self._workers:
             self.ready()
         pending: deque[tuple[_Worker, list[Any]]] = deque()
         block: list[tuple[Any, ...]] = []
         cursors: list[Any] = []
         ahead = BLOCKS_AHEAD_PER_WORKER * self._count
-        sent = 0
         for row, cursor in rows:
             block.append(tuple(row))
             cursors.append(cursor)
-            if len(block) >= BLOCK_ROWS:
-                pending.append((self._send(sent, block), cursors))
-                sent += 1
+            if len(block) >= self._block_rows:
+                pending.append((self._send(block), cursors))
                 block, cursors = [], []
                 while len(pending) > ahead or (pending and pending[0][0].conn.poll()):
-                    yield from _unpack(*pending.popleft())
+                    yield self._unpack(*pending.popleft())
         if block:
-            pending.append((self._send(sent, block), cursors))
+            pending.append((self._send(block), cursors))
         while pending:
-            yield from _unpack(*pending.popleft())
+            yield self._unpack(*pending.popleft())
 
-    def _send(self, number: int, block: list[tuple[Any, ...]]) -> _Worker:
-        worker = self._workers[number % self._count]
-        worker.send(block)
+    def stop_sending(self) -> None:
+        """No request leaves a worker from now on (those on the wire finish)."""
+        if self._turns is not None:
+            self._turns.halt()
+
+    def _send(self, block: list[tuple[Any, ...]]) -> _Worker:
+        worker = self._workers[self._blocks % self._count]
+        worker.send(self._blocks, block)
+        self._blocks += 1
         return worker
 
+    def _unpack(self, worker: _Worker, cursors: list[Any]) -> Built:
+        rows, sent, error, lines = worker.receive(self._workers)
+        return Built(rows, cursors, sent, error, lines)
+
     def close(self) -> None:
+        self.stop_sending()
         for worker in self._workers:
             worker.stop()
         self._workers = []
-
-
-def _unpack(worker: _Worker, cursors: list[Any]) -> Iterator[tuple[MappedRow, Any]]:
-    return zip(worker.receive(), cursors, strict=True)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -25,8 +26,8 @@ from capi_sync import __version__
 from capi_sync.batching import Batch
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.connectors.meta import MetaClient
-from capi_sync.connectors.retry import RetryPolicy, call_with_retry
-from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRequestError, MetaRetryableError
+from capi_sync.delivery import Sender, Sent
+from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRetryableError, WorkerError
 from capi_sync.mappings import pushdown
 from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import (
@@ -40,7 +41,7 @@ from capi_sync.mappings.mapper import (
 from capi_sync.mappings.presets import commanders_act, derived_values
 from capi_sync.mappings.spec import GROUPS
 from capi_sync.mappings.validate import Problem
-from capi_sync.parallel import ParallelMapper, plan_workers
+from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
@@ -50,11 +51,9 @@ if TYPE_CHECKING:
 
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column
+    from capi_sync.connectors.retry import RetryPolicy
 
 Progress = Callable[[RunReport], None]
-RetryHook = Callable[[MetaError, float], None]
-INVALID_PARAMETER = 100  # Graph API code for an invalid event: worth isolating by bisection
-OBJECT_NOT_FOUND = 33  # code 100 subcode for a wrong pixel id or missing access: fatal
 TRANSIENT_RULE = "meta_unavailable"  # rows dead-lettered after the retry budget; retried next run
 RETRY_KEYS_PER_QUERY = 500
 
@@ -262,7 +261,7 @@ def session(
     if not options.dry_run:
         _check_sendable(project, pipeline)
     with ExitStack() as stack:
-        stack.enter_context(_quiet_gc())
+        stack.enter_context(quiet_gc())
         source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
         prepared = prepare(pipeline, source)
         client = client or stack.enter_context(closing(make_client(project, pipeline)))
@@ -270,9 +269,24 @@ def session(
             stack.enter_context(store.lock(lock_name or pipeline.name))
         output = stack.enter_context(_open_output(options.output))
         workers, serial_rows = plan_workers(options.workers or pipeline.workers)
+        retry = options.retry or project.destination_of(pipeline).retry_policy()
         parallel = None
         if workers > 1:
-            parallel = ParallelMapper(pipeline, prepared.columns, workers, after=serial_rows)
+            delivery = Delivery(
+                make_client=partial(make_client, project, pipeline),
+                retry=retry,
+                in_flight=1 if options.dry_run else pipeline.settings.max_in_flight,
+                dry_run=options.dry_run,
+                keep_lines=options.output is not None,
+            )
+            parallel = ParallelMapper(
+                pipeline,
+                prepared.columns,
+                workers,
+                delivery,
+                block_rows=pipeline.settings.batch_size,
+                after=serial_rows,
+            )
             stack.callback(parallel.close)
         if not options.dry_run:
             report.run_id = store.start_run(pipeline.name, kind)
@@ -286,7 +300,7 @@ def session(
             report=report,
             output=output,
             progress=progress,
-            retry=options.retry or project.destination_of(pipeline).retry_policy(),
+            retry=retry,
             parallel=parallel,
         )
         try:
@@ -306,15 +320,6 @@ def session(
             report.ended_at = dt.datetime.now(dt.UTC)
             if report.run_id is not None:
                 store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids)
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """What a sender thread hands back for one batch."""
-
-    refused: list[tuple[int, MetaRequestError]] = field(default_factory=list)
-    retries: int = 0
-    transient: MetaRetryableError | None = None  # the retry budget ran out: dead-letter the batch
 
 
 @dataclass
@@ -348,6 +353,7 @@ class _Run:
         self.cursor_name = self.cursor_name or self.pipeline.name
         # Set on interrupt or stop: senders give up their backoff so the run can commit and exit.
         self.abort = self.options.stop or threading.Event()
+        self.sender = Sender(self.client, self.retry, self.abort)
 
     def incremental(self, now: dt.datetime | None = None) -> None:
         """Send the rows past the pipeline's cursor, up to the settle watermark."""
@@ -397,17 +403,21 @@ class _Run:
                 yield row, None
             del chunk  # see `_rows`
 
-    def _pump(self, batches: Iterator[Batch]) -> None:
+    def _pump(self, batches: Iterator[Batch | None]) -> None:
         """Build batches on this thread while up to `in_flight` requests run; commit in read order.
 
         A batch is committed only when it and every batch before it were settled, so the cursor
         never skips a batch that is still in flight or failed.
         """
         in_flight = 1 if self.options.dry_run else self.pipeline.settings.max_in_flight
-        pending: deque[tuple[Batch, Future[_Sent]]] = deque()
+        pending: deque[tuple[Batch, Future[Sent]]] = deque()
         with ThreadPoolExecutor(in_flight, thread_name_prefix="capi-send") as pool:
             try:
                 for batch in batches:
+                    if batch is None:  # workers send from here on: what is in flight settles first
+                        while pending:
+                            self._commit_oldest(pending)
+                        continue
                     pending.append((batch, pool.submit(self._send, batch)))
                     while pending and (len(pending) >= in_flight or pending[0][1].done()):
                         self._commit_oldest(pending)
@@ -424,7 +434,7 @@ class _Run:
                 for _, future in pending:
                     future.cancel()
 
-    def _drain(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
+    def _drain(self, pending: deque[tuple[Batch, Future[Sent]]]) -> None:
         """Stop cleanly: commit, in order, the batches already on the wire; drop the rest unsent."""
         for _, future in pending:
             future.cancel()
@@ -434,47 +444,74 @@ class _Run:
             except (CapiSyncError, KeyboardInterrupt):
                 break
 
-    def _commit_oldest(self, pending: deque[tuple[Batch, Future[_Sent]]]) -> None:
+    def _commit_oldest(self, pending: deque[tuple[Batch, Future[Sent]]]) -> None:
         """The batch leaves the queue only once committed, so an interrupt cannot skip it."""
         self._commit(*pending[0])
         pending.popleft()
 
-    def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
-        """Rows become events here, in read order: on this process, or on `workers` processes."""
+    def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any] | Built | None]:
+        """Rows become events here, in read order: on this process, or built and sent by workers."""
         map_row, parallel = self.mapper.map_row, self.parallel
         for row, cursor in rows:
             if parallel is not None and self.rows_mapped >= parallel.after and parallel.ready():
-                yield from parallel.map_in_order(itertools.chain([(row, cursor)], rows))
+                if self.rows_mapped:
+                    yield None  # requests leave in read order: the ones in flight settle first
+                yield from parallel.settle_in_order(itertools.chain([(row, cursor)], rows))
                 return
             self.rows_mapped += 1
             yield map_row(row), cursor
 
-    def _batches(self, rows: Iterator[tuple[Any, Any]], *, advances_cursor: bool) -> Iterator[Batch]:
+    def _batches(self, rows: Iterator[tuple[Any, Any]], *, advances_cursor: bool) -> Iterator[Batch | None]:
+        """Batches in read order; None where workers take over (everything before it settles first)."""
         batch = Batch(advances_cursor=advances_cursor)
-        for mapped, cursor in self._mapped(rows):
-            if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
-                batch.add_row(mapped.row_key, cursor)
-                self.report.rows_no_consent += 1
+        for item in self._mapped(rows):
+            if item is None:
+                if batch.rows:
+                    yield batch
+                    batch = Batch(advances_cursor=advances_cursor)
+                yield None
                 continue
-            if mapped.event is None:
-                rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
-                batch.add_rejection(cursor, rejection)
-                self.report.reject(rejection)
+            if item.__class__ is Built:  # a worker built and sent it: one block is one batch
+                if batch.rows:
+                    yield batch
+                yield self._built_batch(item, advances_cursor)  # type: ignore[arg-type]
+                batch = Batch(advances_cursor=advances_cursor)
                 continue
-            event = mapped.event
-            if mapped.user_keys is not None:  # serialized on a worker process: sent as those bytes
-                event, user_keys = orjson.Fragment(event), mapped.user_keys
-            else:
-                user_keys = event["user_data"].keys()
-            batch.add_event(mapped.row_key, cursor, event, mapped.key)
-            self.report.quality.add_event(user_keys)
-            if mapped.problems:
-                self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
+            mapped, cursor = item  # type: ignore[misc]
+            self._add(batch, mapped, cursor)
             if len(batch.events) >= self.batch_size:
                 yield batch
                 batch = Batch(advances_cursor=advances_cursor)
         if batch.rows:
             yield batch
+
+    def _built_batch(self, built: Built, advances_cursor: bool) -> Batch:
+        batch = Batch(advances_cursor=advances_cursor, built=built)
+        as_mapped, add = tuple.__new__, self._add
+        for fields, cursor in zip(built.rows, built.cursors, strict=True):
+            add(batch, as_mapped(MappedRow, fields), cursor)
+        return batch
+
+    def _add(self, batch: Batch, mapped: MappedRow, cursor: Any) -> None:
+        """One row's outcome into its batch and the run's report."""
+        if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
+            batch.add_row(mapped.row_key, cursor)
+            self.report.rows_no_consent += 1
+            return
+        if mapped.event is None and mapped.user_keys is None:
+            rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
+            batch.add_rejection(cursor, rejection)
+            self.report.reject(rejection)
+            return
+        if mapped.event is None:  # built and sent by a worker: only its keys came back
+            batch.add_sent_event(mapped.row_key, cursor, mapped.key)
+            user_keys: Any = mapped.user_keys
+        else:
+            batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
+            user_keys = mapped.event["user_data"].keys()
+        self.report.quality.add_event(user_keys)
+        if mapped.problems:
+            self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
 
     def _rows(self, window: Window, guard: _TimeGuard | None) -> Iterator[tuple[Any, Any]]:
         """Rows in cursor order, minus those already settled at or before the stored cursor value."""
@@ -502,29 +539,27 @@ class _Run:
             if stop is not None and stop.is_set():
                 raise StopRequested
 
-    def _send(self, batch: Batch) -> _Sent:
+    def _send(self, batch: Batch) -> Sent:
         """Runs on a sender thread: one request (or a bisection), retried within the budget."""
-        if not batch.events:
-            return _Sent()
+        if (built := batch.built) is not None:  # a worker process built (and sent) it
+            if built.error is not None:
+                raise built.error
+            if built.sent is None:
+                raise WorkerError(NOT_SENT)
+            if self.output is not None:
+                self.output.write(built.lines)
+            return built.sent
         if self.options.dry_run:
-            self.client.prepare(batch.events)  # the exact request, built and dropped
+            if batch.events:
+                self.client.prepare(batch.events)  # the exact request, built and dropped
             if self.output is not None:
                 self.output.writelines(
                     orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
                 )
-            return _Sent()
-        retries = 0
+            return Sent()
+        return self.sender.send(batch.events)
 
-        def count(_error: MetaError, _pause: float) -> None:
-            nonlocal retries
-            retries += 1
-
-        try:
-            return _Sent(self._deliver(batch.events, count), retries)
-        except MetaRetryableError as exc:
-            return _Sent(retries=retries, transient=exc)
-
-    def _commit(self, batch: Batch, sent: Future[_Sent]) -> None:
+    def _commit(self, batch: Batch, sent: Future[Sent]) -> None:
         """Record everything an accepted batch settles, in one transaction; raise if it failed.
 
         Safe to call again after an interrupt: it reads the batch and never changes it.
@@ -533,7 +568,7 @@ class _Run:
             return
         outcome = sent.result()
         if outcome.transient is not None:
-            failed: list[tuple[int, MetaError]] = [(i, outcome.transient) for i in range(len(batch.events))]
+            failed: list[tuple[int, MetaError]] = [(i, outcome.transient) for i in range(batch.event_count)]
         else:
             failed = list(outcome.refused)
         refused = {i: self._meta_rejection(batch, i, error) for i, error in failed}
@@ -573,34 +608,12 @@ class _Run:
             report.reject(rejection)
         report.retries += retries
         report.events_sent += sent
-        report.batches += 1 if batch.events else 0
+        report.batches += 1 if batch.event_count else 0
         if new_state is not None:
             self.state = new_state
             report.cursor_after = new_state.value
         if self.progress:
             self.progress(report)
-
-    def _deliver(
-        self, events: list[dict[str, Any]], on_retry: RetryHook, offset: int = 0
-    ) -> list[tuple[int, MetaRequestError]]:
-        """Send, retrying transient errors; on an invalid-parameter error, bisect to the bad events.
-
-        Returns the refused events as (index in the batch, Meta's error).
-        """
-        try:
-            call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry, stop=self.abort)
-        except MetaRequestError as exc:
-            if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
-                raise
-            if len(events) == 1:
-                return [(offset, exc)]
-            middle = len(events) // 2
-            refused = self._deliver(events[:middle], on_retry, offset)
-            refused += self._deliver(events[middle:], on_retry, offset + middle)
-            if len(refused) == len(events):
-                raise  # every event refused alone: the request itself is wrong, not the rows
-            return refused
-        return []
 
     def _meta_rejection(self, batch: Batch, index: int, error: MetaError) -> Rejection:
         rule = f"meta_{error.code or error.status or 'unreachable'}" + (
@@ -701,7 +714,7 @@ def _column(name: str | None, columns: list[str]) -> int | None:
 
 
 @contextmanager
-def _quiet_gc() -> Iterator[None]:
+def quiet_gc() -> Iterator[None]:
     """Events are short-lived trees of dicts: the default collector would walk them every 700
     allocations. Freeze what is already loaded and collect young objects far less often."""
     previous = gc.get_threshold()

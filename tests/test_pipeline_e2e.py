@@ -227,8 +227,9 @@ def poison(order_id: int) -> object:
     return script
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])  # bisected in this process, or on a worker
 def test_a_poisoned_batch_is_bisected_and_only_the_bad_event_rejected(
-    project: Path, graph: FakeGraph
+    project: Path, graph: FakeGraph, workers: str
 ) -> None:
     project.write_text(
         project.read_text().replace(
@@ -236,7 +237,7 @@ def test_a_poisoned_batch_is_bisected_and_only_the_bad_event_rejected(
         )
     )
     graph.script = poison(1234)
-    assert cli("run", "purchases") == 0
+    assert cli("run", "purchases", "--workers", workers) == 0
     sent = {event["custom_data"]["order_id"] for event in graph.accepted_events}
     assert len(sent) == 2499
     assert "1234" not in sent
