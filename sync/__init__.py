@@ -9,21 +9,63 @@ Usage from Python, the same path the CLI takes:
         report = run_pipeline(project, "purchases", store, RunOptions(dry_run=True))
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from capi_sync.config import PipelineConfig, ProjectConfig, load_config
-from capi_sync.errors import (
-    CapiSyncError,
-    ConfigError,
-    MetaError,
-    MissingDependency,
-    PipelineLocked,
-    SourceError,
-    StateError,
-)
-from capi_sync.report import MatchQuality, RunReport
-from capi_sync.runner import RunOptions, run_pipeline
-from capi_sync.state import RunStatus, StateStore
+# Imported on first use: a worker process (`workers`) imports only what building and sending
+# need, not the state store's SQLAlchemy or the warehouse drivers.
+_EXPORTS = {
+    "PipelineConfig": "capi_sync.config",
+    "ProjectConfig": "capi_sync.config",
+    "load_config": "capi_sync.config",
+    "CapiSyncError": "capi_sync.errors",
+    "ConfigError": "capi_sync.errors",
+    "MetaError": "capi_sync.errors",
+    "MissingDependency": "capi_sync.errors",
+    "PipelineLocked": "capi_sync.errors",
+    "SourceError": "capi_sync.errors",
+    "StateError": "capi_sync.errors",
+    "MatchQuality": "capi_sync.report",
+    "RunReport": "capi_sync.report",
+    "RunOptions": "capi_sync.runner",
+    "run_pipeline": "capi_sync.runner",
+    "RunStatus": "capi_sync.state",
+    "StateStore": "capi_sync.state",
+}
+
+if TYPE_CHECKING:
+    from capi_sync.config import PipelineConfig, ProjectConfig, load_config
+    from capi_sync.errors import (
+        CapiSyncError,
+        ConfigError,
+        MetaError,
+        MissingDependency,
+        PipelineLocked,
+        SourceError,
+        StateError,
+    )
+    from capi_sync.report import MatchQuality, RunReport
+    from capi_sync.runner import RunOptions, run_pipeline
+    from capi_sync.state import RunStatus, StateStore
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module 'capi_sync' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "CapiSyncError",

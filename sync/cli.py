@@ -26,11 +26,12 @@ from rich.table import Table
 
 from capi_sync import __version__
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
+from capi_sync.building import make_client
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
 from capi_sync.errors import CapiSyncError, ConfigError, MetaAuthError, MetaError
 from capi_sync.report import MatchQuality
-from capi_sync.runner import RunOptions, make_client, plan_incremental, prepare, run_pipeline
+from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline
 from capi_sync.scheduler import Scheduler
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value

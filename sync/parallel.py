@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import traceback
+import types
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from capi_sync.building import mapper_for, quiet_gc
 from capi_sync.delivery import Sender, Sent
 from capi_sync.errors import CapiSyncError, WorkerError
 
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
-    from multiprocessing.sharedctypes import SynchronizedArray
+    from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
     from multiprocessing.synchronize import Condition, Event
 
     from capi_sync.config import PipelineConfig
@@ -83,32 +85,46 @@ class Built:
 
 
 class _Turns:
-    """At most `in_flight` requests out across workers, none once the run is stopping.
+    """At most `in_flight` requests out across workers; none after a failed one, none on abort.
 
     Blocks k, k + in_flight, k + 2 in_flight ... take turns: each waits until the one before it
-    in its lane was answered. With `in_flight` 1 that is strict read order.
+    in its lane was answered. With `in_flight` 1 that is strict read order. A block whose request
+    failed for good stops the blocks after it, never those before (they are still committed, as
+    on the run's own sender threads); an abort (Ctrl-C, the run ending) stops them all and cuts
+    short any backoff pause.
     """
+
+    NEVER = 2**62
 
     def __init__(self, context: Any, in_flight: int) -> None:
         self.in_flight = in_flight
         self.answered: SynchronizedArray[int] = context.Array("q", [-1] * in_flight, lock=False)
+        self.failed_at: Synchronized[int] = context.Value("q", self.NEVER, lock=False)
         self.changed: Condition = context.Condition()
-        self.stop: Event = context.Event()
+        self.abort: Event = context.Event()
 
     def wait_for(self, block: int) -> bool:
-        """True when `block` may be sent; False when the run is stopping."""
+        """True when `block` may be sent; False when it must not be (an earlier failure, an abort)."""
         lane, before = block % self.in_flight, block - self.in_flight
         with self.changed:
-            self.changed.wait_for(lambda: self.stop.is_set() or before < 0 or self.answered[lane] >= before)
-        return not self.stop.is_set()
+            self.changed.wait_for(lambda: self._stopped(block) or before < 0 or self.answered[lane] >= before)
+            return not self._stopped(block)
+
+    def _stopped(self, block: int) -> bool:
+        return self.abort.is_set() or block > self.failed_at.value
 
     def done(self, block: int) -> None:
         with self.changed:
             self.answered[block % self.in_flight] = block
             self.changed.notify_all()
 
+    def fail(self, block: int) -> None:
+        with self.changed:
+            self.failed_at.value = min(self.failed_at.value, block)
+            self.changed.notify_all()
+
     def halt(self) -> None:
-        self.stop.set()
+        self.abort.set()
         with self.changed:
             self.changed.notify_all()
 
@@ -123,11 +139,9 @@ def _serve(
     # would stall the parent's send and cost a quarter of the throughput.
     sys.setswitchinterval(WORKER_SWITCH_INTERVAL)
     try:
-        from capi_sync.runner import mapper_for, quiet_gc  # noqa: PLC0415 (the runner imports this module)
-
         mapper = mapper_for(pipeline, columns)
         client = delivery.make_client()
-        sender = Sender(client, delivery.retry, turns.stop)
+        sender = Sender(client, delivery.retry, turns.abort)
         quiet_gc().__enter__()  # for the worker's whole life: it ends killed, never restored
         _send(conn, ("ready", None))
     except BaseException as exc:  # whatever it was, the parent reports it (if it still listens)
@@ -180,12 +194,12 @@ def _settle(
     try:
         sent = sender.send(events)
     except CapiSyncError as exc:  # fatal (token, permissions): the parent raises it in read order
-        turns.halt()
+        turns.fail(number)
         return settled, None, exc, b""
     finally:
         turns.done(number)
     if sent.transient is not None:
-        turns.halt()  # the batch is dead-lettered and the run stops: send nothing after it
+        turns.fail(number)  # the batch is dead-lettered and the run stops: send nothing after it
     return settled, sent, None, b""
 
 
@@ -226,7 +240,8 @@ class _Worker:
             name="capi-sync-worker",
             daemon=True,
         )
-        self.process.start()
+        with _main_module_hidden():
+            self.process.start()
         child_end.close()  # only the worker holds it now: its death is end of file here
         self.ready = False  # set once the worker has built its mapping
 
@@ -271,6 +286,21 @@ class _Worker:
         self.conn.close()
         self.process.kill()
         self.process.join()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Spawn runs the parent's `__main__` again in each worker (the CLI, or the user's own script,
+    which then had to guard its calls with `if __name__ == "__main__"`). A worker needs nothing
+    from it: everything it runs and receives lives in capi_sync, so while the worker starts,
+    `__main__` is a bare module and the worker imports only what building and sending need."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
 
 
 def _context() -> Any:

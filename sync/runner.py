@@ -8,37 +8,30 @@ first row not yet settled, and re-sent rows carry the same `event_id`.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import itertools
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from capi_sync import __version__
 from capi_sync.batching import Batch
+from capi_sync.building import make_client, mapper_for, quiet_gc
 from capi_sync.connectors import Source, Window, open_source
-from capi_sync.connectors.meta import MetaClient
 from capi_sync.delivery import Sender, Sent
 from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRetryableError, WorkerError
 from capi_sync.mappings import pushdown
-from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import (
     EventMapper,
     MappedRow,
-    MapperOptions,
     Rejection,
-    compile_mapping,
     resolve_column,
 )
-from capi_sync.mappings.presets import commanders_act, derived_values
 from capi_sync.mappings.spec import GROUPS
 from capi_sync.mappings.validate import Problem
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
@@ -51,6 +44,7 @@ if TYPE_CHECKING:
 
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column
+    from capi_sync.connectors.meta import MetaClient
     from capi_sync.connectors.retry import RetryPolicy
 
 Progress = Callable[[RunReport], None]
@@ -93,46 +87,6 @@ class Prepared:
     @property
     def key_columns(self) -> tuple[str, ...]:
         return tuple(self.columns[i] for i in self.mapper.key_indexes)
-
-
-def mapper_for(
-    pipeline: PipelineConfig, columns: list[str], clock: Callable[[], float] = time.time
-) -> EventMapper:
-    settings = pipeline.settings
-    options = MapperOptions(
-        pipeline=pipeline.name,
-        primary_key=pipeline.primary_key,
-        action_source=settings.action_source,
-        hashing_required=settings.hashing_required,
-        default_phone_region=settings.default_phone_region,
-        strong_match_key_required=settings.strong_match_key_required,
-        hash_external_id=settings.hash_external_id,
-        timezone=pipeline.timezone,
-        event_renames=build_renames(
-            settings.event_names, standard=settings.standard_event_names or pipeline.preset is not None
-        ),
-        consent_column=settings.consent_column,
-        consent_category=settings.consent_category,
-        fbc_from_fbclid=settings.fbc_from_fbclid,
-        url_redaction=settings.url_redaction,
-        warn_missing_standard_fields=settings.missing_standard_fields == "warn",
-    )
-    preset_options = pipeline.preset_options.model_dump()
-    mapping = pipeline.mapping
-    if pipeline.pushdown:  # each hashed key reads the digest its pushed-down column holds
-        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
-        options = replace(
-            options,
-            pushed_keys=frozenset(pushdown.pushed_keys(mapping, hash_external_id=settings.hash_external_id)),
-        )
-    return compile_mapping(
-        mapping,
-        options,
-        columns,
-        clock,
-        derived=derived_values(pipeline.preset, preset_options),
-        preset=commanders_act(preset_options) if pipeline.preset == "commanders_act" else None,
-    )
 
 
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
@@ -187,20 +141,6 @@ def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Co
         raise ConfigError([f"pipeline '{pipeline.name}': {reason}" for reason in exc.reasons]) from None
     return plan.wrap(
         pipeline.query, source.dialect, kinds, default_phone_region=settings.default_phone_region
-    )
-
-
-def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
-    destination = project.destination_of(pipeline)
-    return MetaClient(
-        destination.pixel_id,
-        destination.access_token.get_secret_value(),
-        api_version=destination.api_version,
-        graph_url=destination.graph_url,
-        timeout=destination.timeout,
-        test_event_code=pipeline.settings.test_event_code,
-        partner_agent=f"capi-sync/{__version__}",
-        app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,
     )
 
 
@@ -425,6 +365,8 @@ class _Run:
                     self._commit_oldest(pending)
             except KeyboardInterrupt:
                 self.abort.set()
+                if self.parallel is not None:
+                    self.parallel.stop_sending()
                 self._drain(pending)
                 raise
             except CapiSyncError:
@@ -711,20 +653,6 @@ def _minus(clock: CursorClock, value: Any, delta: dt.timedelta) -> Any:
 
 def _column(name: str | None, columns: list[str]) -> int | None:
     return resolve_column(name, columns) if name else None
-
-
-@contextmanager
-def quiet_gc() -> Iterator[None]:
-    """Events are short-lived trees of dicts: the default collector would walk them every 700
-    allocations. Freeze what is already loaded and collect young objects far less often."""
-    previous = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
 
 
 def _open_output(path: Path | None) -> Any:

@@ -12,10 +12,11 @@ from typing import Any
 import duckdb
 import pytest
 
+from capi_sync.building import mapper_for
 from capi_sync.config import load_config
 from capi_sync.connectors import open_source
 from capi_sync.mappings.events import COMMANDERS_ACT_EVENTS, FRESHPAINT_ALIASES, build_renames, rename
-from capi_sync.runner import mapper_for, prepare
+from capi_sync.runner import prepare
 from tests.conftest import TOKEN, cli
 from tests.fake_graph import FakeGraph
 

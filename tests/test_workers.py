@@ -8,6 +8,8 @@ import multiprocessing.connection
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,11 +20,12 @@ import duckdb
 import pytest
 
 from capi_sync import parallel
+from capi_sync.building import make_client
 from capi_sync.config import load_config
 from capi_sync.connectors import open_source
 from capi_sync.connectors.retry import RetryPolicy
 from capi_sync.errors import WorkerError
-from capi_sync.runner import make_client, prepare
+from capi_sync.runner import prepare
 from capi_sync.state import StateStore
 from tests.conftest import TOKEN, cli, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph, error_reply
@@ -269,8 +272,40 @@ def test_requests_take_turns_at_most_max_in_flight_out_and_none_once_stopping() 
     turns.done(0)
     third.join(5)
     assert went == [True]
-    fifth = threading.Thread(target=lambda: went.append(turns.wait_for(4)))  # behind block 2
-    fifth.start()
+    turns.fail(3)  # block 3's request failed for good: nothing after it leaves, all before it does
+    assert not turns.wait_for(4)
+    assert turns.wait_for(2)
+    fifth = threading.Thread(target=lambda: went.append(turns.wait_for(4)))
+    sixth = threading.Thread(target=lambda: went.append(turns.wait_for(6)))  # behind block 4
+    fourth_again = threading.Thread(target=lambda: went.append(turns.wait_for(3)))
     turns.halt()
-    fifth.join(5)
-    assert went == [True, False], "once the run stops, a waiting block is never sent"
+    for thread in (fifth, sixth, fourth_again):
+        thread.start()
+        thread.join(5)
+    assert went == [True, False, False, False], "once the run aborts, no waiting block is sent"
+
+
+def test_a_script_without_a_main_guard_runs_workers_through_the_python_api(
+    project: Path, graph: FakeGraph
+) -> None:
+    """Spawn would run the script again in each worker (and fail there); workers never import it."""
+    script = project.parent / "sync_now.py"
+    script.write_text(
+        "from capi_sync import RunOptions, StateStore, load_config, run_pipeline\n"
+        "project = load_config('pipelines.yaml')\n"
+        "with StateStore('sqlite:///state.db') as store:\n"
+        "    report = run_pipeline(project, 'purchases', store, RunOptions(workers=2))\n"
+        "print('sent', report.events_sent, report.status.value)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=project.parent,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sent 2598 succeeded"
+    assert len({event["event_id"] for event in graph.accepted_events}) == 2598

@@ -1,0 +1,95 @@
+"""What a pipeline's config builds: its compiled mapping and its Meta client (and a quiet GC).
+
+The run builds both here, and so does each worker process (`workers`), which imports this
+module and what it needs, not the warehouse drivers, the state store or the CLI.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from capi_sync import __version__
+from capi_sync.connectors.meta import MetaClient
+from capi_sync.mappings import pushdown
+from capi_sync.mappings.events import build_renames
+from capi_sync.mappings.mapper import EventMapper, MapperOptions, compile_mapping
+from capi_sync.mappings.presets import commanders_act, derived_values
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from capi_sync.config import PipelineConfig, ProjectConfig
+
+
+def mapper_for(
+    pipeline: PipelineConfig, columns: list[str], clock: Callable[[], float] = time.time
+) -> EventMapper:
+    """The pipeline's mapping compiled against the query's columns (raises ConfigError)."""
+    settings = pipeline.settings
+    options = MapperOptions(
+        pipeline=pipeline.name,
+        primary_key=pipeline.primary_key,
+        action_source=settings.action_source,
+        hashing_required=settings.hashing_required,
+        default_phone_region=settings.default_phone_region,
+        strong_match_key_required=settings.strong_match_key_required,
+        hash_external_id=settings.hash_external_id,
+        timezone=pipeline.timezone,
+        event_renames=build_renames(
+            settings.event_names, standard=settings.standard_event_names or pipeline.preset is not None
+        ),
+        consent_column=settings.consent_column,
+        consent_category=settings.consent_category,
+        fbc_from_fbclid=settings.fbc_from_fbclid,
+        url_redaction=settings.url_redaction,
+        warn_missing_standard_fields=settings.missing_standard_fields == "warn",
+    )
+    preset_options = pipeline.preset_options.model_dump()
+    mapping = pipeline.mapping
+    if pipeline.pushdown:  # each hashed key reads the digest its pushed-down column holds
+        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
+        options = replace(
+            options,
+            pushed_keys=frozenset(pushdown.pushed_keys(mapping, hash_external_id=settings.hash_external_id)),
+        )
+    return compile_mapping(
+        mapping,
+        options,
+        columns,
+        clock,
+        derived=derived_values(pipeline.preset, preset_options),
+        preset=commanders_act(preset_options) if pipeline.preset == "commanders_act" else None,
+    )
+
+
+def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
+    """The pipeline's destination as a client; the token stays inside it."""
+    destination = project.destination_of(pipeline)
+    return MetaClient(
+        destination.pixel_id,
+        destination.access_token.get_secret_value(),
+        api_version=destination.api_version,
+        graph_url=destination.graph_url,
+        timeout=destination.timeout,
+        test_event_code=pipeline.settings.test_event_code,
+        partner_agent=f"capi-sync/{__version__}",
+        app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,
+    )
+
+
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Events are short-lived trees of dicts: the default collector would walk them every 700
+    allocations. Freeze what is already loaded and collect young objects far less often."""
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
