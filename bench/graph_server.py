@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -20,8 +21,11 @@ class Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
     # client's delayed ACK (40 ms on Linux), which would cap every client at 25 requests/s.
     disable_nagle_algorithm = True
+    latency = 0.0  # seconds each answer waits, as a remote Graph API would
 
     def do_POST(self) -> None:
+        if self.latency:
+            time.sleep(self.latency)
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.headers.get("content-type", "").startswith("application/json"):
             data = orjson.loads(body)["data"]
@@ -41,7 +45,9 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port-file", type=Path, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
+    Handler.latency = args.latency_ms / 1000
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     args.port_file.write_text(str(server.server_address[1]))

@@ -158,9 +158,12 @@ def run_measured(label: str, command: list[str], events: int, cwd: Path, env: di
 
 
 @contextlib.contextmanager
-def graph_server(folder: Path) -> Iterator[str]:
+def graph_server(folder: Path, latency_ms: float = 0.0) -> Iterator[str]:
     port_file = folder / "graph.port"
-    server = subprocess.Popen([sys.executable, str(HERE / "graph_server.py"), "--port-file", str(port_file)])
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "graph_server.py"), "--port-file", str(port_file),
+         "--latency-ms", str(latency_ms)]
+    )  # fmt: skip
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
@@ -215,6 +218,9 @@ def main() -> None:
         "--pushdown", action="store_true", help="Hash customer information in the warehouse (pushdown: true)."
     )
     parser.add_argument("--skip-sdk", action="store_true", help="Do not run the facebook-business reference.")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="Each Graph answer waits this long, as over a network."
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
     parser.add_argument("--make-dataset", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--copy-to-postgres", nargs=2, metavar=("PATH", "DSN"), help=argparse.SUPPRESS)
@@ -236,7 +242,7 @@ def main() -> None:
     print(f"dataset: {args.rows:,} rows in {time.perf_counter() - started:.1f}s ({folder})", flush=True)
 
     results: list[Measured] = []
-    with graph_server(folder) as graph_url, contextlib.ExitStack() as stack:
+    with graph_server(folder, args.latency_ms) as graph_url, contextlib.ExitStack() as stack:
         if args.warehouse == "postgres":
             url = stack.enter_context(postgres_copy(database))
             warehouse = f"{{type: sqlalchemy, url: '{url}'}}"

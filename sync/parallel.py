@@ -30,6 +30,7 @@ import threading
 import traceback
 import types
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any
@@ -152,27 +153,27 @@ def _serve(
     # worker that is itself waiting for the parent to read its result.
     blocks: queue.SimpleQueue[tuple[int, list[tuple[Any, ...]]] | None] = queue.SimpleQueue()
     threading.Thread(target=_receive_all, args=(conn, blocks), daemon=True).start()
+    # Requests wait for Meta on sender threads while this thread builds the next block; replies
+    # leave in block order from a thread of their own, as each block's request is answered.
+    replies: queue.SimpleQueue[Future[tuple[str, Any]]] = queue.SimpleQueue()
+    threading.Thread(target=_reply_all, args=(conn, replies), daemon=True).start()
+    senders = ThreadPoolExecutor(delivery.in_flight, thread_name_prefix="capi-send")
     while (block := blocks.get()) is not None:
+        number, rows = block
         try:
-            reply: tuple[str, Any] = ("ok", _settle(mapper, sender, delivery, turns, block))
+            settled, events = _build(mapper, rows)
         except Exception as exc:  # a mapper bug stops the run with its traceback
             turns.halt()
-            reply = ("error", _failure(exc))
-        try:
-            _send(conn, reply)
-        except OSError:  # the parent stopped the run and hung up
-            return
+            replies.put(_done(("error", _failure(exc))))
+            continue
+        if delivery.dry_run:
+            replies.put(_done(("ok", _dry_run(sender.client, delivery, settled, events))))
+        else:
+            replies.put(senders.submit(_deliver, sender, turns, number, settled, events))
 
 
-def _settle(
-    mapper: EventMapper,
-    sender: Sender,
-    delivery: Delivery,
-    turns: _Turns,
-    block: tuple[int, list[tuple[Any, ...]]],
-) -> tuple[list[tuple[Any, ...]], Sent | None, BaseException | None, bytes]:
-    """Map one block, send its events as one batch; return what the parent commits."""
-    number, rows = block
+def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[Any]]:
+    """Map one block: per row, what the commit needs, and the events to send."""
     settled: list[tuple[Any, ...]] = []
     events = []
     for row in rows:
@@ -183,24 +184,53 @@ def _settle(
             # tuple in MappedRow's field order: a third of the cost of `_replace` and its pickle.
             mapped = (mapped[0], None, mapped[2], mapped[3], mapped[4], tuple(event["user_data"]))
         settled.append(mapped)
-    if delivery.dry_run:
-        if events:
-            sender.client.prepare(events)  # the exact request, built and dropped
-        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        lines = b"".join(dumps(event, option=newline) for event in events) if delivery.keep_lines else b""
-        return settled, Sent(), None, lines
+    return settled, events
+
+
+def _dry_run(
+    client: MetaClient, delivery: Delivery, settled: list[Any], events: list[Any]
+) -> tuple[Any, ...]:
+    if events:
+        client.prepare(events)  # the exact request, built and dropped
+    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    lines = b"".join(dumps(event, option=newline) for event in events) if delivery.keep_lines else b""
+    return settled, Sent(), None, lines
+
+
+def _deliver(
+    sender: Sender, turns: _Turns, number: int, settled: list[Any], events: list[Any]
+) -> tuple[str, Any]:
+    """On a sender thread: send one block's events as one batch when its turn comes."""
     if not turns.wait_for(number):
-        return settled, None, None, b""
+        return "ok", (settled, None, None, b"")
     try:
         sent = sender.send(events)
     except CapiSyncError as exc:  # fatal (token, permissions): the parent raises it in read order
         turns.fail(number)
-        return settled, None, exc, b""
+        return "ok", (settled, None, exc, b"")
+    except Exception as exc:  # a bug: the run stops with its traceback
+        turns.halt()
+        return "error", _failure(exc)
     finally:
         turns.done(number)
     if sent.transient is not None:
         turns.fail(number)  # the batch is dead-lettered and the run stops: send nothing after it
-    return settled, sent, None, b""
+    return "ok", (settled, sent, None, b"")
+
+
+def _reply_all(conn: Connection, replies: queue.SimpleQueue[Future[tuple[str, Any]]]) -> None:
+    while True:
+        reply = replies.get().result()
+        try:
+            _send(conn, reply)
+        except OSError:  # the parent stopped the run and hung up
+            return
+
+
+def _done(reply: tuple[str, Any]) -> Future[tuple[str, Any]]:
+    future: Future[tuple[str, Any]] = Future()
+    future.set_result(reply)
+    return future
 
 
 def _send(conn: Connection, message: object) -> None:
@@ -370,7 +400,8 @@ class ParallelMapper:
         pending: deque[tuple[_Worker, list[Any]]] = deque()
         block: list[tuple[Any, ...]] = []
         cursors: list[Any] = []
-        ahead = BLOCKS_AHEAD_PER_WORKER * self._count
+        # Enough blocks out that every worker builds while up to max_in_flight wait for Meta.
+        ahead = BLOCKS_AHEAD_PER_WORKER * self._count + self._delivery.in_flight
         for row, cursor in rows:
             block.append(tuple(row))
             cursors.append(cursor)

@@ -309,3 +309,31 @@ def test_a_script_without_a_main_guard_runs_workers_through_the_python_api(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sent 2598 succeeded"
     assert len({event["event_id"] for event in graph.accepted_events}) == 2598
+
+
+def test_workers_keep_max_in_flight_requests_waiting_for_meta(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a distant Graph API a worker must not idle while its request is answered."""
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 6000)
+    project = write_pipelines(tmp_path, graph.url)
+    project.write_text(
+        project.read_text().replace("default_phone_region: US", "default_phone_region: US, batch_size: 500")
+    )
+    waiting, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(_number: int, _body: dict[str, Any]) -> None:
+        nonlocal waiting, most
+        with lock:
+            waiting += 1
+            most = max(most, waiting)
+        time.sleep(0.3)
+        with lock:
+            waiting -= 1
+
+    graph.script = slow
+    assert cli("run", "purchases", "--workers", "2") == 0
+    assert len(graph.accepted_events) == 6000
+    assert most == 4, "max_in_flight (4) requests wait at once, not one per worker"
