@@ -70,10 +70,22 @@ def flat(requests: list[list[str]]) -> list[str]:
 
 
 def one_request_at_a_time(project: Path) -> None:
-    text = project.read_text().replace(
-        "default_phone_region: US", "default_phone_region: US, max_in_flight: 1"
-    )
+    with_settings(project, "max_in_flight: 1")
+
+
+def with_settings(project: Path, settings: str) -> None:
+    text = project.read_text().replace("default_phone_region: US", f"default_phone_region: US, {settings}")
     project.write_text(text)
+
+
+def orders_project(
+    folder: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, rows: int, settings: str
+) -> Path:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(folder / "shop.duckdb", rows)
+    project = write_pipelines(folder, graph.url)
+    with_settings(project, settings)
+    return project
 
 
 def reset(project: Path, graph: FakeGraph) -> None:
@@ -184,10 +196,7 @@ def test_plan_workers() -> None:
 def test_a_worker_killed_mid_run_fails_the_run_cleanly_and_nothing_is_lost(
     tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
-    make_orders(tmp_path / "shop.duckdb", 20_000)
-    project = write_pipelines(tmp_path, graph.url)
-    one_request_at_a_time(project)
+    orders_project(tmp_path, graph, monkeypatch, 20_000, "max_in_flight: 1")
 
     def kill_workers_on_third_request(number: int, _body: dict[str, Any]) -> object:
         if number == 3:  # a worker dies with its request on the wire
@@ -315,12 +324,7 @@ def test_workers_keep_max_in_flight_requests_waiting_for_meta(
     tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Against a distant Graph API a worker must not idle while its request is answered."""
-    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
-    make_orders(tmp_path / "shop.duckdb", 6000)
-    project = write_pipelines(tmp_path, graph.url)
-    project.write_text(
-        project.read_text().replace("default_phone_region: US", "default_phone_region: US, batch_size: 500")
-    )
+    orders_project(tmp_path, graph, monkeypatch, 6000, "batch_size: 500")
     waiting, most = 0, 0
     lock = threading.Lock()
 
