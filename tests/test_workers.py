@@ -1,4 +1,4 @@
-"""`--workers N` maps rows on N processes: what is sent, rejected and committed must not change."""
+"""`--workers N` builds and sends on N processes: what is sent, rejected and committed must not change."""
 
 from __future__ import annotations
 
