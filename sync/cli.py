@@ -15,7 +15,7 @@ from contextlib import closing
 from enum import IntEnum
 from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import click
 import orjson
@@ -102,10 +102,24 @@ def cli() -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""
 
 
+class WorkersParam(click.ParamType):
+    """`auto` or a count, as the pipeline's `workers` setting takes them."""
+
+    name = "auto|N"
+    _count = click.IntRange(min=1, max=64)
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | Literal["auto"]:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return self._count.convert(value, param, ctx)
+
+
 workers_option = click.option(
     "--workers",
-    type=click.IntRange(min=1, max=64),
-    help="Build and send events on N processes (default: the pipeline's `workers`). Pays off on large runs.",
+    type=WorkersParam(),
+    help="Build and send events on N processes, or `auto` (default: the pipeline's `workers`).",
 )
 
 
@@ -124,7 +138,13 @@ workers_option = click.option(
 @workers_option
 @with_context
 def run(
-    ctx: Context, pipeline: str, *, dry_run: bool, output: Path | None, limit: int | None, workers: int | None
+    ctx: Context,
+    pipeline: str,
+    *,
+    dry_run: bool,
+    output: Path | None,
+    limit: int | None,
+    workers: int | Literal["auto"] | None,
 ) -> None:
     """Run PIPELINE incrementally: send the rows past its cursor."""
     if output is not None and not dry_run:
@@ -159,7 +179,7 @@ def backfill(
     end: dt.datetime,
     clip: bool,
     dry_run: bool,
-    workers: int | None,
+    workers: int | Literal["auto"] | None,
 ) -> None:
     """Send PIPELINE's rows dated in [--start, --end), day by day, leaving its cursor alone.
 

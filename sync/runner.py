@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -61,7 +61,7 @@ class RunOptions:
     retry_only: bool = False  # `capi-sync retry`: only re-send rejected rows, no incremental read
     retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
     stop: threading.Event | None = None  # once set: finish the batches in flight, then stop
-    workers: int | None = None  # processes that map rows; default: the pipeline's `workers`
+    workers: int | Literal["auto"] | None = None  # processes that build and send; default: the pipeline's
 
 
 class StopRequested(KeyboardInterrupt):

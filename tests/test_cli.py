@@ -54,6 +54,19 @@ def test_bad_flag_is_a_usage_error(project: Path) -> None:
     assert cli("run", "purchases", "--output", "x.jsonl") == 2
 
 
+def test_workers_flag_takes_auto_or_a_count(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from capi_sync import runner
+
+    seen: list[object] = []
+    plan = runner.plan_workers
+    monkeypatch.setattr(runner, "plan_workers", lambda setting: seen.append(setting) or plan(setting))
+    assert cli("run", "purchases", "--workers", "Auto", "--dry-run") == 0
+    assert cli("run", "purchases", "--workers", "2", "--dry-run") == 0
+    assert seen == ["auto", 2]
+    assert cli("run", "purchases", "--workers", "0") == 2
+    assert cli("run", "purchases", "--workers", "many") == 2
+
+
 def test_fatal_meta_error_fails_the_run_with_exit_1(
     project: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
