@@ -272,9 +272,13 @@ class DBAPISource(ClosingSource):
                 yield chunk
                 del chunk  # with the reader's reference gone too, one chunk is alive, not two
         except self._errors as exc:
-            raise SourceError(f"{self._label} failed while reading: {first_line(exc)}") from exc
+            raise SourceError(f"{self._label} failed while reading: {self._explain(exc)}") from exc
         finally:
             self._release(cursor)
+
+    def _explain(self, exc: BaseException) -> str:
+        """A driver's error as the user reads it; sources add what to change where they know."""
+        return first_line(exc)
 
     def close(self) -> None:
         self._connection.close()

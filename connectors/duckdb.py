@@ -69,11 +69,17 @@ class DuckDBSource(DBAPISource):
             except duckdb.OutOfMemoryException as exc:
                 # The sort runs inside `execute`, before any row is handed out: trying again is safe.
                 if not self._grow_memory_limit():
-                    setting, limit = self._setting, self._limits[self._setting]
-                    msg = f"DuckDB: {what}: {first_line(exc)} (raise the warehouse's {setting}, now {limit})"
-                    raise SourceError(msg) from exc
+                    raise SourceError(f"DuckDB: {what}: {self._explain(exc)}") from exc
             except duckdb.Error as exc:
                 raise SourceError(f"DuckDB: {what}: {first_line(exc)}") from exc
+
+    def _explain(self, exc: BaseException) -> str:
+        # Out of memory while rows stream out (more threads pin more blocks) cannot be retried:
+        # rows were already handed out. The user learns which limit to raise either way.
+        if not isinstance(exc, duckdb.OutOfMemoryException):
+            return first_line(exc)
+        setting, limit = self._setting, self._limits[self._setting]
+        return f"{first_line(exc)} (raise the warehouse's {setting}, now {limit})"
 
     def _grow_memory_limit(self) -> bool:
         """Double a limit the user left unset, up to the ceiling."""

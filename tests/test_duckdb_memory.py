@@ -62,6 +62,27 @@ def test_a_limit_the_user_set_is_a_hard_limit(wide_table: str) -> None:
     assert source.notes == ()
 
 
+def test_running_out_of_memory_while_rows_stream_names_the_limit_to_raise(
+    wide_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sort succeeded, rows were handed out, then DuckDB could not pin a block (seen with
+    `threads: 2` on a pushdown read): no retry is possible, but the user learns what to change."""
+
+    class ExhaustedResult:
+        def fetchmany(self, size: int) -> list[tuple[int, str]]:
+            raise duckdb.OutOfMemoryException("Out of Memory Error: failed to pin block of size 256.0 KiB")
+
+    with DuckDBSource(DuckDBWarehouse(type="duckdb", path=wide_table)) as source:
+        source.prepare_for_pushdown()
+        monkeypatch.setattr(source, "_execute", lambda *args: ExhaustedResult())
+        with pytest.raises(SourceError) as caught:
+            read_sorted(source)
+    assert str(caught.value) == (
+        "DuckDB failed while reading: Out of Memory Error: failed to pin block of size 256.0 KiB"
+        f" (raise the warehouse's pushdown_memory_limit, now {duckdb_source.AUTO_PUSHDOWN_MEMORY_LIMIT_MB}MB)"
+    )
+
+
 def test_pushdown_reads_grow_their_own_limit(wide_table: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(duckdb_source, "AUTO_PUSHDOWN_MEMORY_LIMIT_MB", 2)
     config = DuckDBWarehouse(type="duckdb", path=wide_table, memory_limit="2MB")
