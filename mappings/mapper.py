@@ -142,7 +142,12 @@ class EventMapper:
         if "ph" in self._user:
             self._normalizers["ph"] = partial(normalize.phone, default_region=options.default_phone_region)
         # Per key, a fast path for the common case (one text value), resolved once, not per row.
-        self._user_plan = [(key, getter, self._scalar_text_path(key)) for key, getter in self._ordered_user]
+        self._user_plan: list[tuple[str, Getter, _TextPath | None]] = []
+        for index, (key, getter) in enumerate(self._ordered_user):
+            # A memo that switches itself off hands its key the bare normalize-and-hash: one call
+            # per value instead of two, on the keys that never repeat (emails, phones, click ids).
+            use_uncached = partial(self._replace_path, index, key, getter)
+            self._user_plan.append((key, getter, self._scalar_text_path(key, on_memo_off=use_uncached)))
         self._country_path = self._scalar_text_path("country") if self._country_getter else None
 
     def row_key(self, row: Row) -> str:
@@ -296,7 +301,12 @@ class EventMapper:
         """A dropped value as reports show it; a pushed-down one was never seen outside the warehouse."""
         return None if key in self.options.pushed_keys else values.redact(raw)
 
-    def _scalar_text_path(self, key: str) -> _TextPath | None:
+    def _replace_path(self, index: int, key: str, getter: Getter, text_path: _TextPath) -> None:
+        self._user_plan[index] = (key, getter, text_path)
+
+    def _scalar_text_path(
+        self, key: str, on_memo_off: Callable[[_TextPath], None] | None = None
+    ) -> _TextPath | None:
         """Normalize-and-hash for a single string, memoized; None where rows need the full rules.
 
         This runs once per key per row, so it is one closure with its memo inlined: a value seen
@@ -339,6 +349,8 @@ class EventMapper:
                 if lookups == MEMO_TRIAL and hits * 5 < lookups:
                     on = False  # under 20% hits (emails, phones): hashing is cheaper than remembering
                     memo.clear()
+                    if on_memo_off is not None:
+                        on_memo_off(uncached)
             if found is _MISSING:
                 found = uncached(raw, country)
                 if on:

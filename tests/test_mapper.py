@@ -333,3 +333,23 @@ def test_empty_optional_values_are_absent_in_every_group() -> None:
     assert "opt_out" not in event
     assert "app_data" not in event
     assert ("opt_out", "not_a_boolean") in rules(m.map_row(row(tags="maybe")))
+
+
+def test_memos_that_rarely_hit_switch_off_and_results_stay_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Emails never repeat here, user agents always do: after the trial the email memo is off (its
+    key calls the bare normalize-and-hash), the user agent's stays on, and no event changes."""
+    from capi_sync.mappings import mapper as mapper_module
+
+    monkeypatch.setattr(mapper_module, "MEMO_TRIAL", 10)
+    compiled = mapper()
+    paths_before = {key: path for key, _, path in compiled._user_plan}
+    for number in range(40):
+        email = f" User{number}@Example.COM"
+        event = ok(compiled.map_row(row(id=number, email=email, phone="(650) 555-0134", country="us")))
+        assert event["user_data"]["em"] == sha256(f"user{number}@example.com".encode()).hexdigest()
+        assert event["user_data"]["ph"] == sha256(b"16505550134").hexdigest()
+        assert event["user_data"]["client_user_agent"] == "Mozilla/5.0"
+    paths_after = {key: path for key, _, path in compiled._user_plan}
+    assert paths_after["em"] is not paths_before["em"], "the email memo switched itself off"
+    assert paths_after["client_user_agent"] is paths_before["client_user_agent"]
+    assert paths_after["ph"] is paths_before["ph"], "one phone number: its memo hits every time"
