@@ -562,6 +562,8 @@ class _Memo:
 
 
 def _join_key(values: tuple[Any, ...]) -> str:
+    if len(values) == 1:  # the usual single-column key, without a generator per row
+        return "" if (value := values[0]) is None else str(value)
     return "|".join("" if value is None else str(value) for value in values)
 
 
