@@ -9,9 +9,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Self
 
-from jinja2 import StrictUndefined, TemplateError, Undefined
-from jinja2.sandbox import SandboxedEnvironment
-
 from capi_sync.errors import SourceError
 from capi_sync.windows import kind_of_type
 
@@ -115,6 +112,9 @@ def render_query(
     """
     if not is_template(query):
         return query
+    # Imported here: most queries are plain SQL, and a run need not load a template engine for them.
+    from jinja2 import StrictUndefined, TemplateError, Undefined  # noqa: PLC0415
+    from jinja2.sandbox import SandboxedEnvironment  # noqa: PLC0415
 
     def bind(value: Any) -> str:
         if isinstance(value, Undefined):

@@ -32,7 +32,6 @@ from capi_sync.connectors import Window, open_source
 from capi_sync.errors import CapiSyncError, ConfigError, MetaAuthError, MetaError
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline
-from capi_sync.scheduler import Scheduler
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
@@ -219,6 +218,8 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
+
     scheduler = Scheduler(ctx.project, pipelines, ctx.state_url, run_now=run_now)
 
     def stop(_signum: int, _frame: object) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
-
 from capi_sync.windows import parse_duration
 
 if TYPE_CHECKING:
@@ -24,6 +21,10 @@ ALIASES = {
 
 def make_trigger(expression: str, timezone: str) -> BaseTrigger:
     """Raise ValueError with the accepted forms when `expression` is none of them."""
+    # Imported here: only pipelines with a `schedule` need APScheduler, and a run never does.
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415
+
     text = expression.strip()
     every = re.fullmatch(r"every\s+(.+)", text, re.IGNORECASE)
     try:
