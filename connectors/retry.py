@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from capi_sync.errors import MetaRetryableError
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable
 
 T = TypeVar("T")
@@ -28,6 +27,14 @@ class RetryPolicy:
         return rng() * min(self.max_delay, self.base_delay * 2**attempt)
 
 
+class StopSignal(Protocol):
+    """What ends a backoff pause early: a `threading.Event`, or a flag shared with other processes."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
 def call_with_retry(
     fn: Callable[[], T],
     policy: RetryPolicy,
@@ -35,7 +42,7 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     on_retry: Callable[[MetaRetryableError, float], None] | None = None,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
 ) -> T:
     """Call `fn` until it succeeds, raises a non-retryable error, or the time budget runs out.
 

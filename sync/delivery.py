@@ -13,11 +13,10 @@ from capi_sync.connectors.retry import call_with_retry
 from capi_sync.errors import MetaRequestError, MetaRetryableError
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Sequence
 
     from capi_sync.connectors.meta import MetaClient
-    from capi_sync.connectors.retry import RetryPolicy
+    from capi_sync.connectors.retry import RetryPolicy, StopSignal
     from capi_sync.errors import MetaError
 
 INVALID_PARAMETER = 100  # Graph API code for an invalid event: worth isolating by bisection
@@ -36,7 +35,7 @@ class Sent:
 class Sender:
     """`send(events)` delivers one batch; fatal errors (token, permissions) raise."""
 
-    def __init__(self, client: MetaClient, retry: RetryPolicy, stop: threading.Event | None) -> None:
+    def __init__(self, client: MetaClient, retry: RetryPolicy, stop: StopSignal | None) -> None:
         self.client = client
         self.retry = retry
         self.stop = stop  # once set, a backoff pause ends at once so the run can commit and exit

@@ -27,6 +27,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 import types
 from collections import deque
@@ -42,11 +43,10 @@ from capi_sync.delivery import Sender, Sent
 from capi_sync.errors import CapiSyncError, WorkerError
 
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Callable, Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
-    from multiprocessing.sharedctypes import Synchronized, SynchronizedArray
-    from multiprocessing.synchronize import Condition, Event
 
     from capi_sync.config import PipelineConfig
     from capi_sync.connectors.meta import MetaClient
@@ -85,49 +85,80 @@ class Built:
     lines: bytes = b""  # dry run with --output: the events, one JSON line each
 
 
+class _SharedFlag:
+    """A flag every worker sees, which a killed process can never wedge.
+
+    `multiprocessing.Event` cannot promise that: its `set` waits until every process sleeping in
+    `wait` has woken, and one killed while it slept never does, so the run's own `halt` hung.
+    Waiting here is a short sleep between looks at one shared byte.
+    """
+
+    POLL_EVERY = 0.02  # seconds; only backoff pauses (seconds long) wait on it
+
+    def __init__(self, context: Any) -> None:
+        self._value: ctypes.c_byte = context.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._value.value and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.POLL_EVERY, left))
+        return self.is_set()
+
+
 class _Turns:
     """At most `in_flight` requests out across workers; none after a failed one, none on abort.
 
-    Blocks k, k + in_flight, k + 2 in_flight ... take turns: each waits until the one before it
-    in its lane was answered. With `in_flight` 1 that is strict read order. A block whose request
-    failed for good stops the blocks after it, never those before (they are still committed, as
-    on the run's own sender threads); an abort (Ctrl-C, the run ending) stops them all and cuts
-    short any backoff pause.
+    Blocks k, k + in_flight, k + 2 in_flight ... share a lane and take turns: each waits until the
+    one before it in its lane was answered. With `in_flight` 1 that is strict read order. A block
+    whose request failed for good stops the blocks after it, never those before (they are still
+    committed, as on the run's own sender threads); an abort (Ctrl-C, the run ending) stops them
+    all and cuts short any backoff pause.
+
+    No lock or condition is shared: a worker can be killed at any moment, and one killed holding a
+    lock, or counted as a sleeper it will never be, would wedge the others and the run. Each lane
+    is one shared word, written only by the block whose turn it is, holding that block's number
+    and whether it failed (one store, so no process sees the answer without the failure), and
+    waiting is a short sleep between looks.
     """
 
-    NEVER = 2**62
+    FIRST_PAUSE, LONGEST_PAUSE = 0.0002, 0.002  # seconds between looks; a request takes far longer
 
     def __init__(self, context: Any, in_flight: int) -> None:
         self.in_flight = in_flight
-        self.answered: SynchronizedArray[int] = context.Array("q", [-1] * in_flight, lock=False)
-        self.failed_at: Synchronized[int] = context.Value("q", self.NEVER, lock=False)
-        self.changed: Condition = context.Condition()
-        self.abort: Event = context.Event()
+        unanswered = self._word(-1, failed=False)
+        self._lanes: ctypes.Array[ctypes.c_longlong] = context.RawArray("q", [unanswered] * in_flight)
+        self.abort = _SharedFlag(context)
+
+    @staticmethod
+    def _word(block: int, *, failed: bool) -> int:
+        return block << 1 | failed
 
     def wait_for(self, block: int) -> bool:
         """True when `block` may be sent; False when it must not be (an earlier failure, an abort)."""
         lane, before = block % self.in_flight, block - self.in_flight
-        with self.changed:
-            self.changed.wait_for(lambda: self._stopped(block) or before < 0 or self.answered[lane] >= before)
-            return not self._stopped(block)
+        pause = self.FIRST_PAUSE
+        while not self._stopped(block):
+            if before < 0 or self._lanes[lane] >> 1 >= before:
+                return not self._stopped(block)
+            time.sleep(pause)
+            pause = min(2 * pause, self.LONGEST_PAUSE)
+        return False
 
     def _stopped(self, block: int) -> bool:
-        return self.abort.is_set() or block > self.failed_at.value
+        return self.abort.is_set() or any(word & 1 and word >> 1 < block for word in self._lanes[:])
 
-    def done(self, block: int) -> None:
-        with self.changed:
-            self.answered[block % self.in_flight] = block
-            self.changed.notify_all()
-
-    def fail(self, block: int) -> None:
-        with self.changed:
-            self.failed_at.value = min(self.failed_at.value, block)
-            self.changed.notify_all()
+    def answered(self, block: int, *, failed: bool = False) -> None:
+        """`block`'s request is over; `failed`: for good, so no later block may be sent."""
+        self._lanes[block % self.in_flight] = self._word(block, failed=failed)
 
     def halt(self) -> None:
         self.abort.set()
-        with self.changed:
-            self.changed.notify_all()
 
 
 def _serve(
@@ -203,18 +234,17 @@ def _deliver(
     """On a sender thread: send one block's events as one batch when its turn comes."""
     if not turns.wait_for(number):
         return "ok", (settled, None, None, b"")
+    failed = True  # until the request is known to be over and not dead-lettered
     try:
         sent = sender.send(events)
+        failed = sent.transient is not None  # dead-lettered: the run stops, send nothing after it
     except CapiSyncError as exc:  # fatal (token, permissions): the parent raises it in read order
-        turns.fail(number)
         return "ok", (settled, None, exc, b"")
     except Exception as exc:  # a bug: the run stops with its traceback
         turns.halt()
         return "error", _failure(exc)
     finally:
-        turns.done(number)
-    if sent.transient is not None:
-        turns.fail(number)  # the batch is dead-lettered and the run stops: send nothing after it
+        turns.answered(number, failed=failed)
     return "ok", (settled, sent, None, b"")
 
 

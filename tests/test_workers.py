@@ -275,13 +275,15 @@ def test_requests_take_turns_at_most_max_in_flight_out_and_none_once_stopping() 
     third.start()
     third.join(0.2)
     assert third.is_alive(), "block 2 waits for block 0's answer"
-    turns.done(1)
+    turns.answered(1)
     third.join(0.2)
     assert third.is_alive(), "block 1 answered is another lane"
-    turns.done(0)
+    turns.answered(0)
     third.join(5)
     assert went == [True]
-    turns.fail(3)  # block 3's request failed for good: nothing after it leaves, all before it does
+    turns.answered(
+        3, failed=True
+    )  # block 3's request failed for good: nothing after it leaves, all before it does
     assert not turns.wait_for(4)
     assert turns.wait_for(2)
     fifth = threading.Thread(target=lambda: went.append(turns.wait_for(4)))
@@ -292,6 +294,32 @@ def test_requests_take_turns_at_most_max_in_flight_out_and_none_once_stopping() 
         thread.start()
         thread.join(5)
     assert went == [True, False, False, False], "once the run aborts, no waiting block is sent"
+
+
+def _wait_for_turn(turns: parallel._Turns, block: int) -> None:
+    turns.wait_for(block)
+
+
+def test_a_worker_killed_while_waiting_for_its_turn_never_wedges_the_others() -> None:
+    """Killed in the middle of waiting (as SIGKILL or the OOM killer can), a worker once left a
+    `multiprocessing.Condition` counting a sleeper that would never wake: the next notify, the
+    run's own `halt` included, waited for it forever, and CI timed out."""
+    context = multiprocessing.get_context("spawn")
+    turns = parallel._Turns(context, 1)
+    assert turns.wait_for(0)
+    waiters = [context.Process(target=_wait_for_turn, args=(turns, block), daemon=True) for block in (1, 2)]
+    for waiter in waiters:
+        waiter.start()
+    time.sleep(1.0)  # both are past start-up and waiting for block 0's answer
+    assert all(waiter.is_alive() for waiter in waiters)
+    os.kill(waiters[0].pid, signal.SIGKILL)
+    waiters[0].join()
+    settled = threading.Thread(target=lambda: (turns.answered(0), turns.halt()), daemon=True)
+    settled.start()
+    settled.join(10)
+    assert not settled.is_alive(), "answering and halting never wait on a dead process"
+    waiters[1].join(10)
+    assert waiters[1].exitcode == 0, "the surviving waiter saw the abort"
 
 
 def test_a_script_without_a_main_guard_runs_workers_through_the_python_api(
