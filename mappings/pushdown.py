@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from hashlib import sha256
 from typing import TYPE_CHECKING, Final
@@ -35,7 +35,7 @@ from capi_sync.mappings.spec import Column as ColumnSource
 from capi_sync.mappings.spec import FieldSource, MappingSpec
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 OUT_OF_DOMAIN: Final = "not_normalizable_in_warehouse"
 PREFIX: Final = "capi_pd_"
@@ -85,9 +85,13 @@ class Dialect:
     quote: Callable[[str], str]
     literal: Callable[[str], str]
     ascii_lower: Callable[[str], str] = lambda e: f"lower({e})"
-    anchored: bool = False
+    anchored: bool = False  # full_match needs ^( )$ written into the pattern
     # Its `lower` maps every domain character as Python does (a test checks each one).
-    lower_matches_python: bool = False  # full_match needs ^( )$ written into the pattern
+    lower_matches_python: bool = False
+    # An expression that keeps the planner from merging the query's layers back into one, where
+    # it would (PostgreSQL inlines subqueries, so every shared value was computed again per use).
+    # It must be volatile: that keeps the layers apart yet lets the window's filter reach the table.
+    layer_fence: str | None = None
 
     def pattern(self, regex: str) -> str:
         return self.literal(f"^({regex})$" if self.anchored else regex)
@@ -148,6 +152,7 @@ DIALECT: Final[dict[str, Dialect]] = {
         literal=_ansi_literal,
         ascii_lower=lambda e: f'lower(({e}) collate "C")',  # no locale rule (Turkish i) applies
         anchored=True,
+        layer_fence="random()",  # 200k bench rows: 13.8-16.8 s against 21.9-23.4 merged
     ),
     "snowflake": Dialect(
         name="snowflake",
@@ -326,6 +331,16 @@ class _Ctx:
     dialect: Dialect
     country: str  # SQL: the row's normalized country, NULL, or '!' when it is outside the domain
     default_region: str | None
+    computed: Mapping[str, str] = field(default_factory=dict)  # expression -> column holding it
+
+    def once(self, expr: str) -> str:
+        """`expr`, or the column a lower layer of the query computed it into, once per row.
+
+        The rules repeat their working values: a phone's digits appear about eighty times in its
+        validity check. Engines do not share those across a CASE's branches, so each repeat was
+        a regex replace of its own (DuckDB, phones alone: 0.84 s per 200k rows, against 0.28).
+        """
+        return self.computed.get(expr, expr)
 
     def lit(self, text: str) -> str:
         return self.dialect.literal(text)
@@ -357,13 +372,13 @@ _EMAIL: Final = r"[^@ ]+@[^@ ]*[^.@ ][^@ ]*[.][^@ ]*[^.@ ][^@ ]*"
 
 
 def _email(ctx: _Ctx, t: str) -> str:
-    v = ctx.lower(t)
+    v = ctx.once(_working_value(ctx, "em", t))
     return f"case when {ctx.match(v, _EMAIL)} then {ctx.sha(v)} else {ctx.rule('invalid_email')} end"
 
 
 def _name_like(rule: str) -> Callable[[_Ctx, str], str]:
     def expression(ctx: _Ctx, t: str) -> str:
-        letters = ctx.letters(t)
+        letters = ctx.once(ctx.letters(t))
         return f"case when {letters} = '' then {ctx.rule(rule)} else {ctx.sha(letters)} end"
 
     return expression
@@ -410,7 +425,7 @@ def _birth_date(ctx: _Ctx, t: str) -> str:
 
 
 def _zip(ctx: _Ctx, t: str) -> str:
-    z = f"replace(replace({ctx.lower(t)}, ' ', ''), '-', '')"
+    z = ctx.once(_working_value(ctx, "zp", t))
     return (
         f"case when not {ctx.match(z, '[a-z0-9]+')} then {ctx.rule('invalid_zip')}"
         f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
@@ -420,7 +435,7 @@ def _zip(ctx: _Ctx, t: str) -> str:
 
 
 def _state(ctx: _Ctx, t: str) -> str:
-    letters = ctx.letters(t)
+    letters = ctx.once(ctx.letters(t))
     return (
         f"case when {letters} = '' then {ctx.rule('invalid_state')}"
         f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
@@ -429,7 +444,7 @@ def _state(ctx: _Ctx, t: str) -> str:
 
 
 def _phone(ctx: _Ctx, t: str) -> str:
-    digits = ctx.dialect.replace_all(t, ctx.lit("[^0-9]"))
+    digits = ctx.once(_working_value(ctx, "ph", t))
     significant = f"ltrim({digits}, '0')"
     default = ctx.lit(ctx.default_region.lower()) if ctx.default_region else "null"
     region = f"coalesce({ctx.country}, {default})"
@@ -450,6 +465,19 @@ def _phone(ctx: _Ctx, t: str) -> str:
         f" when {region} in ('us', 'ca') then {nanp} else {out} end"
     )
 
+
+def _working_value(ctx: _Ctx, key: str, t: str) -> str:
+    """What a key's rules test and hash over and over, derived from its trimmed text `t`."""
+    if key == "ph":
+        return ctx.dialect.replace_all(t, ctx.lit("[^0-9]"))
+    if key == "em":
+        return ctx.lower(t)
+    if key == "zp":
+        return f"replace(replace({ctx.lower(t)}, ' ', ''), '-', '')"
+    return ctx.letters(t)  # names, cities and states
+
+
+_WORKING_VALUE_KEYS: Final = frozenset({"ph", "em", "zp", "fn", "ln", "ct", "st"})
 
 _EXPRESSIONS: Final[dict[str, Callable[[_Ctx, str], str]]] = {
     "em": _email,
@@ -473,11 +501,9 @@ def _value_sql(ctx: _Ctx, key: str, raw: str, kind: str | None) -> str:
         digest = ctx.sha(dialect.date_digits(raw))
         invalid = ctx.rule("invalid_date")
         return f"case when {raw} is null then null when {in_range} then {digest} else {invalid} end"
-    text = f"cast({raw} as {dialect.text_type})"
-    if key == "zp" and kind == "integer":  # `normalize.zip_code` zero-pads integers to five digits
-        text = f"(case when {raw} < 100000 then lpad({text}, 5, '0') else {text} end)"
+    text = _text(dialect, key, raw, kind)
     domain = "[ -~]*" if key in _ASCII_ONLY else _char_class(domain_chars()) + "*"
-    t = f"trim({text})"
+    t = ctx.once(f"trim({text})")
     negative = f"when {raw} < 0 then {ctx.rule(OUT_OF_DOMAIN)} " if kind == "integer" else ""
     return (
         f"case when {raw} is null then null {negative}"
@@ -486,6 +512,13 @@ def _value_sql(ctx: _Ctx, key: str, raw: str, kind: str | None) -> str:
         f" when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
         f" else {_EXPRESSIONS[key](ctx, t)} end"
     )
+
+
+def _text(dialect: Dialect, key: str, raw: str, kind: str | None) -> str:
+    text = f"cast({raw} as {dialect.text_type})"
+    if key == "zp" and kind == "integer":  # `normalize.zip_code` zero-pads integers to five digits
+        text = f"(case when {raw} < 100000 then lpad({text}, 5, '0') else {text} end)"
+    return text
 
 
 def _country_sql(ctx: _Ctx, raw: str, kind: str | None) -> tuple[str, str]:
@@ -524,42 +557,63 @@ class PushdownPlan:
         *,
         default_phone_region: str | None,
     ) -> str:
+        """The user's query in three layers: the country and each key's trimmed text, then each
+        key's working value (digits, letters ...), then the digests, which read both as columns."""
         dialect = DIALECT[dialect_name]
         q = dialect.quote
         country_source = self.sources.get("country")
-        cc = f"{PREFIX}src.{q(PREFIX + 'cc')}"
-        ctx = _Ctx(dialect, cc, default_phone_region)
+        base, src = f"{PREFIX}base", f"{PREFIX}src"
+        cc = f"{src}.{q(PREFIX + 'cc')}"
+        plain_ctx = _Ctx(dialect, cc, default_phone_region)
         inner_select = [f"{PREFIX}in.*"]
         inner_joins = ""
         if country_source is not None:
             raw = f"{PREFIX}in.{q(country_source)}"
-            plain, hashed = _country_sql(ctx, raw, kinds.get(country_source))
+            plain, hashed = _country_sql(plain_ctx, raw, kinds.get(country_source))
             inner_select += [f"{plain} as {q(PREFIX + 'cc')}", f"{hashed} as {q(pushed_column('country'))}"]
-            key = ctx.lower(f"trim(cast({raw} as {dialect.text_type}))")
+            key = plain_ctx.lower(f"trim(cast({raw} as {dialect.text_type}))")
             table = dialect.table(f"{PREFIX}countries", ("name", "code"), country_table())
             inner_joins = f" left join {table} on {PREFIX}countries.name = {key}"
         else:
             inner_select.append(f"cast(null as {dialect.text_type}) as {q(PREFIX + 'cc')}")
-        outer_select = [f"{PREFIX}src.{q(column)}" for column in self.kept]
+        middle_select = [f"{base}.*"]
+        if dialect.layer_fence is not None:
+            inner_select.append(f"{dialect.layer_fence} as {q(PREFIX + 'fence_in')}")
+            middle_select.append(f"{dialect.layer_fence} as {q(PREFIX + 'fence_base')}")
+        computed: dict[str, str] = {}
+        for key in self.keys:
+            kind = kinds.get(self.sources[key])
+            if key == "country" or kind == "date":
+                continue
+            trimmed, working = q(f"{PREFIX}t_{key}"), q(f"{PREFIX}w_{key}")
+            column = q(self.sources[key])
+            inner_select.append(f"trim({_text(dialect, key, f'{PREFIX}in.{column}', kind)}) as {trimmed}")
+            computed[f"trim({_text(dialect, key, f'{src}.{column}', kind)})"] = f"{src}.{trimmed}"
+            if key in _WORKING_VALUE_KEYS:
+                middle_select.append(f"{_working_value(plain_ctx, key, f'{base}.{trimmed}')} as {working}")
+                computed[_working_value(plain_ctx, key, f"{src}.{trimmed}")] = f"{src}.{working}"
+        ctx = _Ctx(dialect, cc, default_phone_region, computed)
+        outer_select = [f"{src}.{q(column)}" for column in self.kept]
         outer_joins = ""
         for key in self.keys:
             if key == "country":
-                outer_select.append(f"{PREFIX}src.{q(pushed_column(key))}")
+                outer_select.append(f"{src}.{q(pushed_column(key))}")
                 continue
-            raw = f"{PREFIX}src.{q(self.sources[key])}"
+            raw = f"{src}.{q(self.sources[key])}"
             outer_select.append(
                 f"{_value_sql(ctx, key, raw, kinds.get(self.sources[key]))} as {q(pushed_column(key))}"
             )
             if key == "st":
-                letters = ctx.letters(f"trim(cast({raw} as {dialect.text_type}))")
+                letters = ctx.once(ctx.letters(ctx.once(f"trim(cast({raw} as {dialect.text_type}))")))
                 table = dialect.table(f"{PREFIX}states", ("country", "name", "code"), state_table())
                 outer_joins += (
                     f" left join {table} on {PREFIX}states.country = coalesce({cc}, 'us')"
                     f" and {PREFIX}states.name = {letters}"
                 )
         sql = (
-            f"select {', '.join(outer_select)} from (select {', '.join(inner_select)}"
-            f" from ({query}) as {PREFIX}in{inner_joins}) as {PREFIX}src{outer_joins}"
+            f"select {', '.join(outer_select)} from (select {', '.join(middle_select)}"
+            f" from (select {', '.join(inner_select)} from ({query}) as {PREFIX}in{inner_joins}) as {base})"
+            f" as {src}{outer_joins}"
         )
         if re.search(r":\w", sql):  # SQLAlchemy's text() would read it as a bind parameter
             raise PushdownError(["pushdown: generated SQL contains ':' before a word character"])
