@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
+    from multiprocessing.synchronize import Condition
 
     from capi_sync.config import PipelineConfig
     from capi_sync.connectors.meta import MetaClient
@@ -89,8 +90,8 @@ class _SharedFlag:
     """A flag every worker sees, which a killed process can never wedge.
 
     `multiprocessing.Event` cannot promise that: its `set` waits until every process sleeping in
-    `wait` has woken, and one killed while it slept never does, so the run's own `halt` hung.
-    Waiting here is a short sleep between looks at one shared byte.
+    `wait` has woken, and one killed while it slept never does, so the run's own `halt` hung (CI
+    timed out on it). Waiting here is a short sleep between looks at one shared byte.
     """
 
     POLL_EVERY = 0.02  # seconds; only backoff pauses (seconds long) wait on it
@@ -120,19 +121,22 @@ class _Turns:
     committed, as on the run's own sender threads); an abort (Ctrl-C, the run ending) stops them
     all and cuts short any backoff pause.
 
-    No lock or condition is shared: a worker can be killed at any moment, and one killed holding a
-    lock, or counted as a sleeper it will never be, would wedge the others and the run. Each lane
-    is one shared word, written only by the block whose turn it is, holding that block's number
-    and whether it failed (one store, so no process sees the answer without the failure), and
-    waiting is a short sleep between looks.
+    The run's own process only ever sets the abort flag, which takes no lock: a worker killed while
+    it slept on the shared condition, or while it held its lock, wedges whoever touches the
+    condition next (its `notify_all` waits for the dead sleeper to wake). Only workers touch it,
+    and the run's process kills them all once it sees one die. Waiters look at the flag at least
+    every `LOOK_AGAIN` seconds, since nobody notifies them of it. Each lane is one shared word,
+    written by the block whose turn it is: its number and whether it failed, in one store, so no
+    process sees the answer without the failure.
     """
 
-    FIRST_PAUSE, LONGEST_PAUSE = 0.0002, 0.002  # seconds between looks; a request takes far longer
+    LOOK_AGAIN = 0.1  # seconds: how late a waiting block may notice an abort
 
     def __init__(self, context: Any, in_flight: int) -> None:
         self.in_flight = in_flight
         unanswered = self._word(-1, failed=False)
         self._lanes: ctypes.Array[ctypes.c_longlong] = context.RawArray("q", [unanswered] * in_flight)
+        self._answered: Condition = context.Condition()
         self.abort = _SharedFlag(context)
 
     @staticmethod
@@ -142,22 +146,24 @@ class _Turns:
     def wait_for(self, block: int) -> bool:
         """True when `block` may be sent; False when it must not be (an earlier failure, an abort)."""
         lane, before = block % self.in_flight, block - self.in_flight
-        pause = self.FIRST_PAUSE
-        while not self._stopped(block):
-            if before < 0 or self._lanes[lane] >> 1 >= before:
-                return not self._stopped(block)
-            time.sleep(pause)
-            pause = min(2 * pause, self.LONGEST_PAUSE)
-        return False
+        with self._answered:  # looked at under the lock, so no answer slips in unnoticed
+            while not self._stopped(block):
+                if before < 0 or self._lanes[lane] >> 1 >= before:
+                    return True
+                self._answered.wait(self.LOOK_AGAIN)
+            return False
 
     def _stopped(self, block: int) -> bool:
         return self.abort.is_set() or any(word & 1 and word >> 1 < block for word in self._lanes[:])
 
     def answered(self, block: int, *, failed: bool = False) -> None:
-        """`block`'s request is over; `failed`: for good, so no later block may be sent."""
+        """In a worker: `block`'s request is over; `failed`: for good, so no later block may be sent."""
         self._lanes[block % self.in_flight] = self._word(block, failed=failed)
+        with self._answered:
+            self._answered.notify_all()
 
     def halt(self) -> None:
+        """Never waits: the run's process calls it however its workers died."""
         self.abort.set()
 
 
