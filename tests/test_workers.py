@@ -311,8 +311,10 @@ def test_a_worker_killed_while_waiting_for_its_turn_never_wedges_the_run() -> No
     waiters = [context.Process(target=_wait_for_turn, args=(turns, block), daemon=True) for block in (1, 2)]
     for waiter in waiters:
         waiter.start()
-    time.sleep(1.0)  # both are past start-up and waiting for block 0's answer
-    assert all(waiter.is_alive() for waiter in waiters)
+    deadline = time.monotonic() + 60
+    while turns._answered._sleeping_count.get_value() < 2:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "both waiters sleep on the condition (start-up is slow on CI)"
+        time.sleep(0.05)
     os.kill(waiters[0].pid, signal.SIGKILL)
     waiters[0].join()
     halting = threading.Thread(target=turns.halt, daemon=True)
