@@ -7,7 +7,9 @@
 
 Every figure is measured on real processes: the Graph stand-in runs in its own process, capi-sync
 and the SDK reference run as child processes: CPU time and the largest process's peak RSS come from
-wait4(), and the peak of all processes together (workers included) is sampled from /proc.
+wait4(), and the peak of all processes together (workers included) is sampled from /proc. The CPU
+split (the run's own process, its workers, the Graph stand-in) reads /proc too: the stand-in's is
+exact (it idles between runs), the run's own is its last 0.1 s sample, the workers' the rest.
 Linux charges a child the parent's peak RSS at exec time, so the parent stays small: the dataset is
 built, and copied into PostgreSQL, by child processes too.
 """
@@ -102,6 +104,14 @@ class Measured:
     cpu_seconds: float
     peak_rss_mb: float
     peak_tree_rss_mb: float
+    own_cpu_seconds: float  # the measured process alone (workers and other children excluded)
+    stand_in_cpu_seconds: float  # what the Graph stand-in spent answering this run
+
+    @property
+    def cpu_split(self) -> str:
+        """run's process / its children (workers) / the Graph stand-in, in CPU seconds."""
+        children = max(self.cpu_seconds - self.own_cpu_seconds, 0.0)
+        return f"{self.own_cpu_seconds:.1f} / {children:.1f} / {self.stand_in_cpu_seconds:.1f}"
 
     @property
     def per_second(self) -> float:
@@ -130,16 +140,29 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-def run_measured(label: str, command: list[str], events: int, cwd: Path, env: dict[str, str]) -> Measured:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far, its children excluded (0 once it is gone)."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_measured(
+    label: str, command: list[str], events: int, *, cwd: Path, env: dict[str, str], stand_in: int
+) -> Measured:
+    stand_in_before = cpu_seconds(stand_in)
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak_tree = 0.0
+    peak_tree = own_cpu = 0.0
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak_tree
+        nonlocal peak_tree, own_cpu
         while not done.wait(0.1):
             peak_tree = max(peak_tree, tree_rss_mb(process.pid))
+            own_cpu = max(own_cpu, cpu_seconds(process.pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -154,13 +177,22 @@ def run_measured(label: str, command: list[str], events: int, cwd: Path, env: di
         events = int(sent[1].replace(b",", b""))
         print(stdout.decode().split("\n", 1)[0], flush=True)
     # ru_maxrss is the largest single process; the sampled sum covers worker processes too.
+    total_cpu = usage.ru_utime + usage.ru_stime
     return Measured(
-        label, events, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, peak_tree
+        label,
+        events,
+        seconds,
+        total_cpu,
+        usage.ru_maxrss / 1024,
+        peak_tree,
+        min(own_cpu, total_cpu),
+        cpu_seconds(stand_in) - stand_in_before,
     )
 
 
 @contextlib.contextmanager
-def graph_server(folder: Path, latency_ms: float = 0.0) -> Iterator[str]:
+def graph_server(folder: Path, latency_ms: float = 0.0) -> Iterator[tuple[str, int]]:
+    """The stand-in's URL and process id."""
     port_file = folder / "graph.port"
     server = subprocess.Popen(
         [sys.executable, str(HERE / "graph_server.py"), "--port-file", str(port_file),
@@ -169,7 +201,7 @@ def graph_server(folder: Path, latency_ms: float = 0.0) -> Iterator[str]:
     try:
         while not port_file.exists() or not port_file.read_text():
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text()}"
+        yield f"http://127.0.0.1:{port_file.read_text()}", server.pid
     finally:
         server.terminate()
         server.wait()
@@ -248,7 +280,7 @@ def main() -> None:
 
     ours: list[Measured] = []
     sdks: list[Measured] = []
-    with graph_server(folder, args.latency_ms) as graph_url, contextlib.ExitStack() as stack:
+    with graph_server(folder, args.latency_ms) as (graph_url, stand_in), contextlib.ExitStack() as stack:
         if args.warehouse == "postgres":
             url = stack.enter_context(postgres_copy(database))
             warehouse = f"{{type: sqlalchemy, url: '{url}'}}"
@@ -266,18 +298,25 @@ def main() -> None:
         # weighs on both paths alike; each of ours starts from an empty state (a first run).
         for attempt in range(args.repeat):
             env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}.db'}"}
-            ours.append(run_measured(label, command, args.rows, folder, env))
+            ours.append(run_measured(label, command, args.rows, cwd=folder, env=env, stand_in=stand_in))
             if not args.skip_sdk and args.warehouse == "duckdb":
                 sdk = [sys.executable, str(HERE / "sdk_reference.py"), "--database", str(database),
                        "--graph-url", graph_url]  # fmt: skip
-                sdks.append(run_measured("facebook-business SDK", sdk, args.rows, folder, env))
+                sdks.append(
+                    run_measured(
+                        "facebook-business SDK", sdk, args.rows, cwd=folder, env=env, stand_in=stand_in
+                    )
+                )
 
-    print("\n| path | rows | events/s | CPU µs/event | peak RSS MB | all processes MB | wall s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "\n| path | rows | events/s | CPU µs/event | peak RSS MB | all processes MB | wall s"
+        " | CPU s: run / workers / stand-in |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in [*ours, *sdks]:
         print(
             f"| {r.label} | {r.events:,} | {r.per_second:,.0f} | {r.cpu_us_per_event:.1f}"
-            f" | {r.peak_rss_mb:.0f} | {r.peak_tree_rss_mb:.0f} | {r.seconds:.1f} |"
+            f" | {r.peak_rss_mb:.0f} | {r.peak_tree_rss_mb:.0f} | {r.seconds:.1f} | {r.cpu_split} |"
         )
     if args.repeat > 1:
         for name, runs in (("capi-sync", ours), ("SDK", sdks)):
