@@ -93,9 +93,12 @@ class MetaClient:
         }
         return PreparedRequest(self.url, headers, body, len(events))
 
-    def send(self, events: Sequence[dict[str, Any]]) -> SendResult:
-        """One attempt; retrying is the caller's choice (see `retry.call_with_retry`)."""
-        request = self.prepare(events)
+    def send(self, events: Sequence[dict[str, Any]] | PreparedRequest) -> SendResult:
+        """One attempt; retrying is the caller's choice (see `retry.call_with_retry`).
+
+        A caller that retries passes the prepared request, so a batch is serialized once, not per try.
+        """
+        request = events if isinstance(events, PreparedRequest) else self.prepare(events)
         try:
             response = self._session.post(
                 request.url, data=request.body, headers=request.headers, timeout=self._timeout

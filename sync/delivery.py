@@ -59,7 +59,8 @@ class Sender:
     ) -> list[tuple[int, MetaRequestError]]:
         """Send, retrying transient errors; on an invalid-parameter error, bisect to the bad events."""
         try:
-            call_with_retry(lambda: self.client.send(events), self.retry, on_retry=on_retry, stop=self.stop)
+            request = self.client.prepare(events)
+            call_with_retry(lambda: self.client.send(request), self.retry, on_retry=on_retry, stop=self.stop)
         except MetaRequestError as exc:
             if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
                 raise

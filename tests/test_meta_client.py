@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from capi_sync.connectors.meta import MetaClient
+from capi_sync.connectors.meta import MetaClient, PreparedRequest
 from capi_sync.connectors.retry import RetryPolicy, call_with_retry
+from capi_sync.delivery import Sender
 from capi_sync.errors import (
     MetaAuthError,
     MetaError,
@@ -118,6 +119,22 @@ def test_retry_backs_off_then_succeeds(graph: FakeGraph) -> None:
     assert result.events_received == 1
     assert len(pauses) == 2
     assert 0 <= pauses[1] <= 2
+
+
+def test_a_retried_batch_is_serialized_once(graph: FakeGraph) -> None:
+    class Counting(MetaClient):
+        prepared = 0
+
+        def prepare(self, events: Any) -> PreparedRequest:
+            Counting.prepared += 1
+            return super().prepare(events)
+
+    graph.script = lambda n, _body: error_reply(503, 2, transient=True) if n <= 2 else None
+    sender = Sender(Counting("123", TOKEN, graph_url=graph.url), RetryPolicy(base_delay=0.001), None)
+    sent = sender.send([EVENT, EVENT])
+    assert (sent.retries, sent.transient, graph.arrived) == (2, None, 3)
+    assert Counting.prepared == 1
+    assert graph.requests[0].body == graph.requests[2].body
 
 
 def test_retry_gives_up_after_its_time_budget() -> None:
