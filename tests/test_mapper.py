@@ -10,8 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from capi_sync.errors import ConfigError
+from capi_sync.mappings.fields import STRONG_USER_FIELDS, WEAK_USER_FIELD_SETS
 from capi_sync.mappings.mapper import MappedRow, MapperOptions, compile_mapping, derive_event_id
 from capi_sync.mappings.spec import MappingSpec
+from capi_sync.mappings.validate import validate_event
 from capi_sync.mappings.values import unix_seconds
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC)
@@ -353,3 +355,14 @@ def test_memos_that_rarely_hit_switch_off_and_results_stay_the_same(monkeypatch:
     assert paths_after["em"] is not paths_before["em"], "the email memo switched itself off"
     assert paths_after["client_user_agent"] is paths_before["client_user_agent"]
     assert paths_after["ph"] is paths_before["ph"], "one phone number: its memo hits every time"
+
+
+@pytest.mark.parametrize("weak", sorted(sorted(keys) for keys in WEAK_USER_FIELD_SETS))
+@pytest.mark.parametrize("strong", sorted(STRONG_USER_FIELDS))
+def test_weak_key_sets_are_refused_until_a_strong_key_joins(weak: list[str], strong: str) -> None:
+    event = {"event_name": "Lead", "event_time": 1_790_000_000, "action_source": "email"}
+    weak_only = {**event, "user_data": dict.fromkeys(weak, "x")}
+    problems = validate_event(weak_only, now=1_790_000_000, strong_key_required=False)
+    assert [(p.field, p.rule) for p in problems] == [("customer_info", "weak_match_keys")]
+    with_strong = {**event, "user_data": dict.fromkeys([*weak, strong], "x")}
+    assert validate_event(with_strong, now=1_790_000_000, strong_key_required=True) == []
