@@ -95,19 +95,51 @@ def quiet_gc(full_every: float = FULL_COLLECTION_EVERY) -> Iterator[None]:
     alive through its backoff pause) otherwise stayed until the run ended, and memory crept about
     1 MB/s while the Graph API was unreachable.
     """
-    previous = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
-    stop = threading.Event()
-    collector = threading.Thread(target=_collect_until, args=(stop, full_every), name="capi-gc", daemon=True)
-    collector.start()
+    _QUIET_GC.enter(full_every)
     try:
         yield
     finally:
-        stop.set()
-        collector.join()
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+        _QUIET_GC.leave()
+
+
+class _QuietGC:
+    """The collector's settings are process-wide and the scheduler's runs overlap on its threads:
+    the first run in changes them, the last one out puts them back."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._previous = gc.get_threshold()
+        self._stop = threading.Event()
+        self._collector: threading.Thread | None = None
+
+    def enter(self, full_every: float) -> None:
+        with self._lock:
+            self._runs += 1
+            if self._runs > 1:
+                return
+            self._previous = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(100_000, 50, 100)
+            self._stop = threading.Event()
+            self._collector = threading.Thread(
+                target=_collect_until, args=(self._stop, full_every), name="capi-gc", daemon=True
+            )
+            self._collector.start()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._runs -= 1
+            if self._runs or self._collector is None:
+                return
+            self._stop.set()
+            self._collector.join()
+            self._collector = None
+            gc.set_threshold(*self._previous)
+            gc.unfreeze()
+
+
+_QUIET_GC = _QuietGC()
 
 
 def _collect_until(stop: threading.Event, every: float) -> None:

@@ -40,3 +40,17 @@ def test_leaving_restores_thresholds_and_stops_the_collector() -> None:
         assert any(thread.name == "capi-gc" for thread in threading.enumerate())
     assert gc.get_threshold() == before
     assert not any(thread.name == "capi-gc" for thread in threading.enumerate())
+
+
+def test_overlapping_runs_restore_the_collector_only_when_the_last_one_ends() -> None:
+    before = gc.get_threshold()
+    first, second = quiet_gc(), quiet_gc()
+    first.__enter__()
+    raised = gc.get_threshold()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the scheduler's runs end in any order
+    assert gc.get_threshold() == raised
+    assert any(thread.name == "capi-gc" for thread in threading.enumerate())
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before
+    assert not any(thread.name == "capi-gc" for thread in threading.enumerate())
