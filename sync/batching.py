@@ -48,6 +48,18 @@ class Batch:
         self.delivered_keys.append(row_key)
         self.key_values.append(key_values)
 
+    def add_sent_events(
+        self, row_keys: list[str], cursors: list[Any], key_values: list[tuple[Any, ...]]
+    ) -> None:
+        """A block of events a worker sent, none rejected: `add_sent_event` for each, in bulk."""
+        if not row_keys:
+            return
+        self.rows += len(row_keys)
+        self.last_cursor = cursors[-1]
+        self.handled.extend(zip(row_keys, cursors, strict=True))
+        self.delivered_keys.extend(row_keys)
+        self.key_values.extend(key_values)
+
     def add_rejection(self, cursor: Any, rejection: Rejection) -> None:
         self.add_row(rejection.row_key, cursor)
         self.rejections.append(rejection)

@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 import types
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -76,10 +76,25 @@ class Delivery:
 
 
 @dataclass
-class Built:
-    """One block as a worker settled it: per row, what the commit needs (never the event itself)."""
+class Settled:
+    """What the commit needs from one block's rows (never the events themselves), by column.
 
-    rows: list[tuple[Any, ...]]  # MappedRow fields; `event` None, `user_keys` set where one was built
+    Most rows become an event with nothing dropped: those cost this process two list extends and
+    one counter update per block, not a call per row. The rest travel whole, by position.
+    """
+
+    row_keys: list[str]  # every row's, in read order
+    key_values: list[tuple[Any, ...]]  # every row's primary key values, typed
+    shapes: Counter[tuple[str, ...]]  # the user_data keys of the plain rows' events
+    others: dict[int, tuple[Any, ...]]  # position -> MappedRow fields (`event` None, `user_keys` set
+    # where one was built): rows rejected, held back, or sent with values dropped
+
+
+@dataclass
+class Built:
+    """One block as a worker settled it."""
+
+    rows: Settled
     cursors: list[Any]
     sent: Sent | None  # None: not sent (the run was stopping) or a fatal error
     error: BaseException | None = None  # a fatal Meta error, raised when the block is committed
@@ -209,24 +224,30 @@ def _serve(
             replies.put(senders.submit(_deliver, sender, turns, number, settled, events))
 
 
-def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[Any]]:
-    """Map one block: per row, what the commit needs, and the events to send."""
-    settled: list[tuple[Any, ...]] = []
+def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[Settled, list[Any]]:
+    """Map one block: what the commit needs, and the events to send."""
+    row_keys: list[str] = []
+    key_values: list[tuple[Any, ...]] = []
+    shapes: Counter[tuple[str, ...]] = Counter()
+    others: dict[int, tuple[Any, ...]] = {}
     events = []
-    for row in rows:
+    for position, row in enumerate(rows):
         mapped = mapper.map_row(row)
-        if (event := mapped.event) is not None:
-            events.append(event)
-            # Only the user_data keys travel back: they feed the match-quality report. A plain
-            # tuple in MappedRow's field order: a third of the cost of `_replace` and its pickle.
-            mapped = (mapped[0], None, mapped[2], mapped[3], mapped[4], tuple(event["user_data"]))
-        settled.append(mapped)
-    return settled, events
+        row_keys.append(mapped.row_key)
+        key_values.append(mapped.key)
+        if (event := mapped.event) is None:
+            others[position] = mapped
+            continue
+        events.append(event)
+        if mapped.problems:  # values dropped: the report counts them
+            # A plain tuple in MappedRow's field order: a third of the cost of `_replace` and its pickle.
+            others[position] = (*mapped[:1], None, *mapped[2:5], tuple(event["user_data"]))
+        else:
+            shapes[tuple(event["user_data"])] += 1
+    return Settled(row_keys, key_values, shapes, others), events
 
 
-def _dry_run(
-    client: MetaClient, delivery: Delivery, settled: list[Any], events: list[Any]
-) -> tuple[Any, ...]:
+def _dry_run(client: MetaClient, delivery: Delivery, settled: Settled, events: list[Any]) -> tuple[Any, ...]:
     if events:
         client.prepare(events)  # the exact request, built and dropped
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
@@ -235,7 +256,7 @@ def _dry_run(
 
 
 def _deliver(
-    sender: Sender, turns: _Turns, number: int, settled: list[Any], events: list[Any]
+    sender: Sender, turns: _Turns, number: int, settled: Settled, events: list[Any]
 ) -> tuple[str, Any]:
     """On a sender thread: send one block's events as one batch when its turn comes."""
     if not turns.wait_for(number):

@@ -33,6 +33,11 @@ class MatchQuality:
         self.events += 1
         self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1  # type: ignore[index]
 
+    def add_shapes(self, shapes: Counter[tuple[str, ...]]) -> None:
+        """Count events by their key sets, a block at a time (a worker counted them)."""
+        self.events += shapes.total()
+        self.shapes.update(shapes)
+
     @property
     def present(self) -> Counter[str]:
         """Per key, how many counted events carry it."""

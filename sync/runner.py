@@ -429,9 +429,17 @@ class _Run:
 
     def _built_batch(self, built: Built, advances_cursor: bool) -> Batch:
         batch = Batch(advances_cursor=advances_cursor, built=built)
-        as_mapped, add = tuple.__new__, self._add
-        for fields, cursor in zip(built.rows, built.cursors, strict=True):
-            add(batch, as_mapped(MappedRow, fields), cursor)
+        settled, cursors = built.rows, built.cursors
+        if not settled.others:  # every row became an event with nothing dropped: the usual block
+            batch.add_sent_events(settled.row_keys, cursors, settled.key_values)
+        else:
+            as_mapped, others = tuple.__new__, settled.others
+            for position, cursor in enumerate(cursors):
+                if (fields := others.get(position)) is not None:
+                    self._add(batch, as_mapped(MappedRow, fields), cursor)
+                else:
+                    batch.add_sent_event(settled.row_keys[position], cursor, settled.key_values[position])
+        self.report.quality.add_shapes(settled.shapes)
         return batch
 
     def _add(self, batch: Batch, mapped: MappedRow, cursor: Any) -> None:
