@@ -104,8 +104,11 @@ class EventMapper:
         consent: Getter | None = None,
         custom_defaults: Getter | None = None,
         custom_overrides: Getter | None = None,
+        columns_used: tuple[int, ...] | None = None,
     ) -> None:
         self.options = options
+        # Positions of the columns the mapping reads (all of them when unknown): workers get only these.
+        self.columns_used = columns_used
         self._consent = consent
         self._custom_defaults = custom_defaults  # a dict merged under the mapped custom data
         self._custom_overrides = custom_overrides  # a dict merged over it
@@ -674,6 +677,7 @@ def compile_mapping(
         consent=consent,
         custom_defaults=hooks.get("custom_data_defaults"),
         custom_overrides=hooks.get("custom_data_overrides"),
+        columns_used=tuple(sorted(compiler.used | set(key_indexes))),
     )
 
 

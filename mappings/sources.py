@@ -97,20 +97,29 @@ class SourceCompiler:
     """Turns field sources into getters against one query's columns; collects unknown columns."""
 
     def __init__(self, columns: Sequence[str], derived: Mapping[str, DerivedFactory] | None = None) -> None:
-        self.columns = list(columns)
+        self._columns = list(columns)
+        self.used: set[int] = set()  # indexes of the columns some getter reads
         self.errors: list[str] = []
         self._derived = derived or {}
         self._parsed: dict[int, _ParsedColumn] = {}
 
+    @property
+    def columns(self) -> list[str]:
+        """Every column; a getter that reads rows by this list may read any of them."""
+        self.used.update(range(len(self._columns)))
+        return list(self._columns)
+
     def path(self, name: str) -> tuple[int, tuple[str, ...]] | None:
         """A column, or the longest leading part of a dotted name that is a column, plus the rest."""
-        index = resolve_column(name, self.columns)
+        index = resolve_column(name, self._columns)
         if index is not None:
+            self.used.add(index)
             return index, ()
         parts = name.split(".")
         for cut in range(len(parts) - 1, 0, -1):
-            index = resolve_column(".".join(parts[:cut]), self.columns)
+            index = resolve_column(".".join(parts[:cut]), self._columns)
             if index is not None:
+                self.used.add(index)
                 return index, tuple(parts[cut:])
         return None
 
@@ -149,7 +158,7 @@ class SourceCompiler:
             if required:
                 self.errors.append(
                     f"{where}: column '{name}' is not returned by the query"
-                    f" (columns: {', '.join(self.columns)}); for a constant write {{value: {name}}}"
+                    f" (columns: {', '.join(self._columns)}); for a constant write {{value: {name}}}"
                 )
             return lambda _row: None
         index, parts = found

@@ -34,6 +34,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -424,8 +425,16 @@ class ParallelMapper:
         *,
         block_rows: int,
         after: int = 0,
+        columns_used: tuple[int, ...] | None = None,
     ) -> None:
         self.after = after  # rows mapped in-process before the workers start
+        # Workers get only the columns the mapping reads: `select *` on a wide table would otherwise
+        # pickle every unused value twice over (here, then back into objects in the worker).
+        self._project: Callable[[Any], tuple[Any, ...]] = tuple
+        if columns_used is not None and 0 < len(columns_used) < len(columns):
+            take = itemgetter(*columns_used)
+            self._project = take if len(columns_used) > 1 else lambda row: (take(row),)
+            columns = [columns[index] for index in columns_used]
         self._pipeline, self._columns, self._count = pipeline, columns, workers
         self._delivery, self._block_rows = delivery, block_rows
         self._workers: list[_Worker] = []  # a run that never reaches `after` starts none
@@ -459,8 +468,9 @@ class ParallelMapper:
         cursors: list[Any] = []
         # Enough blocks out that every worker builds while up to max_in_flight wait for Meta.
         ahead = BLOCKS_AHEAD_PER_WORKER * self._count + self._delivery.in_flight
+        project = self._project
         for row, cursor in rows:
-            block.append(tuple(row))
+            block.append(project(row))
             cursors.append(cursor)
             if len(block) >= self._block_rows:
                 pending.append((self._send(block), cursors))

@@ -226,6 +226,7 @@ def session(
                 delivery,
                 block_rows=pipeline.settings.batch_size,
                 after=serial_rows,
+                columns_used=prepared.mapper.columns_used,
             )
             stack.callback(parallel.close)
         if not options.dry_run:

@@ -366,3 +366,29 @@ def test_weak_key_sets_are_refused_until_a_strong_key_joins(weak: list[str], str
     assert [(p.field, p.rule) for p in problems] == [("customer_info", "weak_match_keys")]
     with_strong = {**event, "user_data": dict.fromkeys([*weak, strong], "x")}
     assert validate_event(with_strong, now=1_790_000_000, strong_key_required=True) == []
+
+
+def test_the_mapping_knows_which_columns_it_reads() -> None:
+    """Workers get only these: a column missing here would reach them as another column's value."""
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": {"value": "Purchase"}, "event_time": "ts"},
+        "customer_info": {"em": {"first_of": ["email", "phone"]}, "client_user_agent": "tags.ua"},
+    })  # fmt: skip
+    options = MapperOptions(
+        pipeline="p", primary_key=("id",), action_source="website", consent_column="source"
+    )
+    used = compile_mapping(spec, options, COLUMNS).columns_used
+    assert [COLUMNS[index] for index in used] == ["id", "ts", "email", "phone", "source", "tags"]
+
+    def every_column(compiler: Any) -> Any:
+        columns = compiler.columns  # reads rows by position: may read any column
+        return lambda row: dict(zip(columns, row, strict=True))
+
+    spec = MappingSpec.model_validate({
+        "server_event": {"event_name": {"value": "Purchase"}, "event_time": "ts"},
+        "customer_info": {"em": "email"},
+        "custom_properties": {"everything": {"derive": "every_column"}},
+    })  # fmt: skip
+    options = MapperOptions(pipeline="p", primary_key=("id",), action_source="website")
+    mapper = compile_mapping(spec, options, COLUMNS, derived={"every_column": every_column})
+    assert mapper.columns_used == tuple(range(len(COLUMNS)))

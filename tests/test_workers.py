@@ -126,6 +126,26 @@ def test_workers_from_the_pipeline_file_and_dry_run_output(project: Path, tmp_pa
     assert (tmp_path / "parallel.jsonl").read_bytes() == serial
 
 
+def test_workers_get_only_the_columns_the_mapping_reads(project: Path, tmp_path: Path) -> None:
+    project.write_text(
+        project.read_text().replace(
+            "query: select * from orders",
+            "query: select order_id + 1000 as spare_id, *, repeat('x', 2000) as unused_blob from orders",
+        )
+    )
+    config = load_config(project)
+    with open_source(config.warehouse_of(config.pipeline("purchases"))) as source:
+        prepared = prepare(config.pipeline("purchases"), source)
+    used = [prepared.columns[index] for index in prepared.mapper.columns_used]
+    assert {"order_id", "tier"} <= set(used)
+    assert not {"spare_id", "unused_blob", "updated_at"} & set(used)  # the cursor is read here, not there
+    serial, parallel = tmp_path / "serial.jsonl", tmp_path / "parallel.jsonl"
+    assert cli("run", "purchases", "--dry-run", "--output", str(serial)) == 0
+    assert cli("run", "purchases", "--dry-run", "--workers", "2", "--output", str(parallel)) == 0
+    assert serial.read_bytes().count(b"\n") == 2598
+    assert parallel.read_bytes() == serial.read_bytes()
+
+
 def test_a_failed_parallel_run_resumes_exactly(project: Path, graph: FakeGraph) -> None:
     def token_expires_on_second_request(number: int, _body: dict[str, Any]) -> object:
         return error_reply(401, 190, "Error validating access token") if number == 2 else None
