@@ -595,16 +595,16 @@ def _currency_code(code: str) -> str:
 def _contents(value: Any) -> list[dict[str, Any]]:
     items = []
     for item in values.to_list(value):
-        if not isinstance(item, dict) or item.get("id") is None:
+        if not isinstance(item, dict) or (product := item.get("id")) is None:
             raise normalize.InvalidValue("invalid_contents")
-        content: dict[str, Any] = {"id": str(item["id"])}
-        if item.get("quantity") is not None:
-            content["quantity"] = values.to_int(item["quantity"])
-        if item.get("item_price") is not None:
-            content["item_price"] = values.to_float(item["item_price"])
-        if item.get("delivery_category") is not None:
-            category = _one_of(DELIVERY_CATEGORIES, "unknown_delivery_category")
-            content["delivery_category"] = category(item["delivery_category"])
+        content: dict[str, Any] = {"id": product if product.__class__ is str else str(product)}
+        if (quantity := item.get("quantity")) is not None:
+            # An int is the usual quantity; `to_int` refuses the rest, booleans included.
+            content["quantity"] = quantity if quantity.__class__ is int else values.to_int(quantity)
+        if (price := item.get("item_price")) is not None:
+            content["item_price"] = values.to_float(price)
+        if (category := item.get("delivery_category")) is not None:
+            content["delivery_category"] = _delivery_category(category)
         items.append(content)
     return items
 
@@ -619,9 +619,11 @@ def _one_of(allowed: frozenset[str], rule: str) -> Callable[[Any], str]:
     return convert
 
 
+_delivery_category = _one_of(DELIVERY_CATEGORIES, "unknown_delivery_category")
+
 _CUSTOM_CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "content_type": _one_of(CONTENT_TYPES, "unknown_content_type"),
-    "delivery_category": _one_of(DELIVERY_CATEGORIES, "unknown_delivery_category"),
+    "delivery_category": _delivery_category,
     "float": values.to_float,
     "int": values.to_int,
     "str": values.to_text,

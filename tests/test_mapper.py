@@ -317,16 +317,26 @@ def test_contents_from_array_or_json_columns(raw: Any) -> None:
     assert event["custom_data"]["content_ids"] == ["sku-1", "7"]
 
 
-def test_malformed_contents_are_dropped_with_their_rule() -> None:
+@pytest.mark.parametrize(
+    ("tags", "rule"),
+    [
+        ('[{"qty": 1}]', "invalid_contents"),
+        ('[{"id": "a", "quantity": true}]', "not_a_number"),
+        ('[{"id": "a", "quantity": 1.5}]', "not_an_integer"),
+        ('[{"id": "a", "item_price": "free"}]', "not_a_number"),
+        ('[{"id": "a", "delivery_category": "drone"}]', "unknown_delivery_category"),
+    ],
+)
+def test_malformed_contents_are_dropped_with_their_rule(tags: str, rule: str) -> None:
     spec = MappingSpec.model_validate({
         "server_event": {"event_name": {"value": "Lead"}, "event_time": "ts"},
         "customer_info": {"em": "email"},
         "custom_data": {"contents": "tags"},
     })  # fmt: skip
     options = MapperOptions(pipeline="p", primary_key=("id",), action_source="system_generated")
-    result = compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp).map_row(row(tags='[{"qty": 1}]'))
+    result = compile_mapping(spec, options, COLUMNS, clock=NOW.timestamp).map_row(row(tags=tags))
     assert "custom_data" not in ok(result)
-    assert [(p.field, p.rule) for p in result.problems] == [("custom_data.contents", "invalid_contents")]
+    assert [(p.field, p.rule) for p in result.problems] == [("custom_data.contents", rule)]
 
 
 def test_empty_optional_values_are_absent_in_every_group() -> None:
