@@ -95,7 +95,7 @@ class Settled:
 class Built:
     """One block as a worker settled it."""
 
-    rows: Settled
+    settled: Settled
     cursors: list[Any]
     sent: Sent | None  # None: not sent (the run was stopping) or a fatal error
     error: BaseException | None = None  # a fatal Meta error, raised when the block is committed
@@ -242,7 +242,7 @@ def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[Settled, l
         events.append(event)
         if mapped.problems:  # values dropped: the report counts them
             # A plain tuple in MappedRow's field order: a third of the cost of `_replace` and its pickle.
-            others[position] = (*mapped[:1], None, *mapped[2:5], tuple(event["user_data"]))
+            others[position] = (mapped[0], None, mapped[2], mapped[3], mapped[4], tuple(event["user_data"]))
         else:
             shapes[tuple(event["user_data"])] += 1
     return Settled(row_keys, key_values, shapes, others), events
@@ -494,8 +494,8 @@ class ParallelMapper:
         return worker
 
     def _unpack(self, worker: _Worker, cursors: list[Any]) -> Built:
-        rows, sent, error, lines = worker.receive(self._workers)
-        return Built(rows, cursors, sent, error, lines)
+        settled, sent, error, lines = worker.receive(self._workers)
+        return Built(settled, cursors, sent, error, lines)
 
     def close(self) -> None:
         self.stop_sending()

@@ -430,7 +430,7 @@ class _Run:
 
     def _built_batch(self, built: Built, advances_cursor: bool) -> Batch:
         batch = Batch(advances_cursor=advances_cursor, built=built)
-        settled, cursors = built.rows, built.cursors
+        settled, cursors = built.settled, built.cursors
         if not settled.others:  # every row became an event with nothing dropped: the usual block
             batch.add_sent_events(settled.row_keys, cursors, settled.key_values)
         else:
