@@ -13,6 +13,7 @@ from capi_sync.errors import SourceError
 from capi_sync.windows import kind_of_type
 
 Chunk = Sequence[Sequence[Any]]
+Projection = Callable[[str], str]  # wraps a windowed, sorted SELECT in one that keeps its order
 
 
 class Column(NamedTuple):
@@ -64,11 +65,14 @@ class Source(Protocol):
         """Rows of `query` with a NULL in any of `columns` (cursor, primary key): never read, reported."""
         ...
 
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        """Rows of `query` inside `window`, ordered by `window.order_by`, `chunk_size` at a time."""
+    def stream(
+        self, query: str, window: Window, chunk_size: int, project: Projection | None = None
+    ) -> Iterator[Chunk]:
+        """Rows of `query` inside `window`, ordered by `window.order_by`, `chunk_size` at a time;
+        `project` is a SELECT put over the sorted window (hash pushdown's digests)."""
         ...
 
-    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
+    def sql(self, query: str, window: Window, project: Projection | None = None) -> tuple[str, list[Any]]:
         """The statement `stream` runs, with its bind parameters (for `capi-sync render`)."""
         ...
 
@@ -151,7 +155,11 @@ def count_null_sql(
 
 
 def window_sql(
-    query: str, window: Window, quote: Callable[[str], str], placeholder: Callable[[int], str]
+    query: str,
+    window: Window,
+    quote: Callable[[str], str],
+    placeholder: Callable[[int], str],
+    project: Projection | None = None,
 ) -> tuple[str, list[Any]]:
     """Wrap `query` with the window's filter and order; return SQL and its positional parameters.
 
@@ -184,7 +192,8 @@ def window_sql(
         conditions.append(f"({' or '.join(matches)})")
     where = f" where {' and '.join(conditions)}" if conditions else ""
     order = ", ".join(quote(column) for column in window.order_by)
-    return f"select * from ({query}) as capi_src{where} order by {order}", params
+    windowed = f"select * from ({query}) as capi_src{where} order by {order}"
+    return (project(windowed) if project is not None else windowed), params
 
 
 def quote_identifier(name: str) -> str:
@@ -262,11 +271,14 @@ class DBAPISource(ClosingSource):
             self._release(cursor)
         return int(row[0]) if row else 0
 
-    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
-        return window_sql(query, window, self._quote, self._placeholder)
+    def sql(self, query: str, window: Window, project: Projection | None = None) -> tuple[str, list[Any]]:
+        return window_sql(query, window, self._quote, self._placeholder, project)
 
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        cursor = self._execute(*self.sql(query, window), "the query failed")
+    def stream(
+        self, query: str, window: Window, chunk_size: int, project: Projection | None = None
+    ) -> Iterator[Chunk]:
+        cursor = self._execute(*self.sql(query, window, project), "the query failed")
+        self._streaming()
         try:
             while chunk := cursor.fetchmany(chunk_size):
                 yield chunk
@@ -275,6 +287,9 @@ class DBAPISource(ClosingSource):
             raise SourceError(f"{self._label} failed while reading: {self._explain(exc)}") from exc
         finally:
             self._release(cursor)
+
+    def _streaming(self) -> None:
+        """The statement ran (a sort is done); its rows are about to be fetched."""
 
     def _explain(self, exc: BaseException) -> str:
         """A driver's error as the user reads it; sources add what to change where they know."""

@@ -14,6 +14,7 @@ from capi_sync.connectors.base import (
     Chunk,
     ClosingSource,
     Column,
+    Projection,
     Window,
     column_of,
     count_null_sql,
@@ -108,11 +109,13 @@ class BigQuerySource(ClosingSource):
         rows = self._run(*count_null_sql(query, [quote(c) for c in columns], _positional))
         return next((int(row[0]) for row in rows), 0)
 
-    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
-        return window_sql(query, window, quote, _positional)
+    def sql(self, query: str, window: Window, project: Projection | None = None) -> tuple[str, list[Any]]:
+        return window_sql(query, window, quote, _positional, project)
 
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        rows = self._run(*self.sql(query, window), page_size=chunk_size)
+    def stream(
+        self, query: str, window: Window, chunk_size: int, project: Projection | None = None
+    ) -> Iterator[Chunk]:
+        rows = self._run(*self.sql(query, window, project), page_size=chunk_size)
         try:
             for page in rows.pages:
                 yield [tuple(row.values()) for row in page]

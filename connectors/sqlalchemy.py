@@ -10,6 +10,7 @@ from capi_sync.connectors.base import (
     Chunk,
     ClosingSource,
     Column,
+    Projection,
     Window,
     column_of,
     count_null_sql,
@@ -76,11 +77,13 @@ class SQLAlchemySource(ClosingSource):
             self._connection.rollback()
             raise SourceError(f"counting NULL cursors failed: {_short(exc)}") from exc
 
-    def sql(self, query: str, window: Window) -> tuple[str, list[Any]]:
-        return window_sql(query, window, self._quote, _named)
+    def sql(self, query: str, window: Window, project: Projection | None = None) -> tuple[str, list[Any]]:
+        return window_sql(query, window, self._quote, _named, project)
 
-    def stream(self, query: str, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        sql, params = self.sql(query, window)
+    def stream(
+        self, query: str, window: Window, chunk_size: int, project: Projection | None = None
+    ) -> Iterator[Chunk]:
+        sql, params = self.sql(query, window, project)
         try:
             result = self._connection.execution_options(stream_results=True, yield_per=chunk_size).execute(
                 sa.text(sql), _bound(params)

@@ -92,6 +92,9 @@ class Dialect:
     # it would (PostgreSQL inlines subqueries, so every shared value was computed again per use).
     # It must be volatile: that keeps the layers apart yet lets the window's filter reach the table.
     layer_fence: str | None = None
+    # A SELECT over an ordered subquery keeps that order, as the engine documents: the digests can
+    # then be computed after the window's sort instead of being sorted with the rows.
+    select_keeps_order: bool = False
 
     def pattern(self, regex: str) -> str:
         return self.literal(f"^({regex})$" if self.anchored else regex)
@@ -139,6 +142,7 @@ DIALECT: Final[dict[str, Dialect]] = {
         quote=_double_quote,
         literal=_ansi_literal,
         lower_matches_python=True,
+        select_keeps_order=True,  # duckdb.org/docs/stable/sql/dialect/order_preservation
     ),
     "postgres": Dialect(
         name="postgres",
@@ -332,6 +336,7 @@ class _Ctx:
     country: str  # SQL: the row's normalized country, NULL, or '!' when it is outside the domain
     default_region: str | None
     computed: Mapping[str, str] = field(default_factory=dict)  # expression -> column holding it
+    state_code: str = "null"  # SQL: the state's code from the lookup table, NULL if none matched
 
     def once(self, expr: str) -> str:
         """`expr`, or the column a lower layer of the query computed it into, once per row.
@@ -439,7 +444,7 @@ def _state(ctx: _Ctx, t: str) -> str:
     return (
         f"case when {letters} = '' then {ctx.rule('invalid_state')}"
         f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
-        f" else {ctx.sha(f'coalesce({PREFIX}states.code, {letters})')} end"
+        f" else {ctx.sha(f'coalesce({ctx.state_code}, {letters})')} end"
     )
 
 
@@ -521,12 +526,15 @@ def _text(dialect: Dialect, key: str, raw: str, kind: str | None) -> str:
     return text
 
 
-def _country_sql(ctx: _Ctx, raw: str, kind: str | None) -> tuple[str, str]:
-    """(plain code for other keys: code, NULL or '!'; the computed country column)."""
+def _country_sql(ctx: _Ctx, raw: str, kind: str | None, code: str) -> tuple[str, str]:
+    """(plain code for other keys: code, NULL or '!'; the computed country column).
+
+    `code` is the lookup table's code for the row; the plain code itself serves as well, since it
+    equals that code on every branch that reads it.
+    """
     text = f"cast({raw} as {ctx.dialect.text_type})"
     t = f"trim({text})"
     outside = f"not {ctx.match(text, _char_class(domain_chars()) + '*')}"
-    code = f"{PREFIX}countries.code"
     plain = (
         f"case when {raw} is null then null when {outside} then '!' when {t} = '' then null else {code} end"
     )
@@ -544,6 +552,26 @@ _KINDS: Final = {"string", "integer"}
 
 
 @dataclass(frozen=True)
+class Pushed:
+    """The wrapped query: `query` is what the run's window filters and sorts; `project`, when set,
+    computes the digests over that sorted window.
+
+    Where a SELECT keeps its input's order (DuckDB documents it), the digests come after the sort,
+    so the sort carries the plain columns instead of a 64-character digest per key (200k bench rows:
+    the sort 1.9 -> 0.3 s, 369 -> 285 MB), and the hashing streams while the rows are sent.
+    Elsewhere the order is only promised by the outermost ORDER BY, so `query` holds it all.
+    """
+
+    query: str
+    project: Callable[[str], str] | None
+
+    @property
+    def whole(self) -> str:
+        """The query with its digests, no window: what `describe` reads."""
+        return self.project(self.query) if self.project is not None else self.query
+
+
+@dataclass(frozen=True)
 class PushdownPlan:
     keys: tuple[str, ...]
     sources: dict[str, str]  # key -> the column it reads
@@ -556,26 +584,43 @@ class PushdownPlan:
         kinds: dict[str, str | None],
         *,
         default_phone_region: str | None,
-    ) -> str:
-        """The user's query in three layers: the country and each key's trimmed text, then each
-        key's working value (digits, letters ...), then the digests, which read both as columns."""
+    ) -> Pushed:
+        """The user's query with the country and state lookups joined on (joins keep no order, so
+        they come before the window's sort); then, over it, three layers of plain SELECTs: each
+        key's trimmed text, its working value (digits, letters ...), and the digests."""
         dialect = DIALECT[dialect_name]
         q = dialect.quote
+        user, rows, base, src = f"{PREFIX}q", f"{PREFIX}in", f"{PREFIX}base", f"{PREFIX}src"
+        cc_column, st_column = q(PREFIX + "cc"), q(PREFIX + "st_code")
         country_source = self.sources.get("country")
-        base, src = f"{PREFIX}base", f"{PREFIX}src"
-        cc = f"{src}.{q(PREFIX + 'cc')}"
-        plain_ctx = _Ctx(dialect, cc, default_phone_region)
-        inner_select = [f"{PREFIX}in.*"]
-        inner_joins = ""
+        lookup_select, lookups = [f"{user}.*"], ""
+        plain_country = "null"
         if country_source is not None:
-            raw = f"{PREFIX}in.{q(country_source)}"
-            plain, hashed = _country_sql(plain_ctx, raw, kinds.get(country_source))
-            inner_select += [f"{plain} as {q(PREFIX + 'cc')}", f"{hashed} as {q(pushed_column('country'))}"]
-            key = plain_ctx.lower(f"trim(cast({raw} as {dialect.text_type}))")
+            raw = f"{user}.{q(country_source)}"
+            code = f"{PREFIX}countries.code"
+            plain_country = _country_sql(_Ctx(dialect, "null", None), raw, kinds.get(country_source), code)[0]
+            key = _Ctx(dialect, "null", None).lower(f"trim(cast({raw} as {dialect.text_type}))")
             table = dialect.table(f"{PREFIX}countries", ("name", "code"), country_table())
-            inner_joins = f" left join {table} on {PREFIX}countries.name = {key}"
-        else:
-            inner_select.append(f"cast(null as {dialect.text_type}) as {q(PREFIX + 'cc')}")
+            lookups += f" left join {table} on {PREFIX}countries.name = {key}"
+        lookup_select.append(
+            f"{plain_country} as {cc_column}"
+            if country_source is not None
+            else f"cast(null as {dialect.text_type}) as {cc_column}"
+        )
+        if "st" in self.keys:
+            raw = f"{user}.{q(self.sources['st'])}"
+            letters = _Ctx(dialect, "null", None).letters(f"trim(cast({raw} as {dialect.text_type}))")
+            table = dialect.table(f"{PREFIX}states", ("country", "name", "code"), state_table())
+            lookups += (
+                f" left join {table} on {PREFIX}states.country = coalesce({plain_country}, 'us')"
+                f" and {PREFIX}states.name = {letters}"
+            )
+            lookup_select.append(f"{PREFIX}states.code as {st_column}")
+        lookup_query = f"select {', '.join(lookup_select)} from ({query}) as {user}{lookups}"
+
+        cc = f"{src}.{cc_column}"
+        plain_ctx = _Ctx(dialect, cc, default_phone_region)
+        inner_select = [f"{rows}.*"]
         middle_select = [f"{base}.*"]
         if dialect.layer_fence is not None:
             inner_select.append(f"{dialect.layer_fence} as {q(PREFIX + 'fence_in')}")
@@ -587,37 +632,36 @@ class PushdownPlan:
                 continue
             trimmed, working = q(f"{PREFIX}t_{key}"), q(f"{PREFIX}w_{key}")
             column = q(self.sources[key])
-            inner_select.append(f"trim({_text(dialect, key, f'{PREFIX}in.{column}', kind)}) as {trimmed}")
+            inner_select.append(f"trim({_text(dialect, key, f'{rows}.{column}', kind)}) as {trimmed}")
             computed[f"trim({_text(dialect, key, f'{src}.{column}', kind)})"] = f"{src}.{trimmed}"
             if key in _WORKING_VALUE_KEYS:
                 middle_select.append(f"{_working_value(plain_ctx, key, f'{base}.{trimmed}')} as {working}")
                 computed[_working_value(plain_ctx, key, f"{src}.{trimmed}")] = f"{src}.{working}"
-        ctx = _Ctx(dialect, cc, default_phone_region, computed)
+        ctx = _Ctx(dialect, cc, default_phone_region, computed, state_code=f"{src}.{st_column}")
         outer_select = [f"{src}.{q(column)}" for column in self.kept]
-        outer_joins = ""
         for key in self.keys:
-            if key == "country":
-                outer_select.append(f"{src}.{q(pushed_column(key))}")
-                continue
             raw = f"{src}.{q(self.sources[key])}"
-            outer_select.append(
-                f"{_value_sql(ctx, key, raw, kinds.get(self.sources[key]))} as {q(pushed_column(key))}"
+            kind = kinds.get(self.sources[key])
+            if key == "country":
+                digest = _country_sql(ctx, raw, kind, cc)[1]
+            else:
+                digest = _value_sql(ctx, key, raw, kind)
+            outer_select.append(f"{digest} as {q(pushed_column(key))}")
+
+        def digests(read: str) -> str:
+            return (
+                f"select {', '.join(outer_select)} from (select {', '.join(middle_select)}"
+                f" from (select {', '.join(inner_select)} from ({read}) as {rows}) as {base}) as {src}"
             )
-            if key == "st":
-                letters = ctx.once(ctx.letters(ctx.once(f"trim(cast({raw} as {dialect.text_type}))")))
-                table = dialect.table(f"{PREFIX}states", ("country", "name", "code"), state_table())
-                outer_joins += (
-                    f" left join {table} on {PREFIX}states.country = coalesce({cc}, 'us')"
-                    f" and {PREFIX}states.name = {letters}"
-                )
-        sql = (
-            f"select {', '.join(outer_select)} from (select {', '.join(middle_select)}"
-            f" from (select {', '.join(inner_select)} from ({query}) as {PREFIX}in{inner_joins}) as {base})"
-            f" as {src}{outer_joins}"
+
+        pushed = (
+            Pushed(lookup_query, digests)
+            if dialect.select_keeps_order
+            else Pushed(digests(lookup_query), None)
         )
-        if re.search(r":\w", sql):  # SQLAlchemy's text() would read it as a bind parameter
+        if re.search(r":\w", pushed.whole):  # SQLAlchemy's text() would read it as a bind parameter
             raise PushdownError(["pushdown: generated SQL contains ':' before a word character"])
-        return sql
+        return pushed
 
 
 def plan(

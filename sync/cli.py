@@ -333,7 +333,7 @@ def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datet
                 state = store.load_cursor(pipeline)
             window = plan_incremental(config, prepared, state, now).window
             what = "next incremental run"
-        sql, params = source.sql(prepared.query, window)
+        sql, params = prepared.sql(source, window)
     out.print(f"-- {pipeline}: {what}")
     out.print(escape(sql), soft_wrap=True)
     for index, value in enumerate(params):
@@ -378,7 +378,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
         prepared = prepare(config, source)
         mapper = prepared.mapper
         window = Window(order_by=prepared.key_columns)
-        for chunk in source.stream(prepared.query, window, rows):
+        for chunk in prepared.stream(source, window, rows):
             for row in chunk[:rows]:
                 mapped = mapper.map_row(row)
                 if mapped.event is None:

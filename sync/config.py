@@ -53,8 +53,8 @@ class DuckDBWarehouse(BaseModel):
     # DuckDB's buffer for the sorted read; beyond it, it spills to disk. Unset, it starts at 96MB
     # and doubles (up to 2GB) when a sort needs more; set, it is a hard limit.
     memory_limit: str | None = None
-    # Pipelines with `pushdown: true` sort 64-character digests instead of plain values: a wider sort
-    # (unset: 256MB, doubling likewise).
+    # The same, for pipelines with `pushdown: true`, whose digests stream on every core after the
+    # sort (unset: 96MB, doubling likewise).
     pushdown_memory_limit: str | None = None
     threads: int = Field(1, ge=1)
     base_dir: Path = Path()  # relative file paths in `path` and queries resolve against the YAML's folder

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from capi_sync.config import PipelineConfig, ProjectConfig
-    from capi_sync.connectors.base import Chunk, Column
+    from capi_sync.connectors.base import Chunk, Column, Projection
     from capi_sync.connectors.meta import MetaClient
     from capi_sync.connectors.retry import RetryPolicy
 
@@ -75,7 +75,10 @@ class Prepared:
     mapper: EventMapper
     columns: list[str]
     kinds: dict[str, str | None]
-    query: str  # what is read: the pipeline's query, or its pushdown wrapping
+    # What is read: the pipeline's query, or its pushdown wrapping, whose digests may be a
+    # projection over the sorted window. Read through `stream` and `sql`, which never drop it.
+    query: str
+    project: Projection | None = None
 
     def index(self, column: str | None) -> int | None:
         return _column(column, self.columns)
@@ -88,15 +91,22 @@ class Prepared:
     def key_columns(self) -> tuple[str, ...]:
         return tuple(self.columns[i] for i in self.mapper.key_indexes)
 
+    def stream(self, source: Source, window: Window, chunk_size: int) -> Iterator[Chunk]:
+        return source.stream(self.query, window, chunk_size, self.project)
+
+    def sql(self, source: Source, window: Window) -> tuple[str, list[Any]]:
+        return source.sql(self.query, window, self.project)
+
 
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
     """Describe the query and compile the mapping: every config error surfaces before a row is read."""
     described: list[Column] = source.describe(pipeline.query)
-    query = pipeline.query
+    query, project = pipeline.query, None
     if pipeline.pushdown:
         source.prepare_for_pushdown()
-        query = _pushdown_query(pipeline, source, described)
-        described = source.describe(query)  # the generated SQL runs once here, before any row is read
+        pushed = _pushdown_query(pipeline, source, described)
+        query, project = pushed.query, pushed.project
+        described = source.describe(pushed.whole)  # the generated SQL runs once here, before a row is read
     columns = [column.name for column in described]
     mapper = mapper_for(pipeline, columns)
     for setting, name in (("cursor", pipeline.cursor), ("backfill_column", pipeline.backfill_column)):
@@ -107,10 +117,10 @@ def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
                     f" returned by the query (columns: {', '.join(columns)})"
                 ]
             )
-    return Prepared(mapper, columns, {column.name: column.kind for column in described}, query)
+    return Prepared(mapper, columns, {column.name: column.kind for column in described}, query, project)
 
 
-def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Column]) -> str:
+def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Column]) -> pushdown.Pushed:
     """The pipeline's query wrapped so that hashed customer information leaves only as digests."""
     settings = pipeline.settings
     others = {f"primary_key '{name}'": name for name in pipeline.primary_key}
@@ -334,7 +344,7 @@ class _Run:
                 purpose="retry",
             )
             self.report.rows_retried += len(window.keys)
-            rows = self.source.stream(self.prepared.query, window, self.pipeline.chunk_size)
+            rows = self.prepared.stream(self.source, window, self.pipeline.chunk_size)
             self._pump(self._batches(self._counted(rows), advances_cursor=False))
 
     def _counted(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Any, Any]]:
@@ -469,7 +479,7 @@ class _Run:
         limit, stop = self.options.limit, self.options.stop
         last, settled = self.state.value, self.state.settled
         index = self.cursor_index
-        chunks = self.source.stream(self.prepared.query, window, self.pipeline.chunk_size)
+        chunks = self.prepared.stream(self.source, window, self.pipeline.chunk_size)
         for chunk in chunks:
             for row in chunk:
                 cursor = row[index] if index is not None else None

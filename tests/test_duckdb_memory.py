@@ -79,12 +79,12 @@ def test_running_out_of_memory_while_rows_stream_names_the_limit_to_raise(
             read_sorted(source)
     assert str(caught.value) == (
         "DuckDB failed while reading: Out of Memory Error: failed to pin block of size 256.0 KiB"
-        f" (raise the warehouse's pushdown_memory_limit, now {duckdb_source.AUTO_PUSHDOWN_MEMORY_LIMIT_MB}MB)"
+        f" (raise the warehouse's pushdown_memory_limit, now {duckdb_source.AUTO_MEMORY_LIMIT_MB}MB)"
     )
 
 
 def test_pushdown_reads_grow_their_own_limit(wide_table: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(duckdb_source, "AUTO_PUSHDOWN_MEMORY_LIMIT_MB", 2)
+    monkeypatch.setattr(duckdb_source, "AUTO_MEMORY_LIMIT_MB", 2)
     config = DuckDBWarehouse(type="duckdb", path=wide_table, memory_limit="2MB")
     with DuckDBSource(config) as source:
         source.prepare_for_pushdown()

@@ -107,7 +107,7 @@ def mapped_users(path: Path) -> tuple[dict[int, tuple[dict[str, Any], dict[str, 
         prepared = prepare(pipeline, source)
         from capi_sync.connectors.base import Window
 
-        for chunk in source.stream(prepared.query, Window(order_by=("id",)), 1000):
+        for chunk in prepared.stream(source, Window(order_by=("id",)), 1000):
             for row in chunk:
                 dropped: list[Any] = []
                 user = prepared.mapper._user_data(row, [], dropped)
@@ -384,6 +384,51 @@ def test_render_shows_the_generated_sql(
     assert "sha256(" in output
     assert "capi_pd_em" in output
     assert output.count("'[^0-9]'") == 1, "a phone's digits are computed once per row, then reused"
+
+
+def test_duckdb_hashes_after_the_sort_on_every_core_and_keeps_cursor_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sort carries plain columns; the digests are a SELECT over it, computed on more threads
+    while rows stream. Rows still come in cursor order, and the next sort has the user's threads."""
+    import capi_sync.connectors.duckdb as duckdb_source
+    from capi_sync.connectors.base import Window
+
+    monkeypatch.setattr(duckdb_source.os, "cpu_count", lambda: 3)
+    path = tmp_path / "people.duckdb"
+    count = 150_000  # more than a row group, so that DuckDB splits the work between its threads
+    with duckdb.connect(str(path)) as con:
+        con.execute(
+            "create table people as select i as id,"
+            " timestamp '2026-01-01' + to_seconds((i * 7919) % 50000) as updated_at,"
+            " 'User' || i || '@Example.com' as email, ['California', 'Texas', 'Bayern', 'x'][i % 4 + 1] as state,"
+            " ['us', 'de', 'France', null][i % 4 + 1] as country, '(650) 555-' || lpad((i % 10000)::varchar, 4, '0')"
+            " as phone from range(?) r(i)",
+            [count],
+        )
+    columns = {"em": "email", "st": "state", "country": "country", "ph": "phone"}
+    config = load_project(
+        project_file(tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=True, columns=columns)
+    )
+    pipeline = config.pipeline("people")
+    window = Window(order_by=("updated_at", "id"), cursor="updated_at")
+    with open_source(config.warehouse_of(pipeline)) as source:
+        prepared = prepare(pipeline, source)
+        sql, _ = prepared.sql(source, window)
+        sorted_part = sql[sql.index("select * from (") : sql.index(' order by "updated_at", "id"')]
+        assert "sha256(" not in sorted_part, "the sort carries plain columns, not digests"
+        assert "sha256(" in sql
+        keys, threads_while_streaming = [], set()
+        for chunk in prepared.stream(source, window, 5000):
+            with source._connection.cursor() as other:
+                threads_while_streaming.add(other.execute("select current_setting('threads')").fetchone()[0])
+            keys += [(row[prepared.index("updated_at")], row[prepared.index("id")]) for row in chunk]
+        source.describe("select 1")
+        threads_after = source._connection.execute("select current_setting('threads')").fetchone()[0]
+    assert len(keys) == count
+    assert keys == sorted(keys)
+    assert threads_while_streaming == {3}
+    assert threads_after == 1
 
 
 _ = dt
