@@ -161,7 +161,8 @@ def window_sql(
     placeholder: Callable[[int], str],
     project: Projection | None = None,
 ) -> tuple[str, list[Any]]:
-    """Wrap `query` with the window's filter and order; return SQL and its positional parameters.
+    """Wrap `query` with the window's filter and order, and `project` over that; return SQL and its
+    positional parameters.
 
     A templated query is rendered first (its parameters come first); the window's own filter is
     still applied outside it, so a template can only narrow what is read, never widen it.

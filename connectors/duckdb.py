@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 AUTO_MEMORY_LIMIT_MB = 96
 AUTO_MEMORY_LIMIT_CEILING_MB = 2048
 STREAMING_BUFFER = "2MB"
+
+# Connections to one file in one process share a database, and with it `threads` and `memory_limit`
+# (the scheduler runs pipelines side by side): a read only raises `threads` on a database it has alone.
+_open_files: Counter[str] = Counter()
+_open_files_lock = threading.Lock()
 
 
 class DuckDBSource(DBAPISource):
@@ -41,6 +48,7 @@ class DuckDBSource(DBAPISource):
         self._raised = False
         database = config.database()
         read_only = database != ":memory:"
+        self._file = database if read_only else None  # each ":memory:" connection is a database of its own
         try:
             self._connection = duckdb.connect(database, read_only=read_only)
             # Relative paths in queries (read_csv('orders.csv')) resolve beside the pipelines file.
@@ -65,6 +73,9 @@ class DuckDBSource(DBAPISource):
         except duckdb.Error as exc:
             msg = f"DuckDB {database}: {exc}"
             raise SourceError(msg) from exc
+        if self._file is not None:
+            with _open_files_lock:
+                _open_files[self._file] += 1
 
     def _execute(self, sql: str, params: list[Any], what: str) -> Any:
         # The connection itself, not a cursor: DuckDB cursors are new connections that would lose
@@ -114,15 +125,18 @@ class DuckDBSource(DBAPISource):
     def prepare_for_pushdown(self) -> None:
         self._setting = "pushdown_memory_limit"
         self._execute("set memory_limit = ?", [self._limits[self._setting]], "setting pushdown_memory_limit")
-        # The digests are a SELECT over the sorted window, which DuckDB keeps in order when told to
-        # preserve it; without that, a read with more than one thread may hand rows out of order.
+        # The digests are a SELECT over the sorted window. DuckDB documents that a SELECT keeps its
+        # input's order, but with this setting off it may reorder a result whose outermost query
+        # has no ORDER BY of its own, which this one has not.
         self._execute("set preserve_insertion_order = true", [], "keeping the window's order")
         # Hashing is most of the read, and it comes after the sort: every core takes part then
         # (200k bench rows: 2.8 -> 1.8 s; the sort itself keeps `threads`, which pins less memory).
         self._stream_threads = max(self._threads, os.cpu_count() or 1)
 
     def _streaming(self) -> None:
-        if self._stream_threads > self._threads:
+        with _open_files_lock:
+            shared = self._file is not None and _open_files[self._file] > 1
+        if self._stream_threads > self._threads and not shared:
             # `threads` is the database's, not the session's: a second connection changes it without
             # dropping the result that is streaming on the first.
             with self._connection.cursor() as other:
@@ -131,6 +145,14 @@ class DuckDBSource(DBAPISource):
 
     def _release(self, cursor: Any) -> None:
         pass  # the result is dropped by the next statement; the connection stays open
+
+    def close(self) -> None:
+        super().close()
+        if self._file is not None:
+            with _open_files_lock:
+                _open_files[self._file] -= 1
+                if not _open_files[self._file]:
+                    del _open_files[self._file]
 
 
 def _megabytes(limit: str) -> int:

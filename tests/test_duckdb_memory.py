@@ -93,6 +93,30 @@ def test_pushdown_reads_grow_their_own_limit(wide_table: str, monkeypatch: pytes
     assert "set pushdown_memory_limit" in note
 
 
+def test_a_pushdown_read_raises_threads_only_on_a_database_it_has_alone(
+    wide_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections to one file in one process share `threads`: a pipeline running beside another on
+    the same file must not have its sort or its stream changed under it."""
+    monkeypatch.setattr(duckdb_source.os, "cpu_count", lambda: 3)
+
+    def threads_while_streaming(source: DuckDBSource) -> set[int]:
+        seen = set()
+        for _chunk in source.stream("select * from t", Window(order_by=("s",)), 50_000):
+            with source._connection.cursor() as other:
+                seen.add(other.execute("select current_setting('threads')").fetchone()[0])
+        return seen
+
+    config = DuckDBWarehouse(type="duckdb", path=wide_table)
+    with DuckDBSource(config) as alone:
+        alone.prepare_for_pushdown()
+        assert threads_while_streaming(alone) == {3}
+        with DuckDBSource(config):
+            assert threads_while_streaming(alone) == {1}
+        assert threads_while_streaming(alone) == {3}
+    assert duckdb_source._open_files[wide_table] == 0
+
+
 def test_the_growth_stops_at_the_ceiling(wide_table: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(duckdb_source, "AUTO_MEMORY_LIMIT_MB", 1)
     monkeypatch.setattr(duckdb_source, "AUTO_MEMORY_LIMIT_CEILING_MB", 4)
