@@ -147,12 +147,15 @@ class DuckDBSource(DBAPISource):
         pass  # the result is dropped by the next statement; the connection stays open
 
     def close(self) -> None:
-        super().close()
-        if self._file is not None:
-            with _open_files_lock:
-                _open_files[self._file] -= 1
-                if not _open_files[self._file]:
-                    del _open_files[self._file]
+        try:
+            super().close()
+        finally:
+            if self._file is not None:
+                with _open_files_lock:
+                    _open_files[self._file] -= 1
+                    if not _open_files[self._file]:
+                        del _open_files[self._file]
+                self._file = None  # closing twice counts once
 
 
 def _megabytes(limit: str) -> int:
