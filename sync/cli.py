@@ -380,7 +380,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
         window = Window(order_by=prepared.key_columns)
         for chunk in prepared.stream(source, window, rows):
             for row in chunk[:rows]:
-                mapped = mapper.map_row(row)
+                mapped = mapper.map_row(prepared.unpack(row))
                 if mapped.event is None:
                     reasons = "\n".join(str(p) for p in mapped.problems)
                     table.add_row(mapped.row_key, "[red]rejected[/]", reasons)

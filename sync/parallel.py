@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from capi_sync.config import PipelineConfig
     from capi_sync.connectors.meta import MetaClient
+    from capi_sync.connectors.packing import Packing
     from capi_sync.connectors.retry import RetryPolicy
     from capi_sync.mappings.mapper import EventMapper
 
@@ -184,7 +185,13 @@ class _Turns:
 
 
 def _serve(
-    conn: Connection, pipeline: PipelineConfig, columns: list[str], delivery: Delivery, turns: _Turns
+    conn: Connection,
+    pipeline: PipelineConfig,
+    columns: list[str],
+    delivery: Delivery,
+    turns: _Turns,
+    *,
+    packing: Packing | None,
 ) -> None:
     """A worker's whole life: build the mapping and a client once, then settle blocks until hung up."""
     # Ctrl-C reaches the whole process group: the parent decides how to stop, workers just finish.
@@ -214,6 +221,8 @@ def _serve(
     while (block := blocks.get()) is not None:
         number, rows = block
         try:
+            if packing is not None:
+                rows = list(map(packing.unpack, rows))
             settled, events = _build(mapper, rows)
         except Exception as exc:  # a mapper bug stops the run with its traceback
             turns.halt()
@@ -318,13 +327,19 @@ class _Worker:
     """One worker process and this process's end of its socket pair."""
 
     def __init__(
-        self, pipeline: PipelineConfig, columns: list[str], delivery: Delivery, turns: _Turns
+        self,
+        pipeline: PipelineConfig,
+        columns: list[str],
+        delivery: Delivery,
+        turns: _Turns,
+        packing: Packing | None,
     ) -> None:
         context = _context()
         self.conn, child_end = context.Pipe()
         self.process: BaseProcess = context.Process(
             target=_serve,
             args=(child_end, pipeline, columns, delivery, turns),
+            kwargs={"packing": packing},
             name="capi-sync-worker",
             daemon=True,
         )
@@ -426,12 +441,16 @@ class ParallelMapper:
         block_rows: int,
         after: int = 0,
         columns_used: tuple[int, ...] | None = None,
+        packing: Packing | None = None,
     ) -> None:
         self.after = after  # rows mapped in-process before the workers start
         # Workers get only the columns the mapping reads: `select *` on a wide table would otherwise
         # pickle every unused value twice over (here, then back into objects in the worker).
         self._project: Callable[[Any], tuple[Any, ...]] = tuple
-        if columns_used is not None and 0 < len(columns_used) < len(columns):
+        self._packing = packing
+        if packing is not None:  # the text (and values that do not pack), unpacked by the worker
+            self._project = packing.for_workers
+        elif columns_used is not None and 0 < len(columns_used) < len(columns):
             take = itemgetter(*columns_used)
             self._project = take if len(columns_used) > 1 else lambda row: (take(row),)
             columns = [columns[index] for index in columns_used]
@@ -450,7 +469,7 @@ class ParallelMapper:
             context = _context()
             self._turns = _Turns(context, self._delivery.in_flight)
             self._workers = [
-                _Worker(self._pipeline, self._columns, self._delivery, self._turns)
+                _Worker(self._pipeline, self._columns, self._delivery, self._turns, self._packing)
                 for _ in range(self._count)
             ]
         if self.after == 0:

@@ -11,7 +11,7 @@ import datetime as dt
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -32,7 +32,7 @@ from capi_sync.mappings.mapper import (
     Rejection,
     resolve_column,
 )
-from capi_sync.mappings.spec import GROUPS
+from capi_sync.mappings.spec import GROUPS, column_of
 from capi_sync.mappings.validate import Problem
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column, Projection
     from capi_sync.connectors.meta import MetaClient
+    from capi_sync.connectors.packing import Packing
     from capi_sync.connectors.retry import RetryPolicy
 
 Progress = Callable[[RunReport], None]
@@ -79,9 +80,16 @@ class Prepared:
     # projection over the sorted window. Read through `stream` and `sql`, which never drop it.
     query: str
     project: Projection | None = None
+    packing: Packing | None = None  # rows read as one text each: `stream` yields them so
 
     def index(self, column: str | None) -> int | None:
         return _column(column, self.columns)
+
+    def read_index(self, index: int | None) -> int | None:
+        """Where result column `index` sits in a row as `stream` yields it."""
+        if index is None or self.packing is None:
+            return index
+        return self.packing.read_index(index)
 
     def kind(self, column: str | None) -> str | None:
         index = self.index(column)
@@ -92,10 +100,23 @@ class Prepared:
         return tuple(self.columns[i] for i in self.mapper.key_indexes)
 
     def stream(self, source: Source, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        return source.stream(self.query, window, chunk_size, self.project)
+        """Rows as read: packed when `packing` is set (`unpack` gives the query's row back)."""
+        return source.stream(self.query, window, chunk_size, self._projection)
+
+    def unpack(self, row: Sequence[Any]) -> Sequence[Any]:
+        return row if self.packing is None else self.packing.unpack(row)
 
     def sql(self, source: Source, window: Window) -> tuple[str, list[Any]]:
-        return source.sql(self.query, window, self.project)
+        return source.sql(self.query, window, self._projection)
+
+    @property
+    def _projection(self) -> Projection | None:
+        project, packing = self.project, self.packing
+        if packing is None:
+            return project
+        if project is None:
+            return packing.project
+        return lambda windowed: packing.project(project(windowed))
 
 
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
@@ -109,15 +130,25 @@ def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
         described = source.describe(pushed.whole)  # the generated SQL runs once here, before a row is read
     columns = [column.name for column in described]
     mapper = mapper_for(pipeline, columns)
+    main: set[int] = set()  # the columns the run reads itself: whichever cursor it advances
     for setting, name in (("cursor", pipeline.cursor), ("backfill_column", pipeline.backfill_column)):
-        if name is not None and _column(name, columns) is None:
+        if name is None:
+            continue
+        if (index := _column(name, columns)) is None:
             raise ConfigError(
                 [
                     f"pipeline '{pipeline.name}': {setting}: column '{name}' is not"
                     f" returned by the query (columns: {', '.join(columns)})"
                 ]
             )
-    return Prepared(mapper, columns, {column.name: column.kind for column in described}, query, project)
+        main.add(index)
+    # A backfill without backfill_column advances over event_time's column (see `backfill_column`).
+    event_time = column_of(pipeline.mapping.server_event.get("event_time", ""))
+    if (index := _column(event_time, columns)) is not None:
+        main.add(index)
+    packing = source.packing(described, mapper.columns_used, sorted(main))
+    kinds = {column.name: column.kind for column in described}
+    return Prepared(mapper, columns, kinds, query, project, packing)
 
 
 def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Column]) -> pushdown.Pushed:
@@ -237,6 +268,7 @@ def session(
                 block_rows=pipeline.settings.batch_size,
                 after=serial_rows,
                 columns_used=prepared.mapper.columns_used,
+                packing=prepared.packing,
             )
             stack.callback(parallel.close)
         if not options.dry_run:
@@ -405,6 +437,9 @@ class _Run:
     def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any] | Built | None]:
         """Rows become events here, in read order: on this process, or built and sent by workers."""
         map_row, parallel = self.mapper.map_row, self.parallel
+        if (packing := self.prepared.packing) is not None:
+            unpack, map_unpacked = packing.unpack, map_row
+            map_row = lambda row: map_unpacked(unpack(row))  # noqa: E731
         for row, cursor in rows:
             if parallel is not None and self.rows_mapped >= parallel.after and parallel.ready():
                 if self.rows_mapped:
@@ -478,7 +513,8 @@ class _Run:
         """Rows in cursor order, minus those already settled at or before the stored cursor value."""
         limit, stop = self.options.limit, self.options.stop
         last, settled = self.state.value, self.state.settled
-        index = self.cursor_index
+        index = self.prepared.read_index(self.cursor_index)
+        unpack = self.prepared.unpack
         chunks = self.prepared.stream(self.source, window, self.pipeline.chunk_size)
         for chunk in chunks:
             for row in chunk:
@@ -487,7 +523,7 @@ class _Run:
                     if guard.past_end(cursor):
                         return
                     continue
-                if settled and cursor <= last and self.mapper.row_key(row) in settled:
+                if settled and cursor <= last and self.mapper.row_key(unpack(row)) in settled:
                     self.report.rows_skipped += 1
                     continue
                 if limit is not None and self.report.rows_read >= limit:

@@ -72,6 +72,7 @@ def project_file(
     pushdown_on: bool,
     extra: str = "",
     columns: dict[str, str] = COLUMNS,
+    cursor: str = "",
 ) -> Path:
     customer_info = ", ".join(f"{key}: {column}" for key, column in columns.items())
     path = tmp_path / f"pipelines_{pushdown_on}.yaml"
@@ -87,6 +88,7 @@ def project_file(
             destination: meta
             query: select * from people
             primary_key: id
+            {f"cursor: {cursor}" if cursor else ""}
             pushdown: {str(pushdown_on).lower()}
             settings: {{action_source: website, default_phone_region: US}}
             mapping:
@@ -108,7 +110,7 @@ def mapped_users(path: Path) -> tuple[dict[int, tuple[dict[str, Any], dict[str, 
         from capi_sync.connectors.base import Window
 
         for chunk in prepared.stream(source, Window(order_by=("id",)), 1000):
-            for row in chunk:
+            for row in map(prepared.unpack, chunk):
                 dropped: list[Any] = []
                 user = prepared.mapper._user_data(row, [], dropped)
                 rules = {problem.field.split(".", 1)[1]: problem.rule for problem in dropped}
@@ -424,7 +426,9 @@ def test_duckdb_hashes_after_the_sort_on_every_core_and_keeps_cursor_order(
         )
     columns = {"em": "email", "st": "state", "country": "country", "ph": "phone"}
     config = load_project(
-        project_file(tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=True, columns=columns)
+        project_file(
+            tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=True, columns=columns, cursor="updated_at"
+        )
     )
     pipeline = config.pipeline("people")
     window = Window(order_by=("updated_at", "id"), cursor="updated_at")
@@ -438,7 +442,8 @@ def test_duckdb_hashes_after_the_sort_on_every_core_and_keeps_cursor_order(
         for chunk in prepared.stream(source, window, 5000):
             with source._connection.cursor() as other:
                 threads_while_streaming.add(other.execute("select current_setting('threads')").fetchone()[0])
-            keys += [(row[prepared.index("updated_at")], row[prepared.index("id")]) for row in chunk]
+            cursor_at, id_at = prepared.read_index(prepared.index("updated_at")), prepared.index("id")
+            keys += [(row[cursor_at], prepared.unpack(row)[id_at]) for row in chunk]
         source.describe("select 1")
         threads_after = source._connection.execute("select current_setting('threads')").fetchone()[0]
     assert len(keys) == count
