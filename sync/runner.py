@@ -146,7 +146,9 @@ def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
     event_time = column_of(pipeline.mapping.server_event.get("event_time", ""))
     if (index := _column(event_time, columns)) is not None:
         main.add(index)
-    packing = source.packing(described, mapper.columns_used, sorted(main))
+    # Pushdown's rows are mostly digests, which cost the driver little as they are; packed, the same
+    # 200k bench rows ran no faster and the run's peak grew from 257 to 320 MB.
+    packing = None if pipeline.pushdown else source.packing(described, mapper.columns_used, sorted(main))
     kinds = {column.name: column.kind for column in described}
     return Prepared(mapper, columns, kinds, query, project, packing)
 
