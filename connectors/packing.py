@@ -6,7 +6,7 @@ those objects again. Packed, the warehouse writes the columns the mapping reads 
 per row: this process fetches one string per row (and the few columns it needs itself, such as the
 cursor), hands that string to a worker as is, and the worker turns it back into the row with
 `orjson`, the same values of the same types the driver would have returned (200k bench rows: the
-run's own process spends 1.3 s less of CPU, the run is about a tenth faster).
+run's own process spends about 2 s less of CPU, the run is about a tenth faster).
 
 Only types that survive the round trip exactly are packed; the others are fetched as usual beside
 the text, so packing changes how a row travels, never its values.
