@@ -139,6 +139,10 @@ class DuckDBSource(DBAPISource):
     def packing(
         self, columns: Sequence[Column], used: Sequence[int] | None, main: Sequence[int]
     ) -> Packing | None:
+        try:  # the JSON functions ship inside DuckDB's wheels; a build without them reads value by value
+            self._connection.execute("select json_array(1)")
+        except duckdb.Error:
+            return None
         packing = duckdb_packing([(c.name, c.type_name) for c in columns], used, main, self._quote)
         if packing is not None:
             # The packed row is a SELECT over the sorted window, which keeps its order only so.

@@ -214,3 +214,23 @@ def test_a_run_over_packed_rows_sends_what_a_value_by_value_read_sends(
     assert runs["unpacked"].count(b"\n") == 2599, "order 7 is rejected"
     assert runs["packed"] == runs["unpacked"]
     assert runs["workers"] == runs["unpacked"]
+
+
+def test_a_duckdb_without_its_json_functions_reads_value_by_value(typed_table: Path) -> None:
+    class WithoutJson:
+        def __init__(self, connection: Any) -> None:
+            self._connection = connection
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if "json_array" in sql:
+                raise duckdb.CatalogException("Scalar Function with name json_array does not exist!")
+            return self._connection.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._connection, name)
+
+    with DuckDBSource(DuckDBWarehouse(type="duckdb", path=str(typed_table))) as source:
+        described = source.describe("select * from t")
+        source._connection = WithoutJson(source._connection)
+        assert source.packing(described, None, [0]) is None
+        assert len(read(source, None)) == ROWS
