@@ -427,7 +427,11 @@ def test_duckdb_hashes_after_the_sort_on_every_core_and_keeps_cursor_order(
     columns = {"em": "email", "st": "state", "country": "country", "ph": "phone"}
     config = load_project(
         project_file(
-            tmp_path, f"{{type: duckdb, path: {path}}}", pushdown_on=True, columns=columns, cursor="updated_at"
+            tmp_path,
+            f"{{type: duckdb, path: {path}}}",
+            pushdown_on=True,
+            columns=columns,
+            cursor="updated_at",
         )
     )
     pipeline = config.pipeline("people")
