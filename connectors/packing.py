@@ -85,6 +85,10 @@ class Packing:
                 values[position] = row[offset + number]
         return tuple(values)
 
+    def __reduce__(self) -> tuple[type[Packing], tuple[Any, ...]]:
+        # Rebuilt from its fields: compiled (setup.py), a frozen class cannot be unpickled field by field.
+        return Packing, (self.width, self.main, self.carried, self.decoders, self.select)
+
 
 # DuckDB type -> (SQL for the value inside the JSON array, decoder of what comes back). Integers up
 # to 64 bits, booleans and text are JSON as they are; decimals, doubles, dates and timestamps travel

@@ -29,6 +29,10 @@ class Problem:
             text += f" [value {self.value}]"
         return text
 
+    def __reduce__(self) -> tuple[type[Problem], tuple[str, str, str | None, str | None]]:
+        # Rebuilt from its fields: compiled (setup.py), a frozen class cannot be unpickled field by field.
+        return Problem, (self.field, self.rule, self.value, self.detail)
+
 
 def max_age_seconds(action_source: str | None) -> int:
     return MAX_AGE_SECONDS_PHYSICAL_STORE if action_source == "physical_store" else MAX_AGE_SECONDS
