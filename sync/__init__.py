@@ -12,6 +12,7 @@ Usage from Python, the same path the CLI takes:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -53,6 +54,15 @@ if TYPE_CHECKING:
     from capi_sync.state import RunStatus, StateStore
 
 
+def compiled() -> bool:
+    """Whether rows are mapped by modules mypyc compiled (a wheel, see setup.py) or by Python source.
+
+    Both behave the same; the bench and `capi-sync --version` say which ran, since speed differs.
+    """
+    spec = importlib.util.find_spec("capi_sync.mappings.mapper")
+    return spec is not None and not (spec.origin or "").endswith(".py")
+
+
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
@@ -83,6 +93,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "__version__",
+    "compiled",
     "load_config",
     "run_pipeline",
 ]

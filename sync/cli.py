@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from capi_sync import __version__
+from capi_sync import __version__, compiled
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
 from capi_sync.building import make_client
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
@@ -96,7 +96,11 @@ def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="capi-sync")
+@click.version_option(
+    __version__,
+    prog_name="capi-sync",
+    message="%(prog)s %(version)s (" + ("mapping compiled with mypyc" if compiled() else "pure Python") + ")",
+)
 def cli() -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""
 
