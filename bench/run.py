@@ -258,6 +258,13 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="Run each path N times, alternating; print medians."
     )
+    parser.add_argument(
+        "--build",
+        choices=["installed", "wheel", "both"],
+        default="installed",
+        help="Run the installed capi-sync (an editable install is Python source), the wheel built from"
+        " this checkout (mypyc-compiled, as `pip install .` gets it), or both, alternating.",
+    )
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
     parser.add_argument("--make-dataset", metavar="PATH", help=argparse.SUPPRESS)
     parser.add_argument("--copy-to-postgres", nargs=2, metavar=("PATH", "DSN"), help=argparse.SUPPRESS)
@@ -291,14 +298,23 @@ def main() -> None:
         )
         command = [str(CAPI_SYNC), "run", "conversions", "-f", str(folder / "pipelines.yaml")]
         command += ["--workers", args.workers] if args.workers else []
-        label = f"capi-sync ({args.warehouse}, workers: {args.workers or 'auto'}" + (
-            ", pushdown)" if args.pushdown else ")"
-        )
+        builds = builds_to_run(args.build, folder)
         # Runs alternate (ours, the SDK's, ours...) so that a slow stretch of a shared machine
         # weighs on both paths alike; each of ours starts from an empty state (a first run).
         for attempt in range(args.repeat):
             env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}.db'}"}
-            ours.append(run_measured(label, command, args.rows, cwd=folder, env=env, stand_in=stand_in))
+            for number, modules in enumerate(builds):
+                build_env = {**env, "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}-{number}.db'}"}
+                if modules is not None:
+                    build_env["PYTHONPATH"] = str(modules)
+                label = (
+                    f"capi-sync ({args.warehouse}, workers: {args.workers or 'auto'}"
+                    + (", pushdown" if args.pushdown else "")
+                    + f", {build_kind(build_env)})"
+                )
+                ours.append(
+                    run_measured(label, command, args.rows, cwd=folder, env=build_env, stand_in=stand_in)
+                )
             if not args.skip_sdk and args.warehouse == "duckdb":
                 sdk = [sys.executable, str(HERE / "sdk_reference.py"), "--database", str(database),
                        "--graph-url", graph_url]  # fmt: skip
@@ -319,7 +335,10 @@ def main() -> None:
             f" | {r.peak_rss_mb:.0f} | {r.peak_tree_rss_mb:.0f} | {r.seconds:.1f} | {r.cpu_split} |"
         )
     if args.repeat > 1:
-        for name, runs in (("capi-sync", ours), ("SDK", sdks)):
+        by_label = {
+            label: [r for r in ours if r.label == label] for label in dict.fromkeys(r.label for r in ours)
+        }
+        for name, runs in (*by_label.items(), ("SDK", sdks)):
             if runs:
                 rates = [r.per_second for r in runs]
                 print(
@@ -328,14 +347,56 @@ def main() -> None:
                     f" {max(r.peak_rss_mb for r in runs):.0f} MB"
                 )
     if sdks:
-        ratios = [mine.per_second / theirs.per_second for mine, theirs in zip(ours, sdks, strict=True)]
+        first = [r for r in ours if r.label == ours[0].label]  # the first build's, one per SDK run
+        ratios = [mine.per_second / theirs.per_second for mine, theirs in zip(first, sdks, strict=True)]
         pairs = f" (median of {len(ratios)} pairs: {', '.join(f'{x:.1f}' for x in ratios)})"
         print(
-            f"\ncapi-sync / SDK: {statistics.median(ratios):.1f}x events per second"
+            f"\n{first[0].label} / SDK: {statistics.median(ratios):.1f}x events per second"
             + (pairs if len(ratios) > 1 else "")
         )
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def builds_to_run(build: str, folder: Path) -> list[Path | None]:
+    """PYTHONPATH folders to run capi-sync from; None runs the installed one as it is.
+
+    `both` builds the same checkout twice, pure and compiled, so only compiling differs.
+    """
+    if build == "installed":
+        return [None]
+    compiled = wheel_modules(folder / "compiled", compile_modules=True)
+    if build == "wheel":
+        return [compiled]
+    return [wheel_modules(folder / "pure", compile_modules=False), compiled]
+
+
+def wheel_modules(folder: Path, *, compile_modules: bool) -> Path:
+    """Build this checkout's wheel (setup.py compiles it with mypyc) and unpack it for PYTHONPATH."""
+    started = time.perf_counter()
+    env = {
+        **os.environ,
+        "CAPI_SYNC_COMPILE": "1" if compile_modules else "0",
+        "PIP_ROOT_USER_ACTION": "ignore",
+    }
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(folder), str(HERE.parent)], env=env, check=True)
+    (wheel,) = folder.glob("capi_sync-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(folder / "site"), str(wheel)], env=env, check=True
+    )
+    print(
+        f"wheel ({'compiled' if compile_modules else 'pure'}) built in {time.perf_counter() - started:.0f}s"
+    )
+    return folder / "site"
+
+
+def build_kind(env: dict[str, str]) -> str:
+    """Asked of a child: importing capi-sync here would charge its memory to every run measured."""
+    probe = "import capi_sync; print('compiled' if capi_sync.compiled() else 'source')"
+    return subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 if __name__ == "__main__":
