@@ -1,19 +1,26 @@
 """The Conversions API client: one request per batch of at most 1,000 events.
 
 The token travels in the `Authorization` header, never in the URL, and is scrubbed from every
-message this module raises.
+message this module raises. `timeout` bounds a whole request, answer included (a server that
+trickles its answer a byte at a time is cut off), and the events POST never follows a redirect:
+a 3xx would deliver the events to another host and count them as sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-import re
+import socket
+import threading
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import requests
+import urllib3.connection
+import urllib3.connectionpool
+from requests.adapters import HTTPAdapter
 
 from capi_sync.errors import (
     MetaAuthError,
@@ -22,7 +29,9 @@ from capi_sync.errors import (
     MetaPermissionError,
     MetaRequestError,
     MetaRetryableError,
+    MetaTooLargeError,
 )
+from capi_sync.secrets import scrub
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -50,6 +59,77 @@ class SendResult:
     messages: tuple[str, ...] = ()
 
 
+# The connection each thread's current request runs on, so a `_Deadline` timer can cut it.
+_connection_of_thread: dict[int, urllib3.connection.HTTPConnection] = {}
+
+
+class _TrackedHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _connection_of_thread[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _connection_of_thread[threading.get_ident()] = self
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter whose connections a `_Deadline` can find and cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+
+
+class _Deadline:
+    """Bounds a whole request, answer included.
+
+    requests' `timeout` bounds each socket read, so a server answering a byte a second never
+    times out. When the deadline passes, a timer shuts the request's socket down, which ends the
+    blocked read at once; `expired` says that is why the request failed.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._done = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _connection_of_thread.pop(self._thread, None)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done = True
+        self._timer.cancel()
+        _connection_of_thread.pop(self._thread, None)
+
+    def _cut(self) -> None:
+        with self._lock:  # never cuts a connection that went back to the pool after its answer
+            if self._done:
+                return
+            self.expired = True
+            connection = _connection_of_thread.get(self._thread)
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
 class MetaClient:
     """Usage: `MetaClient(pixel_id, token).send(events)` returns a `SendResult` or raises `MetaError`."""
 
@@ -61,6 +141,7 @@ class MetaClient:
         api_version: str = "v26.0",
         graph_url: str = "https://graph.facebook.com",
         timeout: float = 30.0,
+        max_request_bytes: int = 4 * 1024 * 1024,
         test_event_code: str | None = None,
         partner_agent: str | None = None,
         app_secret: str | None = None,
@@ -69,8 +150,9 @@ class MetaClient:
         self.pixel_url = f"{graph_url.rstrip('/')}/{api_version}/{pixel_id}"
         self.url = f"{self.pixel_url}/events"
         self._token = access_token
-        self._secrets = [secret for secret in (access_token, app_secret) if secret]
+        self._secrets = tuple(secret for secret in (access_token, app_secret) if secret)
         self._timeout = timeout
+        self.max_request_bytes = max_request_bytes  # the sender splits requests to stay under it
         self._extra: dict[str, Any] = {}
         if test_event_code:
             self._extra["test_event_code"] = test_event_code
@@ -80,6 +162,9 @@ class MetaClient:
             proof = hmac.new(app_secret.encode(), access_token.encode(), sha256).hexdigest()
             self._extra["appsecret_proof"] = proof
         self._session = session or requests.Session()
+        adapter = _DeadlineAdapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     def prepare(self, events: Sequence[dict[str, Any]]) -> PreparedRequest:
         if not 0 < len(events) <= MAX_EVENTS_PER_REQUEST:
@@ -99,14 +184,24 @@ class MetaClient:
         A caller that retries passes the prepared request, so a batch is serialized once, not per try.
         """
         request = events if isinstance(events, PreparedRequest) else self.prepare(events)
-        try:
-            response = self._session.post(
-                request.url, data=request.body, headers=request.headers, timeout=self._timeout
-            )
-        except requests.Timeout as exc:
-            raise MetaRetryableError(self._scrub(f"timed out after {self._timeout}s: {exc}")) from None
-        except requests.RequestException as exc:
-            raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
+        with _Deadline(self._timeout) as deadline:
+            try:
+                response = self._session.post(
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+                response.content  # noqa: B018 -- read the answer inside the deadline
+            except requests.Timeout:
+                deadline.expired = True
+            except requests.RequestException as exc:
+                if not deadline.expired:
+                    raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
+        if deadline.expired:  # a cut answer may even look complete: it is not to be trusted
+            msg = f"timed out: no complete answer within timeout: {self._timeout}s"
+            raise MetaRetryableError(msg)
         return self._result(response, request.event_count)
 
     def check(self) -> str:
@@ -116,12 +211,15 @@ class MetaClient:
         `MetaRequestError` (code 100 subcode 33: no such pixel, or no access) like `send` does.
         """
         try:
-            response = self._session.get(
-                self.pixel_url,
-                params={"fields": "id,name"},
-                headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
-                timeout=self._timeout,
-            )
+            with _Deadline(self._timeout):
+                response = self._session.get(
+                    self.pixel_url,
+                    params={"fields": "id,name"},
+                    headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+                response.content  # noqa: B018 -- read the answer inside the deadline
         except requests.RequestException as exc:
             raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
         try:
@@ -130,7 +228,7 @@ class MetaClient:
             payload = {}
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
             return str(payload.get("name") or payload.get("id") or "")
-        raise self._error(response.status_code, payload, response.text)
+        raise self._error(response.status_code, payload, response.text, response.headers.get("location"))
 
     def _result(self, response: requests.Response, sent: int) -> SendResult:
         try:
@@ -144,11 +242,20 @@ class MetaClient:
                 raise MetaRetryableError(msg, status=200, fbtrace_id=payload.get("fbtrace_id"))
             messages = tuple(str(message) for message in payload.get("messages") or ())
             return SendResult(received, payload.get("fbtrace_id"), messages)
-        raise self._error(response.status_code, payload, response.text)
+        raise self._error(response.status_code, payload, response.text, response.headers.get("location"))
 
-    def _error(self, status: int, payload: Any, text: str) -> MetaError:
+    def _error(self, status: int, payload: Any, text: str, location: str | None = None) -> MetaError:
         """Map an HTTP status and Graph error body to the exception that says what to do."""
         error = payload.get("error") if isinstance(payload, dict) else None
+        if 300 <= status < 400:
+            location = self._scrub(location or "no Location header")
+            msg = (
+                f"HTTP {status} from the Graph API redirects to {location}: capi-sync never follows a"
+                " redirect with events (they would go to another host); check graph_url"
+            )
+            return MetaFatalError(msg, status=status)
+        if status == 413:
+            return MetaTooLargeError(self._scrub(f"HTTP 413 from the Graph API: {text[:300]}"), status=413)
         if not isinstance(error, dict):
             kind = MetaRetryableError if status >= 500 or status == 429 else MetaFatalError
             return kind(self._scrub(f"HTTP {status} from the Graph API: {text[:300]}"), status=status)
@@ -181,10 +288,7 @@ class MetaClient:
         return MetaRequestError(described, **details)
 
     def _scrub(self, text: str) -> str:
-        """Whole occurrences only: a placeholder token like `x` must not redact every letter x."""
-        for secret in self._secrets:
-            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "[redacted]", text)
-        return text
+        return scrub(text, self._secrets)
 
     def close(self) -> None:
         self._session.close()

@@ -76,6 +76,7 @@ def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
         api_version=destination.api_version,
         graph_url=destination.graph_url,
         timeout=destination.timeout,
+        max_request_bytes=destination.max_request_bytes,
         test_event_code=pipeline.settings.test_event_code,
         partner_agent=f"capi-sync/{__version__}",
         app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,

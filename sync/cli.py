@@ -32,6 +32,7 @@ from capi_sync.connectors import Window, open_source
 from capi_sync.errors import CapiSyncError, ConfigError, MetaAuthError, MetaError
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline
+from capi_sync.secrets import scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
@@ -297,9 +298,7 @@ def _check_destination(project: ProjectConfig, pipeline: PipelineConfig) -> tupl
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    return text
+    return scrub(text, secrets)
 
 
 @cli.command()

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from capi_sync import secrets
 from capi_sync.connectors.base import TEMPLATE_VARIABLES, TemplateProblem, is_template, render_query
 from capi_sync.connectors.retry import RetryPolicy
 from capi_sync.envsubst import substitute
@@ -33,6 +34,8 @@ from capi_sync.windows import CursorClock, parse_duration, parse_start
 DEFAULT_FILES = ("pipelines.yaml", "pipelines.example.yaml")
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 DEFAULT_API_VERSION = "v26.0"
+# Meta documents no byte limit; 4 MiB holds 1,000 ordinary events (about 1.5 KB each) twice over.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_BATCH_SIZE = 1000  # Meta's limit per request
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -123,6 +126,16 @@ AnyWarehouse = DuckDBWarehouse | SQLAlchemyWarehouse | SnowflakeWarehouse | BigQ
 WAREHOUSE_TYPES = ("duckdb", "sqlalchemy", "snowflake", "bigquery")
 
 
+def parse_size(text: str) -> int:
+    """`4MB`, `512 KB`, `1048576`: a byte count (units of 1,024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?i?b?)\s*", text.lower())
+    if match is None:
+        msg = f"a size looks like 4MB, 512KB or 1048576, got {text!r}"
+        raise ValueError(msg)
+    unit = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match[2][:1] if match[2] != "b" else ""]
+    return int(float(match[1]) * unit)
+
+
 class MetaDestination(BaseModel):
     """A pixel (or dataset) and the token allowed to send to it."""
 
@@ -135,6 +148,13 @@ class MetaDestination(BaseModel):
     timeout: float = Field(30.0, gt=0)
     retry_base_seconds: float = Field(1.0, gt=0)  # first backoff pause; doubles, with jitter
     retry_max_seconds: float = Field(300.0, ge=0)  # total waiting allowed for one batch
+    # Requests are split to stay under this; one event bigger than it is rejected (event_too_large).
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=64 * 1024)
+
+    @field_validator("max_request_bytes", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(base_delay=self.retry_base_seconds, max_elapsed=self.retry_max_seconds)
@@ -443,9 +463,11 @@ def parse_config(document: dict[str, Any], *, base_dir: Path, path: Path | None 
         if isinstance(warehouse, dict) and warehouse.get("type") == "duckdb":
             warehouse.setdefault("base_dir", base_dir)
     try:
-        return ProjectConfig.model_validate({**document, "path": path})
+        project = ProjectConfig.model_validate({**document, "path": path})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc), source=str(path) if path else None) from None
+    secrets.register(project.secrets())
+    return project
 
 
 def _with_pipeline_names(errors: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from capi_sync.connectors.retry import call_with_retry
-from capi_sync.errors import MetaRequestError, MetaRetryableError
+from capi_sync.errors import MetaRequestError, MetaRetryableError, MetaTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,12 +33,20 @@ class Sent:
 
 
 class Sender:
-    """`send(events)` delivers one batch; fatal errors (token, permissions) raise."""
+    """`send(events)` delivers one batch; fatal errors (token, permissions) raise.
 
-    def __init__(self, client: MetaClient, retry: RetryPolicy, stop: StopSignal | None) -> None:
+    A batch becomes as many requests as `client.max_request_bytes` needs, halved until each fits;
+    an event that does not fit alone is refused (`event_too_large`) without being sent. With
+    `dry_run` the requests are built the same way and nothing leaves.
+    """
+
+    def __init__(
+        self, client: MetaClient, retry: RetryPolicy, stop: StopSignal | None, *, dry_run: bool = False
+    ) -> None:
         self.client = client
         self.retry = retry
         self.stop = stop  # once set, a backoff pause ends at once so the run can commit and exit
+        self.dry_run = dry_run
 
     def send(self, events: Sequence[Any]) -> Sent:
         if not events:
@@ -50,26 +58,47 @@ class Sender:
             retries += 1
 
         try:
-            return Sent(self._deliver(events, count), retries)
+            return Sent(self._deliver(events, count, 0, whole=True), retries)
         except MetaRetryableError as exc:
             return Sent(retries=retries, transient=exc)
 
     def _deliver(
-        self, events: Sequence[Any], on_retry: Any, offset: int = 0
+        self, events: Sequence[Any], on_retry: Any, offset: int, *, whole: bool = False
     ) -> list[tuple[int, MetaRequestError]]:
-        """Send, retrying transient errors; on an invalid-parameter error, bisect to the bad events."""
+        """Send, retrying transient errors; split what is too large or refused down to the bad events.
+
+        Only the whole batch, each of its events refused on its own, says the request itself is
+        wrong (the pixel, the test code): any smaller set of refused events is a set of bad rows.
+        """
+        request = self.client.prepare(events)
+        too_large = len(request.body) > self.client.max_request_bytes
         try:
-            request = self.client.prepare(events)
-            call_with_retry(lambda: self.client.send(request), self.retry, on_retry=on_retry, stop=self.stop)
+            if too_large:
+                raise MetaTooLargeError(
+                    f"event_too_large: {len(request.body):,} bytes, over max_request_bytes"
+                    f" ({self.client.max_request_bytes:,})",
+                    status=413,
+                )
+            if not self.dry_run:
+                call_with_retry(
+                    lambda: self.client.send(request), self.retry, on_retry=on_retry, stop=self.stop
+                )
         except MetaRequestError as exc:
-            if exc.code != INVALID_PARAMETER or exc.subcode == OBJECT_NOT_FOUND:
+            if not _splittable(exc):
                 raise
             if len(events) == 1:
                 return [(offset, exc)]
             middle = len(events) // 2
             refused = self._deliver(events[:middle], on_retry, offset)
             refused += self._deliver(events[middle:], on_retry, offset + middle)
-            if len(refused) == len(events):
+            if whole and len(refused) == len(events) and not isinstance(exc, MetaTooLargeError):
                 raise  # every event refused alone: the request itself is wrong, not the rows
             return refused
         return []
+
+
+def _splittable(error: MetaRequestError) -> bool:
+    """Too large, or an invalid parameter in some event (not a wrong pixel): halving isolates it."""
+    if isinstance(error, MetaTooLargeError):
+        return True
+    return error.code == INVALID_PARAMETER and error.subcode != OBJECT_NOT_FOUND

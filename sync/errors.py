@@ -11,7 +11,8 @@
         └── MetaFatalError           stops the run                                           → exit 1
             ├── MetaAuthError        code 190: the token is invalid or expired
             ├── MetaPermissionError  codes 3, 10, 200-299
-            └── MetaRequestError     code 100 and other 4xx: the batch itself is invalid
+            ├── MetaRequestError     code 100 and other 4xx: the batch itself is invalid
+            │   └── MetaTooLargeError  HTTP 413: split the batch; one event too large is rejected
 
 A row that cannot become an event is not an exception: the mapper returns a `Rejection`.
 """
@@ -105,3 +106,7 @@ class MetaPermissionError(MetaFatalError):
 
 class MetaRequestError(MetaFatalError):
     """Code 100 and other client errors: some event in the batch is invalid."""
+
+
+class MetaTooLargeError(MetaRequestError):
+    """HTTP 413, or a request over `max_request_bytes`: split it; an event too large alone is rejected."""

@@ -202,7 +202,7 @@ def _serve(
     try:
         mapper = mapper_for(pipeline, columns)
         client = delivery.make_client()
-        sender = Sender(client, delivery.retry, turns.abort)
+        sender = Sender(client, delivery.retry, turns.abort, dry_run=delivery.dry_run)
         quiet_gc().__enter__()  # for the worker's whole life: it ends killed, never restored
         _send(conn, ("ready", None))
     except BaseException as exc:  # whatever it was, the parent reports it (if it still listens)
@@ -229,7 +229,7 @@ def _serve(
             replies.put(_done(("error", _failure(exc))))
             continue
         if delivery.dry_run:
-            replies.put(_done(("ok", _dry_run(sender.client, delivery, settled, events))))
+            replies.put(_done(("ok", _dry_run(sender, delivery, settled, events))))
         else:
             replies.put(senders.submit(_deliver, sender, turns, number, settled, events))
 
@@ -257,12 +257,11 @@ def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[Settled, l
     return Settled(row_keys, key_values, shapes, others), events
 
 
-def _dry_run(client: MetaClient, delivery: Delivery, settled: Settled, events: list[Any]) -> tuple[Any, ...]:
-    if events:
-        client.prepare(events)  # the exact request, built and dropped
+def _dry_run(sender: Sender, delivery: Delivery, settled: Settled, events: list[Any]) -> tuple[Any, ...]:
+    sent = sender.send(events)  # the exact requests, built and dropped
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
     lines = b"".join(dumps(event, option=newline) for event in events) if delivery.keep_lines else b""
-    return settled, Sent(), None, lines
+    return settled, sent, None, lines
 
 
 def _deliver(

@@ -24,7 +24,14 @@ from capi_sync.batching import Batch
 from capi_sync.building import make_client, mapper_for, quiet_gc
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.delivery import Sender, Sent
-from capi_sync.errors import CapiSyncError, ConfigError, MetaError, MetaRetryableError, WorkerError
+from capi_sync.errors import (
+    CapiSyncError,
+    ConfigError,
+    MetaError,
+    MetaRetryableError,
+    MetaTooLargeError,
+    WorkerError,
+)
 from capi_sync.mappings import pushdown
 from capi_sync.mappings.mapper import (
     EventMapper,
@@ -338,7 +345,7 @@ class _Run:
         self.cursor_name = self.cursor_name or self.pipeline.name
         # Set on interrupt or stop: senders give up their backoff so the run can commit and exit.
         self.abort = self.options.stop or threading.Event()
-        self.sender = Sender(self.client, self.retry, self.abort)
+        self.sender = Sender(self.client, self.retry, self.abort, dry_run=self.options.dry_run)
 
     def incremental(self, now: dt.datetime | None = None) -> None:
         """Send the rows past the pipeline's cursor, up to the settle watermark."""
@@ -548,15 +555,9 @@ class _Run:
             if self.output is not None:
                 self.output.write(built.lines)
             return built.sent
-        if self.options.dry_run:
-            if batch.events:
-                self.client.prepare(batch.events)  # the exact request, built and dropped
-            if self.output is not None:
-                self.output.writelines(
-                    orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events
-                )
-            return Sent()
-        return self.sender.send(batch.events)
+        if self.options.dry_run and self.output is not None:
+            self.output.writelines(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events)
+        return self.sender.send(batch.events)  # in a dry run: the exact requests, built and dropped
 
     def _commit(self, batch: Batch, sent: Future[Sent]) -> None:
         """Record everything an accepted batch settles, in one transaction; raise if it failed.
@@ -620,6 +621,8 @@ class _Run:
         )
         if isinstance(error, MetaRetryableError):
             rule = TRANSIENT_RULE
+        elif isinstance(error, MetaTooLargeError):
+            rule = "event_too_large"
         detail = error.user_message or str(error)
         if error.fbtrace_id:
             detail += f" (fbtrace_id {error.fbtrace_id})"

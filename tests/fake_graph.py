@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,8 +18,20 @@ from typing import Any
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
 PIXEL = re.compile(r"^/(v\d+\.\d+)/(\d+)$")
-Reply = tuple[int, dict[str, Any]]
-DROP: Reply = (0, {})  # a script returning this closes the connection without answering
+DROP = (0, {})  # a script returning this closes the connection without answering
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A reply as a hostile server sends it: any status, any body, any headers, maybe trickled."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    trickle: float = 0.0  # seconds between bytes of the whole answer, status line included
+
+
+Reply = tuple[int, dict[str, Any]] | Raw
 
 
 @dataclass
@@ -38,6 +51,10 @@ class FakeGraph:
     requests: list[Received] = field(default_factory=list)
     # Called before the built-in checks; return a reply to override, or None to go on.
     script: Callable[[int, dict[str, Any]], Reply | None] | None = None
+    # Meta refuses a whole request (code 100) when it holds an event this says is poisoned.
+    poisoned: Callable[[dict[str, Any]], bool] | None = None
+    # Bodies larger than this get a plain-text 413, as a proxy in front of the Graph API answers.
+    max_body: int | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -75,6 +92,11 @@ class FakeGraph:
         if self.script is not None and (scripted := self.script(number, body)) is not None:
             return scripted
         data = body.get("data")
+        if self.poisoned is not None and isinstance(data, list):
+            for index, event in enumerate(data):
+                if isinstance(event, dict) and self.poisoned(event):
+                    message = f"event {index}: invalid custom_data"
+                    return 400, _error(100, "Invalid parameter", message, 2804019)
         if not isinstance(data, list) or not 1 <= len(data) <= 1000:
             return 400, _error(100, "Invalid parameter", "data must hold 1 to 1000 events")
         for index, event in enumerate(data):
@@ -88,12 +110,23 @@ class FakeGraph:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 with graph._lock:
                     graph._count += 1
                     number = graph._count
-                status, payload = graph.reply(number, self.path, headers, body)
+                if graph.max_body is not None and length > graph.max_body:
+                    reply: Reply = Raw(413, b"413 Request Entity Too Large", {"content-type": "text/plain"})
+                    body: dict[str, Any] = {"data": [], "size": length}
+                else:
+                    body = json.loads(raw or b"{}")
+                    reply = graph.reply(number, self.path, headers, body)
+                if isinstance(reply, Raw):
+                    with graph._lock:
+                        graph.requests.append(Received(self.path, headers, body, reply.status))
+                    self._raw(reply)
+                    return
+                status, payload = reply
                 with graph._lock:
                     graph.requests.append(Received(self.path, headers, body, status))
                 if (status, payload) == DROP:
@@ -109,6 +142,23 @@ class FakeGraph:
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
+
+            def _raw(self, reply: Raw) -> None:
+                lines = [f"HTTP/1.1 {reply.status} Hostile".encode()]
+                answer = {"content-length": str(len(reply.body)), **reply.headers}
+                lines += [f"{key}: {value}".encode() for key, value in answer.items()]
+                data = b"\r\n".join(lines) + b"\r\n\r\n" + reply.body
+                self.close_connection = True
+                try:
+                    if not reply.trickle:
+                        self.wfile.write(data)
+                        return
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(reply.trickle)
+                except OSError:
+                    pass  # the client gave up on us
 
             def do_GET(self) -> None:  # the pixel itself: what `capi-sync check` reads
                 headers = {key.lower(): value for key, value in self.headers.items()}
