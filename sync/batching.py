@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from capi_sync.report import MatchQuality
+
 if TYPE_CHECKING:
     from capi_sync.mappings.mapper import Rejection
     from capi_sync.parallel import Built
@@ -26,6 +28,10 @@ class Batch:
     committed: bool = False  # set once its transaction is written; a second commit is a no-op
     advances_cursor: bool = True  # False for rows re-read by key to retry them
     built: Built | None = None  # built and sent by a worker process: `events` stays empty
+    # Counted into the run's report when the batch commits, never before: a run that fails
+    # reports only what it settled, the same figures `capi-sync runs` shows.
+    quality: MatchQuality = field(default_factory=MatchQuality)
+    no_consent: int = 0  # rows held back by consent: settled with the batch, never sent
 
     @property
     def event_count(self) -> int:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import click
 import orjson
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from capi_sync import __version__, compiled
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
@@ -40,8 +40,23 @@ if TYPE_CHECKING:
     from capi_sync.report import RunReport
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+
+class _Console(Console):
+    """Prints values as they are (no markup: `[value ...]` in a reason or `capi-sync[snowflake]` in
+    a hint is data) and scrubs every secret of the loaded config from whatever it writes."""
+
+    def _render_buffer(self, buffer: Any) -> str:
+        return scrub(super()._render_buffer(buffer))
+
+
+out = _Console(highlight=False, markup=False)
+err = _Console(stderr=True, highlight=False, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text with some parts coloured: `styled(("ok", "green"), " connected")`."""
+    return Text.assemble(*parts)
 
 
 class ExitCode(IntEnum):
@@ -276,8 +291,8 @@ def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
             rows.append((f"destination {config.destination}", ok, message))
         for label, ok, message in rows:
             failed |= not ok
-            mark = "[green]ok[/]" if ok else "[red]FAILED[/]"
-            table.add_row(config.name, label, f"{mark} {escape(_scrub(message, secrets))}")
+            mark = ("ok", "green") if ok else ("FAILED", "red")
+            table.add_row(config.name, label, styled(mark, " " + _scrub(message, secrets)))
     out.print(table)
     if failed:
         raise RunFailed("check failed")
@@ -338,7 +353,7 @@ def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datet
             what = "next incremental run"
         sql, params = prepared.sql(source, window)
     out.print(f"-- {pipeline}: {what}")
-    out.print(escape(sql), soft_wrap=True)
+    out.print(sql, soft_wrap=True)
     for index, value in enumerate(params):
         out.print(f"-- parameter {index + 1}: {value!r} ({type(value).__name__})", soft_wrap=True)
 
@@ -362,7 +377,7 @@ def validate(ctx: Context, offline: bool) -> None:
     if errors:
         raise ConfigError(errors, source=str(ctx.project.path))
     names = ", ".join(ctx.project.pipelines) or "no pipelines"
-    out.print(f"[green]OK[/] {ctx.project.path}: {names}")
+    out.print(styled(("OK", "green"), f" {ctx.project.path}: {names}"))
 
 
 @cli.command()
@@ -386,14 +401,14 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
                 mapped = mapper.map_row(prepared.unpack(row))
                 if mapped.event is None:
                     reasons = "\n".join(str(p) for p in mapped.problems)
-                    table.add_row(mapped.row_key, "[red]rejected[/]", reasons)
+                    table.add_row(mapped.row_key, styled(("rejected", "red")), reasons)
                 else:
                     quality.add_event(mapped.event["user_data"].keys())
                     quality.dropped.update((p.field, p.rule) for p in mapped.problems)
                     body = orjson.dumps(mapped.event, option=orjson.OPT_INDENT_2).decode()
                     if mapped.problems:
                         body += "\ndropped: " + "; ".join(str(p) for p in mapped.problems)
-                    table.add_row(mapped.row_key, "[green]event[/]", body)
+                    table.add_row(mapped.row_key, styled(("event", "green")), body)
             break
     out.print(table)
     print_quality(quality)
@@ -411,7 +426,9 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
         history = store.list_runs(pipeline, limit)
     if as_json:
         for row in history:
-            click.echo(orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode())
+            click.echo(
+                scrub(orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode())
+            )
         return
     table = Table(title="runs")
     for column in (
@@ -423,6 +440,8 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
         "read",
         "sent",
         "rejected",
+        "pending",
+        "skipped",
         "retries",
         "error / fbtrace_id",
     ):
@@ -439,6 +458,8 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
             str(row.rows_read),
             str(row.events_sent),
             str(row.rows_rejected),
+            str(row.rows_pending),
+            str(row.rows_skipped),
             str(row.retries),
             detail[:120],
         )
@@ -457,7 +478,7 @@ def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
         rows = store.list_rejected(pipeline)
     if as_json:
         for row in rows:
-            click.echo(orjson.dumps(row, default=str).decode())
+            click.echo(scrub(orjson.dumps(row, default=str).decode()))
         return
     table = Table(title=f"{pipeline}: {len(rows)} rejected row(s)")
     for column in ("row", "reasons", "attempts", "last seen (UTC)"):
@@ -580,7 +601,7 @@ def _progress(pipeline: str) -> Any:
             return lambda r: progress.update(
                 task,
                 description=(
-                    f"{pipeline}: {r.rows_read:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"
+                    f"{pipeline}: {r.rows_fetched:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"
                 ),
             )
 
@@ -591,47 +612,72 @@ def _progress(pipeline: str) -> Any:
 
 
 def print_report(report: RunReport, output: Path | None = None) -> None:
+    """The reason a run failed first, then figures that add up: read = sent + rejected + pending + skipped."""
+    if report.error:
+        err.print(styled(("error:", "red"), f" {report.error}"), soft_wrap=True)
     mode = " (dry run: nothing sent)" if report.dry_run else ""
     verb = "built" if report.dry_run else "sent"
-    colour = "green" if report.ok else "red"
+    skipped = report.rows_skipped + report.rows_no_consent
+    why_skipped = [
+        f"{count:,} {what}"
+        for count, what in (
+            (report.rows_skipped, "already delivered"),
+            (report.rows_no_consent, "without consent"),
+        )
+        if count
+    ]
+    extra = [
+        f"{count:,} {what}"
+        for count, what in ((report.rows_retried, "kept rows retried"), (report.retries, "request retries"))
+        if count
+    ]
     out.print(
-        f"[{colour}]{report.pipeline}: {report.status}[/]{mode} in {report.seconds:.1f}s:"
-        f" {report.rows_read:,} rows read, {report.events_sent:,} events {verb}"
-        f" in {report.batches} batch(es), {report.rows_rejected:,} rejected"
-        + (f", {report.rows_skipped:,} already delivered" if report.rows_skipped else "")
-        + (f", {report.rows_no_consent:,} without consent (not sent)" if report.rows_no_consent else "")
-        + (f", {report.rows_retried:,} rejected rows retried" if report.rows_retried else "")
-        + (f", {report.retries} retries" if report.retries else ""),
+        styled(
+            (f"{report.pipeline}: {report.status}", "green" if report.ok else "red"),
+            f"{mode} in {report.seconds:.1f}s: {report.rows_read:,} rows read ="
+            f" {report.events_sent:,} events {verb} in {report.batches} batch(es) + {report.rows_rejected:,}"
+            f" rejected + {report.rows_pending:,} pending + {skipped:,} skipped"
+            + (f" ({', '.join(why_skipped)})" if why_skipped else "")
+            + (f"; {', '.join(extra)}" if extra else ""),
+        ),
         soft_wrap=True,
     )
+    unsettled = report.rows_fetched - (report.rows_read - report.rows_skipped)
+    if not report.ok and unsettled > 0:
+        out.print(f"{unsettled:,} row(s) read after the last accepted batch are read again by the next run")
     for note in report.notes:
         out.print(note, soft_wrap=True)
     if report.cursor_after is not None:
         saved = " (not saved: dry run)" if report.dry_run else ""
         label = "backfill position" if report.kind == "backfill" else "cursor"
         out.print(f"{label}: {report.cursor_before} -> {report.cursor_after}{saved}")
-    if report.rows_null_key:
-        err.print(
-            f"[yellow]warning:[/] {report.rows_null_key:,} row(s) have a NULL primary key and are never sent",
-            soft_wrap=True,
-        )
-    if report.rows_null_cursor:
-        err.print(
-            f"[yellow]warning:[/] {report.rows_null_cursor:,} row(s) have a NULL cursor and are never sent",
-            soft_wrap=True,
-        )
+    warnings = [
+        (
+            report.pending_total,
+            "row(s) pending: Meta could not take them; every run retries them until"
+            " they are delivered or too old for Meta (capi-sync rejected shows them)",
+        ),
+        (
+            report.duplicate_keys,
+            "row(s) repeat a primary key already read in this run: they share its"
+            " event_id, so Meta keeps only one of them",
+        ),
+        (report.rows_null_key, "row(s) have a NULL primary key and are never sent"),
+        (report.rows_null_cursor, "row(s) have a NULL cursor and are never sent"),
+    ]
+    for count, what in warnings:
+        if count:
+            err.print(styled(("warning:", "yellow"), f" {count:,} {what}"), soft_wrap=True)
     if output is not None:
         out.print(f"events written to {output}")
     if report.rejected_by_rule:
-        out.print("rejected rows by reason:")
+        out.print("rejected and pending rows by reason:")
         for (field, rule), count in report.rejected_by_rule.most_common():
             out.print(f"  {count:>8,}  {field}: {rule}")
         out.print("first rejected rows:")
         for rejection in report.sample_rejections[:10]:
             out.print(f"  {rejection}", soft_wrap=True)
     print_quality(report.quality)
-    if report.error:
-        err.print(f"[red]error:[/] {report.error}", soft_wrap=True)
 
 
 def print_quality(quality: Any) -> None:
@@ -683,9 +729,9 @@ def _invoke(argv: list[str] | None) -> int:
         exc.show()
         return exc.exit_code
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
         return ExitCode.USAGE
     except CapiSyncError as exc:
-        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
         return ExitCode.RUN_FAILED
     return ExitCode.OK

@@ -1,4 +1,8 @@
-"""What a run did, in numbers a user can check: read = sent + rejected + skipped."""
+"""What a run did, in numbers a user can check: read = sent + rejected + pending + skipped.
+
+Every figure counts rows settled by a committed batch (or skipped as already handled), so the
+console, `capi-sync runs` and the run's results agree, also for a run that failed halfway.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,11 @@ class MatchQuality:
         """Count one sent event and the customer-information keys it carried."""
         self.events += 1
         self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1  # type: ignore[index]
+
+    def merge(self, other: MatchQuality) -> None:
+        self.events += other.events
+        self.shapes.update(other.shapes)
+        self.dropped.update(other.dropped)
 
     def add_shapes(self, shapes: Counter[tuple[str, ...]]) -> None:
         """Count events by their key sets, a block at a time (a worker counted them)."""
@@ -67,10 +76,15 @@ class RunReport:
     status: RunStatus = RunStatus.RUNNING
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     ended_at: dt.datetime | None = None
-    rows_read: int = 0
+    rows_read: int = 0  # settled by a committed batch, or skipped: the sum of the four below
     events_sent: int = 0
-    rows_rejected: int = 0
+    rows_rejected: int = 0  # for their data, or refused by Meta: kept with the reason
+    rows_pending: int = 0  # Meta could not take them (outage): kept, retried by every run
     rows_skipped: int = 0  # already delivered at the cursor value (ties), not sent again
+    rows_fetched: int = 0  # taken from the warehouse so far, settled or not (progress, --limit)
+    pending_total: int = 0  # rows of this pipeline still pending after the run, from every run
+    rows_lost: int = 0  # pending rows that aged out of Meta's window this run: never delivered
+    duplicate_keys: int = 0  # rows whose primary key an earlier row of this run already had
     rows_retried: int = 0  # rejected rows looked up again by key to retry them
     rows_no_consent: int = 0  # skipped: the consent column lacks `consent_category`; never sent
     rows_null_key: int = 0  # rows whose primary key has a NULL: cannot be named or found again
@@ -86,8 +100,11 @@ class RunReport:
     sample_rejections: list[Rejection] = field(default_factory=list)
     quality: MatchQuality = field(default_factory=MatchQuality)
 
-    def reject(self, rejection: Rejection) -> None:
-        self.rows_rejected += 1
+    def reject(self, rejection: Rejection, *, pending: bool = False) -> None:
+        if pending:
+            self.rows_pending += 1
+        else:
+            self.rows_rejected += 1
         self.rejected_by_rule.update((p.field, p.rule) for p in rejection.problems)
         if len(self.sample_rejections) < SAMPLE_REJECTIONS:
             self.sample_rejections.append(rejection)

@@ -40,7 +40,7 @@ from capi_sync.mappings.mapper import (
     resolve_column,
 )
 from capi_sync.mappings.spec import GROUPS, column_of
-from capi_sync.mappings.validate import Problem
+from capi_sync.mappings.validate import Problem, max_age_seconds
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
@@ -56,7 +56,8 @@ if TYPE_CHECKING:
     from capi_sync.connectors.retry import RetryPolicy
 
 Progress = Callable[[RunReport], None]
-TRANSIENT_RULE = "meta_unavailable"  # rows dead-lettered after the retry budget; retried next run
+TRANSIENT_RULE = "meta_unavailable"  # rows Meta could not take (retry budget spent): pending, retried
+AGED_OUT_RULE = "aged_out"  # a pending row that grew too old for Meta before it could be delivered
 RETRY_KEYS_PER_QUERY = 500
 
 
@@ -221,11 +222,10 @@ def run_pipeline(
     report = RunReport(pipeline=name, dry_run=options.dry_run)
     with session(project, pipeline, store, options, report, progress=progress, client=client) as run:
         if options.retry_only:
-            run.retry_rejected(transient_only=not options.retry_data_rejections, max_attempts=None)
+            run.retry_rejected(transient_only=not options.retry_data_rejections)
         else:
-            if not options.dry_run:  # rows Meta could not take last time go first
-                cap = pipeline.settings.transient_retry_cap
-                run.retry_rejected(transient_only=True, max_attempts=cap + 1)
+            if not options.dry_run:  # rows Meta could not take before go first, every run
+                run.retry_rejected(transient_only=True)
             run.incremental()
     return report
 
@@ -309,9 +309,25 @@ def session(
                 report.fbtrace_ids.append(exc.fbtrace_id)
         finally:
             report.notes.extend(source.notes)
+            if report.rows_lost and report.status == RunStatus.SUCCEEDED:
+                report.status = RunStatus.FAILED
+                report.error = (
+                    f"{report.rows_lost:,} row(s) Meta could not take aged out of its window before"
+                    f" they could be delivered: they are lost (see capi-sync rejected {pipeline.name},"
+                    f" rule {AGED_OUT_RULE})"
+                )
             report.ended_at = dt.datetime.now(dt.UTC)
             if report.run_id is not None:
-                store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids)
+                report.pending_total = store.count_pending(pipeline.name)
+                counts = {
+                    "rows_read": report.rows_read,
+                    "events_sent": report.events_sent,
+                    "rows_rejected": report.rows_rejected,
+                    "rows_pending": report.rows_pending,
+                    "rows_skipped": report.rows_skipped + report.rows_no_consent,
+                    "rows_lost": report.rows_lost,
+                }
+                store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids, counts)
 
 
 @dataclass
@@ -337,6 +353,7 @@ class _Run:
     cursor_index: int | None = None
     settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
     parallel: ParallelMapper | None = None  # set when rows are mapped on worker processes
+    pending_keys: set[str] = field(default_factory=set)  # pending rows being retried by this run
     rows_mapped: int = 0  # in this process, across the run's reads
 
     def __post_init__(self) -> None:
@@ -370,11 +387,15 @@ class _Run:
         """Send the rows of `window`, advancing `cursor_name` batch by batch."""
         self._pump(self._batches(self._rows(window, guard), advances_cursor=True))
 
-    def retry_rejected(self, *, transient_only: bool, max_attempts: int | None) -> None:
-        """Re-read rejected rows by primary key, map them again and send them; the cursor stays."""
-        rejected = self.store.list_rejected(
-            self.pipeline.name, transient=True if transient_only else None, max_attempts=max_attempts
-        )
+    def retry_rejected(self, *, transient_only: bool) -> None:
+        """Re-read rejected rows by primary key, map them again and send them; the cursor stays.
+
+        Pending rows (Meta could not take them) are retried until delivered or too old for Meta:
+        one that comes back `too_old`, or that was first kept longer ago than Meta's window, is
+        lost, and the run says so and fails.
+        """
+        rejected = self.store.list_rejected(self.pipeline.name, transient=True if transient_only else None)
+        self.pending_keys = {row["row_key"] for row in rejected if row["transient"]}
         keys = [tuple(row["key_values"]) for row in rejected if row["key_values"]]
         key_columns = self.prepared.key_columns
         for start in range(0, len(keys), RETRY_KEYS_PER_QUERY):
@@ -387,11 +408,23 @@ class _Run:
             self.report.rows_retried += len(window.keys)
             rows = self.prepared.stream(self.source, window, self.pipeline.chunk_size)
             self._pump(self._batches(self._counted(rows), advances_cursor=False))
+        max_age = dt.timedelta(seconds=max_age_seconds(self.pipeline.settings.action_source))
+        self.report.rows_lost += self.store.expire_pending(self.pipeline.name, older_than=max_age)
+
+    def _aged_out(self, rejections: list[Rejection]) -> set[str]:
+        """Pending rows that came back too old for Meta: they can never be delivered now."""
+        if not self.pending_keys:
+            return set()
+        return {
+            r.row_key
+            for r in rejections
+            if r.row_key in self.pending_keys and any(p.rule == "too_old" for p in r.problems)
+        }
 
     def _counted(self, chunks: Iterator[Chunk]) -> Iterator[tuple[Any, Any]]:
         for chunk in chunks:
             for row in chunk:
-                self.report.rows_read += 1
+                self.report.rows_fetched += 1
                 yield row, None
             del chunk  # see `_rows`
 
@@ -494,19 +527,18 @@ class _Run:
                     self._add(batch, as_mapped(MappedRow, fields), cursor)
                 else:
                     batch.add_sent_event(settled.row_keys[position], cursor, settled.key_values[position])
-        self.report.quality.add_shapes(settled.shapes)
+        batch.quality.add_shapes(settled.shapes)
         return batch
 
     def _add(self, batch: Batch, mapped: MappedRow, cursor: Any) -> None:
         """One row's outcome into its batch and the run's report."""
         if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
             batch.add_row(mapped.row_key, cursor)
-            self.report.rows_no_consent += 1
+            batch.no_consent += 1
             return
         if mapped.event is None and mapped.user_keys is None:
             rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
             batch.add_rejection(cursor, rejection)
-            self.report.reject(rejection)
             return
         if mapped.event is None:  # built and sent by a worker: only its keys came back
             batch.add_sent_event(mapped.row_key, cursor, mapped.key)
@@ -514,9 +546,9 @@ class _Run:
         else:
             batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
             user_keys = mapped.event["user_data"].keys()
-        self.report.quality.add_event(user_keys)
+        batch.quality.add_event(user_keys)
         if mapped.problems:
-            self.report.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
+            batch.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
 
     def _rows(self, window: Window, guard: _TimeGuard | None) -> Iterator[tuple[Any, Any]]:
         """Rows in cursor order, minus those already settled at or before the stored cursor value."""
@@ -534,10 +566,11 @@ class _Run:
                     continue
                 if settled and cursor <= last and self.mapper.row_key(unpack(row)) in settled:
                     self.report.rows_skipped += 1
+                    self.report.rows_read += 1
                     continue
-                if limit is not None and self.report.rows_read >= limit:
+                if limit is not None and self.report.rows_fetched >= limit:
                     return
-                self.report.rows_read += 1
+                self.report.rows_fetched += 1
                 yield row, cursor
             del chunk  # the source fetches the next chunk with this one already freed
             if self.progress:
@@ -574,6 +607,7 @@ class _Run:
         refused = {i: self._meta_rejection(batch, i, error) for i, error in failed}
         delivered = [key for i, key in enumerate(batch.delivered_keys) if i not in refused]
         rejections = [*batch.rejections, *refused.values()]
+        lost = self._aged_out(rejections)
         new_state = None
         if batch.advances_cursor and self.cursor_index is not None and batch.last_cursor is not None:
             floor = self.settle_floor(batch.last_cursor)
@@ -584,28 +618,42 @@ class _Run:
                 cursor=new_state,
                 rows_read=batch.rows,
                 events_sent=len(delivered),
-                rejections=[_rejected_row(r) for r in rejections],
+                rejections=[_rejected_row(r, lost=r.row_key in lost) for r in rejections],
                 delivered_keys=delivered,
                 retries=outcome.retries,
                 cursor_name=self.cursor_name,
             )
             self.store.commit_batch(self.pipeline.name, commit, self.state)
         batch.committed = True
-        self._account(batch, refused, len(delivered), outcome.retries, new_state)
+        self._account(
+            batch,
+            rejections=rejections,
+            lost=lost,
+            sent=len(delivered),
+            retries=outcome.retries,
+            new_state=new_state,
+        )
         if outcome.transient is not None:
             raise outcome.transient  # stop the run: Meta is unavailable; the rows wait in `rejected`
 
     def _account(
         self,
         batch: Batch,
-        refused: dict[int, Rejection],
+        *,
+        rejections: list[Rejection],
+        lost: set[str],
         sent: int,
         retries: int,
         new_state: CursorState | None,
     ) -> None:
+        """The committed batch into the run's report: the same figures the state store now holds."""
         report = self.report
-        for rejection in refused.values():
-            report.reject(rejection)
+        for rejection in rejections:
+            report.reject(rejection, pending=_is_transient(rejection))
+        report.rows_lost += len(lost)
+        report.rows_read += batch.rows
+        report.rows_no_consent += batch.no_consent
+        report.quality.merge(batch.quality)
         report.retries += retries
         report.events_sent += sent
         report.batches += 1 if batch.event_count else 0
@@ -630,10 +678,16 @@ class _Run:
         return Rejection(self.pipeline.name, batch.delivered_keys[index], (problem,), batch.key_values[index])
 
 
-def _rejected_row(rejection: Rejection) -> RejectedRow:
+def _is_transient(rejection: Rejection) -> bool:
+    return any(p.rule == TRANSIENT_RULE for p in rejection.problems)
+
+
+def _rejected_row(rejection: Rejection, *, lost: bool = False) -> RejectedRow:
     reasons = [_problem_dict(p) for p in rejection.problems]
-    transient = any(p.rule == TRANSIENT_RULE for p in rejection.problems)
-    return RejectedRow(rejection.row_key, reasons, rejection.key_values, transient)
+    if lost:
+        detail = "Meta could not take it while it was young enough; it aged out and was never delivered"
+        reasons.insert(0, {"field": "event", "rule": AGED_OUT_RULE, "detail": detail})
+    return RejectedRow(rejection.row_key, reasons, rejection.key_values, _is_transient(rejection))
 
 
 def _problem_dict(problem: Any) -> dict[str, Any]:

@@ -23,11 +23,12 @@ import orjson
 import sqlalchemy as sa
 
 from capi_sync.errors import PipelineLocked, StateError
+from capi_sync.secrets import scrub, scrub_any
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
 HEARTBEAT_EVERY = dt.timedelta(seconds=30)
 
@@ -57,6 +58,9 @@ runs = sa.Table(
     sa.Column("events_sent", sa.Integer, nullable=False, default=0),
     sa.Column("rows_rejected", sa.Integer, nullable=False, default=0),
     sa.Column("retries", sa.Integer, nullable=False, default=0),
+    sa.Column("rows_pending", sa.Integer, nullable=False, default=0),  # v3: Meta could not take them
+    sa.Column("rows_skipped", sa.Integer, nullable=False, default=0),  # v3: already handled, consent
+    sa.Column("rows_lost", sa.Integer, nullable=False, default=0),  # v3: pending rows that aged out
     sa.Column("error", sa.Text),
     sa.Column("fbtrace_ids", sa.Text),
 )  # fmt: skip
@@ -221,6 +225,11 @@ class StateStore:
                 raise StateError(msg)
             if version < 2:  # v2: tie keys remember their cursor value, for `lookback`
                 conn.execute(sa.text("alter table capi_cursor_keys add column cursor_value text"))
+            if version < 3:  # v3: runs count pending, skipped and lost rows, so the figures add up
+                for column in ("rows_pending", "rows_skipped", "rows_lost"):
+                    conn.execute(
+                        sa.text(f"alter table capi_runs add column {column} integer not null default 0")
+                    )
             if version < SCHEMA_VERSION:
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
@@ -303,7 +312,8 @@ class StateStore:
         with self.engine.begin() as conn:
             result = conn.execute(runs.insert().values(
                 pipeline=pipeline, kind=kind, status=RunStatus.RUNNING, started_at=utcnow(),
-                rows_read=0, events_sent=0, rows_rejected=0, retries=0,
+                rows_read=0, events_sent=0, rows_rejected=0, retries=0, rows_pending=0, rows_skipped=0,
+                rows_lost=0,
             ))  # fmt: skip
             return int(result.inserted_primary_key[0])
 
@@ -327,7 +337,8 @@ class StateStore:
                 .values(
                     rows_read=runs.c.rows_read + commit.rows_read,
                     events_sent=runs.c.events_sent + commit.events_sent,
-                    rows_rejected=runs.c.rows_rejected + len(commit.rejections),
+                    rows_rejected=runs.c.rows_rejected + sum(not r.transient for r in commit.rejections),
+                    rows_pending=runs.c.rows_pending + sum(r.transient for r in commit.rejections),
                     retries=runs.c.retries + commit.retries,
                 )
             )
@@ -347,7 +358,7 @@ class StateStore:
         conn: sa.Connection, pipeline: str, row: RejectedRow, *, run_id: int, now: dt.datetime
     ) -> None:
         values = {
-            "reasons": orjson.dumps(row.reasons).decode(),
+            "reasons": orjson.dumps(scrub_any(row.reasons)).decode(),
             "transient": row.transient,
             "key_values": orjson.dumps(row.key_values, default=str).decode() if row.key_values else None,
             "last_seen": now,
@@ -371,12 +382,39 @@ class StateStore:
         status: RunStatus,
         error: str | None = None,
         fbtrace_ids: Sequence[str] = (),
+        counts: Mapping[str, int] | None = None,
     ) -> None:
+        """The run's end; `counts` (rows_read, rows_skipped, ...) are its final figures."""
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
-                status=status, ended_at=utcnow(), error=error,
-                fbtrace_ids=" ".join(fbtrace_ids) or None,
+                status=status, ended_at=utcnow(), error=scrub(error) if error else None,
+                fbtrace_ids=" ".join(fbtrace_ids) or None, **(counts or {}),
             ))  # fmt: skip
+
+    def count_pending(self, pipeline: str) -> int:
+        """Rows Meta could not take, kept and retried by every run until delivered or aged out."""
+        query = sa.select(sa.func.count()).where(rejected.c.pipeline == pipeline, rejected.c.transient)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def expire_pending(self, pipeline: str, *, older_than: dt.timedelta) -> int:
+        """Pending rows first kept longer ago than `older_than` are lost (their events are older
+        still): they stop being pending and say so. Returns how many."""
+        cutoff = utcnow() - older_than
+        query = sa.select(rejected.c.row_key, rejected.c.reasons).where(
+            rejected.c.pipeline == pipeline, rejected.c.transient, rejected.c.first_seen < cutoff
+        )
+        detail = "Meta could not take it while it was young enough; it aged out and was never delivered"
+        with self.engine.begin() as conn:
+            expired = list(conn.execute(query))
+            for row_key, reasons in expired:
+                marked = [{"field": "event", "rule": "aged_out", "detail": detail}, *orjson.loads(reasons)]
+                conn.execute(
+                    rejected.update()
+                    .where(rejected.c.pipeline == pipeline, rejected.c.row_key == row_key)
+                    .values(transient=False, reasons=orjson.dumps(marked).decode(), last_seen=utcnow())
+                )
+        return len(expired)
 
     def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[sa.Row[Any]]:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)

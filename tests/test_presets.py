@@ -244,7 +244,7 @@ def test_consent_fbclid_and_url_redaction_end_to_end(
     settings = "{consent_column: user.consent_categories, consent_category: '4', url_redaction: query}"
     write(tmp_path, graph.url, settings=settings)
     assert cli("run", "cact") == 0
-    assert "2 without consent (not sent)" in capsys.readouterr().out
+    assert "+ 2 skipped (2 without consent)" in capsys.readouterr().out
     sent = {e["custom_data"]["order_id"]: e for e in graph.accepted_events}
     assert sorted(sent) == ["order-1", "order-4"], "only rows whose consent holds category 4"
     for order, event in sent.items():

@@ -1,5 +1,5 @@
-"""Rows Meta could not take are kept as transient rejections and retried by key, up to a cap;
-`capi-sync retry` re-sends rejected rows on demand."""
+"""Rows Meta could not take are kept as pending and retried by key by every run, until delivered
+or too old for Meta (then reported lost); `capi-sync retry` re-sends rejected rows on demand."""
 
 from __future__ import annotations
 
@@ -67,28 +67,62 @@ def test_a_batch_meta_cannot_take_is_kept_and_sent_next_run(
     assert len({event["event_id"] for event in graph.accepted_events}) == 2500
 
 
-def test_transient_retries_stop_at_the_cap(project: Path, graph: FakeGraph) -> None:
-    project.write_text(
-        project.read_text().replace(
-            "default_phone_region: US", "default_phone_region: US,\n                transient_retry_cap: 2"
-        )
-    )
+def test_pending_rows_are_retried_by_every_run_until_delivered(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
     graph.script = unavailable_for_second_batch
-    assert cli("run", "purchases") == 1  # dead-letters rows 1001-2000 (attempt 1)
-    for _ in range(6):  # each run retries the least recently tried group first, until the cap
-        cli("run", "purchases")
+    assert cli("run", "purchases") == 1  # rows 1001-2000 become pending
+    for _ in range(6):  # a six-hour outage on an hourly schedule: no cap strands them
+        before = second_batch_requests(graph)
+        assert cli("run", "purchases") == 1
+        assert second_batch_requests(graph) > before, "every run tries the pending rows again"
+    printed = capsys.readouterr()
+    assert "1,000 row(s) pending" in printed.err
     with store_of(project) as store:
-        kept = store.list_rejected("purchases")
-    assert len(kept) == 1000
-    assert {row["attempts"] for row in kept} == {3}, "one dead-lettering plus two automatic retries"
-    before = second_batch_requests(graph)
-    assert cli("run", "purchases") == 0, "past the cap the rows stay rejected and the run goes on"
-    assert second_batch_requests(graph) == before
+        assert len(store.list_rejected("purchases", transient=True)) == 1000
+        latest = store.list_runs("purchases")[0]
+    assert latest.rows_pending > 0
+    assert (
+        latest.rows_read
+        == latest.events_sent + latest.rows_rejected + latest.rows_pending + latest.rows_skipped
+    )
 
     graph.script = None
-    assert cli("retry", "purchases") == 0, "on demand, past the cap"
+    assert cli("run", "purchases") == 0
     with store_of(project) as store:
         assert store.list_rejected("purchases") == []
+    assert len({event["event_id"] for event in graph.accepted_events}) == 2500
+
+
+def test_pending_rows_that_age_out_are_reported_lost_with_a_failure(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph.script = unavailable_for_second_batch
+    assert cli("run", "purchases") == 1
+    database = project.parent / "shop.duckdb"
+    with duckdb.connect(str(database)) as con:  # a week passes: rows 1001-1500 are now too old
+        con.execute("update orders set created_at = created_at - interval 8 days where order_id <= 1500")
+    with store_of(project) as store, store.engine.begin() as conn:  # rows 1501-2000 vanished too
+        conn.execute(
+            __import__("sqlalchemy").text(
+                "update capi_rejected set first_seen = :old where cast(row_key as integer) > 1500"
+            ),
+            {"old": __import__("datetime").datetime(2020, 1, 1)},
+        )
+    with duckdb.connect(str(database)) as con:
+        con.execute("delete from orders where order_id > 1500 and order_id <= 2000")
+    graph.script = None
+    capsys.readouterr()
+    assert cli("run", "purchases") == 1, "lost rows fail the run loudly"
+    printed = capsys.readouterr()
+    assert "1,000 row(s) Meta could not take aged out" in printed.err
+    with store_of(project) as store:
+        kept = store.list_rejected("purchases")
+        assert store.count_pending("purchases") == 0
+        assert store.list_runs("purchases")[0].rows_lost == 1000
+    assert len(kept) == 1000
+    assert {row["reasons"][0]["rule"] for row in kept} == {"aged_out"}
+    assert cli("run", "purchases") == 0, "reported once: the next run goes on"
 
 
 def test_retry_all_resends_fixed_data_rejections(project: Path, graph: FakeGraph) -> None:
