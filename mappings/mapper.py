@@ -158,13 +158,40 @@ class EventMapper:
         return _join_key(self._key(row))
 
     def map_row(self, row: Row, now: float | None = None) -> MappedRow:
+        """The row's event, or its rejection with reasons: never an exception, whatever the values."""
+        try:
+            return self._map_row(row, now)
+        except Exception as exc:
+            return self._unmappable(row, exc)
+
+    def _unmappable(self, row: Row, exc: Exception) -> MappedRow:
+        """A rejection for a row whose values broke the mapper itself; its message is not kept, as
+        it may quote a plain value, only the rule or the kind of error."""
+        try:
+            key_values = self._key(row)
+            row_key = _join_key(key_values)
+        except Exception:
+            key_values, row_key = (), "(unreadable primary key)"
+        if isinstance(exc, normalize.InvalidValue):
+            problem = Problem("row", exc.rule)
+        else:
+            problem = Problem("row", "unmappable_value", detail=f"a value raised {type(exc).__name__}")
+        return MappedRow(row_key, None, (problem,), key_values)
+
+    def _map_row(self, row: Row, now: float | None) -> MappedRow:
         key_values = self._key(row)
         row_key = _join_key(key_values)
         if any(value is None for value in key_values):
             missing = Problem(",".join(self.options.primary_key), "missing_primary_key")
             return MappedRow(row_key, None, (missing,), key_values)
-        if self._consent is not None and not self._consented(row):
-            return MappedRow(row_key, None, (), key_values, skipped="no_consent")
+        if self._consent is not None:
+            try:
+                consented = self._consented(row)
+            except normalize.InvalidValue as exc:  # unreadable consent is no consent we can prove
+                problem = Problem(str(self.options.consent_column), f"consent_{exc.rule}")
+                return MappedRow(row_key, None, (problem,), key_values)
+            if not consented:
+                return MappedRow(row_key, None, (), key_values, skipped="no_consent")
         rejected: list[Problem] = []
         dropped: list[Problem] = []
         event = self._server_event(row, row_key, rejected)
@@ -198,10 +225,9 @@ class EventMapper:
         event: dict[str, Any] = {}
         get = self._server
         name = get["event_name"](row)
-        if name is None or not str(name).strip():
+        if name is None or not (name := values.to_text(name)):
             rejected.append(Problem("event_name", "required"))
         else:
-            name = str(name).strip()
             event["event_name"] = rename(name, self._renames) if self._renames else name
         raw_time = get["event_time"](row)
         if raw_time is None:
@@ -212,13 +238,10 @@ class EventMapper:
             except normalize.InvalidValue as exc:
                 rejected.append(Problem("event_time", exc.rule, values.to_text(raw_time)[:64]))
         event_id = get["event_id"](row) if "event_id" in get else None
-        event["event_id"] = (
-            values.to_text(event_id)
-            if event_id is not None and str(event_id).strip()
-            else derive_event_id(self.options.pipeline, row_key)
-        )
+        event_id = values.to_text(event_id) if event_id is not None else ""
+        event["event_id"] = event_id or derive_event_id(self.options.pipeline, row_key)
         source = get["action_source"](row) if "action_source" in get else None
-        source = str(source).strip().lower() if source is not None else self.options.action_source
+        source = values.to_text(source).lower() if source is not None else self.options.action_source
         if source is None:
             rejected.append(Problem("action_source", "required"))
         elif source not in ACTION_SOURCES:

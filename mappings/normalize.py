@@ -34,8 +34,32 @@ Normalizer = Callable[[Any, "str | None"], str]
 
 
 def _text(value: Any) -> str:
-    """NFC so that a decomposed `é` (e + accent) hashes like the composed one the pixel sends."""
-    return unicodedata.normalize("NFC", str(value)).strip()
+    """NFC so that a decomposed `é` (e + accent) hashes like the composed one the pixel sends.
+
+    BLOB bytes are read as UTF-8 (else `invalid_utf8`), never as Python's `b'...'` repr.
+    """
+    if value.__class__ is not str:
+        value = decode_utf8(value) if isinstance(value, bytes | bytearray | memoryview) else str(value)
+    return unicodedata.normalize("NFC", value).strip()
+
+
+def decode_utf8(value: bytes | bytearray | memoryview) -> str:
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidValue("invalid_utf8") from None
+
+
+def _ascii_digits(text: str) -> str:
+    """Digits of any script as ASCII digits, after NFKC (`①` -> `1`, fullwidth `５` -> `5`).
+
+    The keys made of digits (phone, zip, birth date, numeric ids) read them so: a digit is a
+    digit whatever its script, and Meta hashes ASCII. Other characters are left for the key's rules.
+    """
+    if text.isascii():
+        return text
+    folded = unicodedata.normalize("NFKC", text)
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in folded)
 
 
 def _letters(text: str) -> str:
@@ -60,10 +84,12 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
     """
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # spreadsheets turn phone numbers into floats
-    text = _text(value)
+    text = _ascii_digits(_text(value))
     digits = _without_nanp_punctuation(text).lstrip("+")
     if not (digits.isascii() and digits.isdigit()):
-        digits = text.translate(_ASCII_NON_DIGITS) if text.isascii() else "".join(filter(str.isdigit, text))
+        digits = (
+            text.translate(_ASCII_NON_DIGITS) if text.isascii() else "".join(filter(_is_ascii_digit, text))
+        )
     if not digits:
         raise InvalidValue("invalid_phone")
     international = text.startswith("+") or digits.startswith("00")
@@ -91,6 +117,12 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
 
 
 _ASCII_NON_DIGITS: Final = {code: None for code in range(128) if not chr(code).isdigit()}
+
+
+def _is_ascii_digit(ch: str) -> bool:
+    return "0" <= ch <= "9"
+
+
 _NANP_FAST_REGIONS: Final = frozenset({"US", "CA"})
 
 
@@ -229,7 +261,7 @@ def birth_date(value: Any, country: str | None) -> str:
     elif isinstance(value, dt.date):
         day = value
     else:
-        day = _parse_date(_text(value))
+        day = _parse_date(_ascii_digits(_text(value)))
     if not 1900 <= day.year <= _current_year():
         raise InvalidValue("invalid_date")
     return f"{day.year:04d}{day.month:02d}{day.day:02d}"  # strftime's %Y%m%d, a third of its cost
@@ -323,7 +355,7 @@ def zip_code(value: Any, country: str | None) -> str:
     """Lowercase, no spaces or dashes; US codes keep their first five digits (`94035-1234` -> `94035`)."""
     if isinstance(value, int):
         value = f"{value:05d}" if value < 100000 else str(value)
-    text = _text(value).lower().replace(" ", "").replace("-", "")
+    text = _ascii_digits(_text(value)).lower().replace(" ", "").replace("-", "")
     if not text or not text.isalnum():
         raise InvalidValue("invalid_zip")
     if (country == "us" or country is None) and text.isdigit() and len(text) in (5, 9):
@@ -334,10 +366,13 @@ def zip_code(value: Any, country: str | None) -> str:
 _COUNTRY_ALIASES: Final = {"uk": "gb", "u.k.": "gb", "u.s.": "us", "u.s.a.": "us", "america": "us"}
 
 
-@lru_cache(maxsize=1024)
 def country_code(value: Any, country: str | None = None) -> str:
     """ISO 3166-1 alpha-2, lowercase; names and alpha-3 codes are mapped (`United States` -> `us`)."""
-    text = _text(value).lower()
+    return _country_code_of(_text(value).lower())
+
+
+@lru_cache(maxsize=1024)
+def _country_code_of(text: str) -> str:  # cached on the text: a row's value may be a dict or a list
     if text in _COUNTRY_ALIASES:
         return _COUNTRY_ALIASES[text]
     try:
@@ -377,8 +412,8 @@ def _is_canonical_ipv4(text: str) -> bool:
 
 def integer_id(value: Any, country: str | None) -> str:
     """`fb_login_id` and `lead_id` are numeric ids."""
-    text = _text(value)
-    if not text.isdigit():
+    text = _ascii_digits(_text(value))
+    if not (text.isascii() and text.isdigit()):
         raise InvalidValue("not_an_integer")
     return text
 

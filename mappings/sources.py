@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from capi_sync.mappings.normalize import decode_utf8
 from capi_sync.mappings.spec import AllOf, Column, Constant, Derived, FieldSource, FirstOf, Lookup
 
 Row = Sequence[Any]
@@ -30,8 +31,8 @@ def resolve_column(name: str, columns: Sequence[str]) -> int | None:
 
 def parse_nested(value: Any) -> Any:
     """JSON text becomes Python values; anything else is returned as it is."""
-    if isinstance(value, bytes | bytearray):
-        value = value.decode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = decode_utf8(value)  # invalid UTF-8 rejects the row with `invalid_utf8`
     if isinstance(value, str):
         stripped = value.lstrip()
         if stripped[:1] in ("{", "["):

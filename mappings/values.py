@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from capi_sync.mappings.normalize import InvalidValue
+from capi_sync.mappings.normalize import InvalidValue, decode_utf8
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -40,16 +40,21 @@ def unix_seconds(value: Any, zone: ZoneInfo) -> int:
     if isinstance(value, bool):
         raise InvalidValue("invalid_timestamp")
     if isinstance(value, int | float | Decimal):
-        number = float(value)
+        try:
+            number = float(value)
+        except (OverflowError, ValueError):  # beyond a double; Decimal's signalling NaN
+            raise InvalidValue("invalid_timestamp") from None
+        if not math.isfinite(number):
+            raise InvalidValue("invalid_timestamp")
         return int(number / 1000 if abs(number) >= _MILLIS_THRESHOLD else number)
-    text = str(value).strip()
+    text = to_text(value)
     if not text:
         raise InvalidValue("invalid_timestamp")
-    if text.lstrip("-").replace(".", "", 1).isdigit():
+    if text.isascii() and text.lstrip("-").replace(".", "", 1).isdigit():
         return unix_seconds(float(text), zone)
     try:
         return unix_seconds(dt.datetime.fromisoformat(text), zone)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidValue("invalid_timestamp") from None
 
 
@@ -57,8 +62,8 @@ def to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise InvalidValue("not_a_number")
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = float(to_text(value) if isinstance(value, bytes | bytearray) else value)
+    except (TypeError, ValueError, OverflowError):
         raise InvalidValue("not_a_number") from None
     if not math.isfinite(number):
         raise InvalidValue("not_a_number")
@@ -73,8 +78,13 @@ def to_int(value: Any) -> int:
 
 
 def to_text(value: Any) -> str:
+    """A value as text; BLOB bytes are UTF-8 text or refused (`invalid_utf8`), never their repr."""
+    if isinstance(value, str):
+        return value.strip()
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return decode_utf8(value).strip()
     return str(value).strip()
 
 
@@ -82,6 +92,8 @@ def to_list(value: Any) -> list[Any]:
     """Array columns arrive as lists; JSON columns and strings as text, parsed here."""
     if isinstance(value, list | tuple):
         return list(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        value = decode_utf8(value)
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
@@ -98,7 +110,7 @@ def to_list(value: Any) -> list[Any]:
 def to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = to_text(value).lower()
     if text in ("1", "true", "t", "yes", "y"):
         return True
     if text in ("0", "false", "f", "no", "n"):
@@ -107,18 +119,32 @@ def to_bool(value: Any) -> bool:
 
 
 def to_json(value: Any) -> Any:
-    """Make a user-defined property JSON-safe: Decimals to floats, dates to ISO strings."""
-    if isinstance(value, Decimal):
-        return float(value)
+    """Make a user-defined property JSON-safe, whatever the warehouse returned.
+
+    Decimals become floats and dates ISO strings; NaN and infinities become null (JSON has
+    neither); integers beyond 64 bits and types JSON lacks become their text, so serializing
+    the request can never fail on a value.
+    """
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, int):
+        return value if _INT64_MIN <= value <= _UINT64_MAX else str(value)
+    if isinstance(value, float | Decimal):
+        number = float(value) if not isinstance(value, Decimal) or not value.is_snan() else math.nan
+        return number if math.isfinite(number) else None
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [to_json(item) for item in value]
     if isinstance(value, dict):
         return {str(key): to_json(item) for key, item in value.items()}
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+_INT64_MIN = -(2**63)
+_UINT64_MAX = 2**64 - 1
 
 
 def redact(value: Any) -> str:

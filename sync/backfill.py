@@ -16,7 +16,7 @@ from capi_sync.connectors import Window, open_source
 from capi_sync.errors import ConfigError
 from capi_sync.mappings.spec import column_of
 from capi_sync.report import RunReport
-from capi_sync.runner import RunOptions, prepare, session
+from capi_sync.runner import RunOptions, prepare, session, setup_stage
 from capi_sync.windows import CursorClock, meta_max_age
 
 if TYPE_CHECKING:
@@ -149,8 +149,8 @@ def run_backfill(
     """Send the rows dated in `[start, end)`; `on_day(day, index, total)` announces each chunk."""
     pipeline = project.pipeline(name)
     column = backfill_column(pipeline)
-    with open_source(project.warehouse_of(pipeline)) as source:  # refuse before anything is recorded
-        kind = prepare(pipeline, source).kind(column)
+    with setup_stage(pipeline), open_source(project.warehouse_of(pipeline)) as source:
+        kind = prepare(pipeline, source).kind(column)  # refuse before anything is recorded
     plan = plan_backfill(pipeline, column, kind, start, end, now=now or dt.datetime.now(dt.UTC), clip=clip)
     position = backfill_name(name, start, end)
     options = options or RunOptions()

@@ -29,9 +29,16 @@ from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backf
 from capi_sync.building import make_client
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
-from capi_sync.errors import CapiSyncError, ConfigError, MetaAuthError, MetaError
+from capi_sync.errors import (
+    CapiSyncError,
+    ConfigError,
+    MetaAuthError,
+    MetaError,
+    MissingDependency,
+    SetupError,
+)
 from capi_sync.report import MatchQuality
-from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline
+from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_stage
 from capi_sync.secrets import scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
@@ -327,7 +334,7 @@ def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datet
     config = ctx.project.pipeline(pipeline)
     if (start is None) != (end is None):
         raise click.UsageError("--start and --end go together")
-    with open_source(ctx.project.warehouse_of(config)) as source:
+    with setup_stage(config), open_source(ctx.project.warehouse_of(config)) as source:
         prepared = prepare(config, source)
         now = dt.datetime.now(dt.UTC)
         if start is not None and end is not None:
@@ -392,7 +399,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
     table = Table(title=f"{pipeline}: first {rows} rows", show_lines=True)
     for column in ("row", "outcome", "event / reasons"):
         table.add_column(column, overflow="fold")
-    with open_source(ctx.project.warehouse_of(config)) as source:
+    with setup_stage(config), open_source(ctx.project.warehouse_of(config)) as source:
         prepared = prepare(config, source)
         mapper = prepared.mapper
         window = Window(order_by=prepared.key_columns)
@@ -557,7 +564,7 @@ def state_set(ctx: Context, pipeline: str, value: str) -> None:
     config = ctx.project.pipeline(pipeline)
     if config.cursor is None:
         raise ConfigError([f"pipeline '{pipeline}': cursor: not set, so there is nothing to move"])
-    with open_source(ctx.project.warehouse_of(config)) as source:
+    with setup_stage(config), open_source(ctx.project.warehouse_of(config)) as source:
         kind = prepare(config, source).kind(config.cursor)
     try:
         typed = parse_cursor_value(value, CursorClock(kind, config.zone), dt.datetime.now(dt.UTC))
@@ -601,7 +608,8 @@ def _progress(pipeline: str) -> Any:
             return lambda r: progress.update(
                 task,
                 description=(
-                    f"{pipeline}: {r.rows_fetched:,} read, {r.events_sent:,} sent, {r.rows_rejected:,} rejected"
+                    f"{pipeline}: {r.rows_fetched:,} read, {r.events_sent:,} sent,"
+                    f" {r.rows_rejected:,} rejected"
                 ),
             )
 
@@ -728,7 +736,7 @@ def _invoke(argv: list[str] | None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except ConfigError as exc:
+    except (ConfigError, SetupError, MissingDependency) as exc:  # configuration or setup
         err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
         return ExitCode.USAGE
     except CapiSyncError as exc:

@@ -4,6 +4,7 @@
     ├── ConfigError(errors)          bad YAML, unknown field, missing ${VAR}, unknown column → exit 2
     ├── MissingDependency            an optional driver is not installed                    → exit 2
     ├── SourceError                  the warehouse failed while reading                      → exit 1
+    │   └── SetupError               it could not be opened, or the query not described      → exit 2
     ├── StateError                   the state store failed                                  → exit 1
     │   └── PipelineLocked           another process is running this pipeline                → exit 1
     └── MetaError                    the Graph API refused or could not be reached
@@ -50,6 +51,11 @@ class MissingDependency(CapiSyncError, ImportError):
 
 class SourceError(CapiSyncError):
     """The warehouse failed to connect, describe or stream the query."""
+
+
+class SetupError(SourceError):
+    """Opening the warehouse or describing the query failed, before any row was read: a missing
+    file, bad credentials, SQL that does not compile. Configuration or setup, so exit 2."""
 
 
 class WorkerError(CapiSyncError):

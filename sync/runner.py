@@ -30,6 +30,8 @@ from capi_sync.errors import (
     MetaError,
     MetaRetryableError,
     MetaTooLargeError,
+    SetupError,
+    SourceError,
     WorkerError,
 )
 from capi_sync.mappings import pushdown
@@ -44,7 +46,14 @@ from capi_sync.mappings.validate import Problem, max_age_seconds
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
-from capi_sync.windows import CursorClock, incremental_bounds, kind_of_value, meta_max_age, require_time_kind
+from capi_sync.windows import (
+    CursorClock,
+    coerce_cursor,
+    incremental_bounds,
+    kind_of_value,
+    meta_max_age,
+    require_time_kind,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -125,6 +134,17 @@ class Prepared:
         if project is None:
             return packing.project
         return lambda windowed: packing.project(project(windowed))
+
+
+@contextmanager
+def setup_stage(pipeline: PipelineConfig) -> Iterator[None]:
+    """Warehouse errors while opening the source and describing the query are setup errors (exit 2)."""
+    try:
+        yield
+    except SetupError:
+        raise
+    except SourceError as exc:
+        raise SetupError(f"pipeline '{pipeline.name}': {exc}") from exc
 
 
 def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
@@ -252,8 +272,9 @@ def session(
         _check_sendable(project, pipeline)
     with ExitStack() as stack:
         stack.enter_context(quiet_gc())
-        source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
-        prepared = prepare(pipeline, source)
+        with setup_stage(pipeline):
+            source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
+            prepared = prepare(pipeline, source)
         client = client or stack.enter_context(closing(make_client(project, pipeline)))
         if not options.dry_run:
             stack.enter_context(store.lock(lock_name or pipeline.name))
@@ -302,11 +323,19 @@ def session(
             report.status = RunStatus.INTERRUPTED
             report.error = "interrupted"
             raise
+        except ConfigError as exc:  # found once rows were due (the stored cursor): exit 2 all the same
+            report.status = RunStatus.FAILED
+            report.error = str(exc)
+            raise
         except CapiSyncError as exc:
             report.status = RunStatus.FAILED
             report.error = str(exc)
             if isinstance(exc, MetaError) and exc.fbtrace_id:
                 report.fbtrace_ids.append(exc.fbtrace_id)
+        except BaseException as exc:  # a bug: recorded as failed, never left `running`, then raised
+            report.status = RunStatus.FAILED
+            report.error = f"internal error: {type(exc).__name__}: {exc}"
+            raise
         finally:
             report.notes.extend(source.notes)
             if report.rows_lost and report.status == RunStatus.SUCCEEDED:
@@ -367,7 +396,7 @@ class _Run:
     def incremental(self, now: dt.datetime | None = None) -> None:
         """Send the rows past the pipeline's cursor, up to the settle watermark."""
         pipeline, report = self.pipeline, self.report
-        self.state = self.store.load_cursor(pipeline.name)
+        self.state = self._as_column_typed(self.store.load_cursor(pipeline.name))
         report.cursor_before = report.cursor_after = self.state.value
         plan = plan_incremental(pipeline, self.prepared, self.state, now or dt.datetime.now(dt.UTC))
         report.rows_null_key = self.source.count_null(pipeline.query, list(self.prepared.key_columns))
@@ -382,6 +411,24 @@ class _Run:
             report.notes.append(plan.note)
         report.rows_null_cursor = self.source.count_null(pipeline.query, [plan.window.cursor])
         self.execute(plan.window, plan.guard)
+
+    def _as_column_typed(self, state: CursorState) -> CursorState:
+        """The stored cursor in the column's current type (it may have changed between runs)."""
+        pipeline = self.pipeline
+        if state.value is None or pipeline.cursor is None:
+            return state
+        kind = self.prepared.kind(pipeline.cursor)
+        try:
+            value = coerce_cursor(state.value, kind, pipeline.zone)
+            settled = {key: coerce_cursor(at, kind, pipeline.zone) for key, at in state.settled.items()}
+        except ValueError as exc:
+            raise ConfigError(
+                [
+                    f"pipeline '{pipeline.name}': cursor '{pipeline.cursor}': {exc}; move it with"
+                    f" `capi-sync state set {pipeline.name} VALUE` or forget it with `state reset`"
+                ]
+            ) from None
+        return CursorState(value, settled)
 
     def execute(self, window: Window, guard: _TimeGuard | None = None) -> None:
         """Send the rows of `window`, advancing `cursor_name` batch by batch."""

@@ -72,6 +72,34 @@ def kind_of_value(value: Any) -> str | None:
     return None
 
 
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "number": (int, float, Decimal),
+    "string": (str,),
+}
+
+
+def coerce_cursor(value: Any, kind: str | None, zone: ZoneInfo) -> Any:
+    """A stored cursor value as a value of the column's type today.
+
+    A column changed between runs (TIMESTAMPTZ to TIMESTAMP, say) keeps its position: time values
+    move through their UTC instant (naive ones read in `zone`). A value that cannot be carried
+    over (a number for a text column) raises ValueError saying so.
+    """
+    if value is None or kind is None:
+        return value
+    if kind in TIME_KINDS:
+        stored = kind_of_value(value)
+        if stored == kind:
+            return value
+        if stored is not None:
+            return CursorClock(kind, zone).from_utc(CursorClock(stored, zone).to_utc(value))  # type: ignore[arg-type]
+    elif isinstance(value, _KIND_TYPES.get(kind, object)) and not isinstance(value, bool):
+        return value
+    msg = f"the stored cursor {value!r} ({type(value).__name__}) does not fit the column's type now ({kind})"
+    raise ValueError(msg)
+
+
 @dataclass(frozen=True)
 class CursorClock:
     """Converts values of one cursor column to UTC instants and back."""

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from capi_sync import secrets
 from capi_sync.cli import main
 from tests.fake_graph import FakeGraph
 from tests.postgres import create_database, postgres_server
@@ -70,6 +71,9 @@ def postgres_url(postgres_server_url: str) -> str:
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("CAPI_SYNC_STATE", raising=False)
     monkeypatch.chdir(tmp_path)
+    # Each test is a process of its own as far as secrets go: one test's password (say `people`)
+    # must not be scrubbed out of the next test's messages.
+    monkeypatch.setattr(secrets, "_registered", ())
 
 
 def recent(minutes_ago: float) -> dt.datetime:

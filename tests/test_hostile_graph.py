@@ -19,7 +19,9 @@ def _order(event: dict) -> int:
     return int(event["event_source_url"].rsplit("/", 1)[1])
 
 
-def _setup(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, rows: int, extra: str = "") -> Path:
+def _setup(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, rows: int, extra: str = ""
+) -> Path:
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
     make_orders(tmp_path / "shop.duckdb", rows)
     path = write_pipelines(tmp_path, graph.url)
@@ -88,7 +90,9 @@ def test_requests_stay_under_max_request_bytes(
 
 @pytest.mark.parametrize("status", [403, 502])
 def test_plain_text_errors_are_named_not_parsed(graph: FakeGraph, status: int) -> None:
-    graph.script = lambda _n, _b: Raw(status, b"<html>Forbidden by proxy</html>", {"content-type": "text/html"})
+    graph.script = lambda _n, _b: Raw(
+        status, b"<html>Forbidden by proxy</html>", {"content-type": "text/html"}
+    )
     client = MetaClient(graph.pixel_id, TOKEN, graph_url=graph.url, timeout=5)
     expected = MetaRetryableError if status >= 500 else MetaFatalError
     with pytest.raises(expected, match=f"HTTP {status}.*Forbidden by proxy"):

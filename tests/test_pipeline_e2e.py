@@ -142,7 +142,9 @@ def test_rejected_rows_do_not_block_the_batch(
     assert cli("run", "purchases") == 0
     assert len(graph.accepted_events) == 2498
     printed = capsys.readouterr().out
-    assert "2,500 rows read = 2,498 events sent in 3 batch(es) + 2 rejected + 0 pending + 0 skipped" in printed
+    assert (
+        "2,500 rows read = 2,498 events sent in 3 batch(es) + 2 rejected + 0 pending + 0 skipped" in printed
+    )
     assert "match quality (2,498 events)" in printed
     with StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}") as store:
         rejected = {row["row_key"]: row["reasons"] for row in store.list_rejected("purchases")}

@@ -49,7 +49,7 @@ def test_pipeline_from_postgres_delivers_once_and_binds_the_cursor(
     # A cursor value is bound as a parameter, never spliced into the SQL.
     with StateStore(postgres_url) as store:
         store.set_cursor("purchases", "'; drop table orders; --")
-    assert cli("run", "purchases") == 1  # text vs timestamptz: the warehouse refuses the comparison
+    assert cli("run", "purchases") == 2  # text for a timestamptz cursor: refused before any SQL runs
     with engine.connect() as conn:
         assert conn.execute(sa.text("select count(*) from orders")).scalar() == 2300
     engine.dispose()

@@ -1,0 +1,121 @@
+"""What a user sees when things go wrong: errors first and in plain words, figures that add up,
+exit codes that say config (2) or run (1), and no traceback, whatever the input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from capi_sync.state import StateStore
+from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.fake_graph import FakeGraph, error_reply
+
+
+@pytest.fixture
+def project(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 2500)
+    return write_pipelines(tmp_path, graph.url)
+
+
+def store_of(project: Path) -> StateStore:
+    return StateStore(f"sqlite:///{project.parent / '.capi-sync' / 'state.db'}")
+
+
+def test_a_cursor_column_that_changed_type_keeps_its_position(project: Path, graph: FakeGraph) -> None:
+    database = project.parent / "shop.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute(
+            "alter table orders alter updated_at type timestamptz using updated_at at time zone 'UTC'"
+        )
+    assert cli("run", "purchases", "--limit", "1200") == 0
+    with duckdb.connect(str(database)) as con:  # the loader changed its mind: TIMESTAMP again
+        con.execute("alter table orders alter updated_at type timestamp using updated_at at time zone 'UTC'")
+    assert cli("run", "purchases") == 0
+    assert len({event["event_id"] for event in graph.accepted_events}) == 2500
+    assert len(graph.accepted_events) < 2500 + 5, "resumed where it stood, not from the start"
+    with store_of(project) as store:
+        assert {run.status for run in store.list_runs("purchases")} == {"succeeded"}
+
+
+def test_a_cursor_that_cannot_follow_its_column_is_a_config_error(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("run", "purchases", "--limit", "10") == 0
+    project.write_text(project.read_text().replace("cursor: updated_at", "cursor: email"))
+    capsys.readouterr()
+    assert cli("run", "purchases") == 2
+    printed = capsys.readouterr()
+    assert "cursor 'email'" in printed.err
+    assert "state set" in printed.err
+    assert "Traceback" not in printed.err + printed.out
+    with store_of(project) as store:
+        assert "running" not in {run.status for run in store.list_runs("purchases")}
+
+
+def test_a_fatal_error_comes_first_and_the_figures_agree_with_runs(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:  # rejected rows all along
+        con.execute("update orders set currency = 'XYZ' where order_id % 3 = 0")
+    graph.script = lambda number, _body: (
+        error_reply(400, 190, "Error validating access token") if number > 1 else None
+    )
+    assert cli("run", "purchases", "--workers", "1") == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith("error: Graph API error 190"), printed.err[:200]
+    summary = next(line for line in printed.out.splitlines() if "rows read =" in line)
+    assert cli("runs", "purchases", "--json") == 0
+    (run,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    read, sent, rejected, pending, skipped = (
+        run[k] for k in ("rows_read", "events_sent", "rows_rejected", "rows_pending", "rows_skipped")
+    )
+    assert read == sent + rejected + pending + skipped
+    assert f"{read:,} rows read = {sent:,} events sent" in summary
+    assert f"+ {rejected:,} rejected + {pending:,} pending + {skipped:,} skipped" in summary
+    assert "match quality" not in printed.out or f"({sent:,} events)" in printed.out
+
+
+def test_printed_values_are_never_taken_for_markup(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        con.execute("update orders set currency = '[bold]X[/bold]' where order_id = 5")
+    assert cli("run", "purchases", "--dry-run") == 0
+    assert "[bold]X[/bold]" in capsys.readouterr().out
+    project.write_text(
+        project.read_text().replace(
+            "type: duckdb, path: shop.duckdb", "type: snowflake, account: a, user: u, password: p"
+        )
+    )
+    with pytest.MonkeyPatch.context() as patch:  # the driver is not installed
+        patch.setitem(sys.modules, "snowflake", None)
+        patch.setitem(sys.modules, "snowflake.connector", None)
+        code = cli("run", "purchases", "--dry-run")
+    printed = capsys.readouterr().err
+    assert "pip install 'capi-sync[snowflake]'" in printed
+    assert code == 2, "a missing driver is setup, not a failed run"
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (("path: shop.duckdb", "path: missing.duckdb"), "missing.duckdb"),
+        (("query: select * from orders", "query: select * from orderz"), "orderz"),
+    ],
+)
+@pytest.mark.parametrize("command", [("run", "purchases"), ("validate",), ("render", "purchases")])
+def test_setup_errors_exit_2_from_every_command(
+    project: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+    words: str,
+    command: tuple[str, ...],
+) -> None:
+    project.write_text(project.read_text().replace(*change))
+    assert cli(*command) == 2
+    printed = capsys.readouterr()
+    assert words in printed.err
+    assert "Traceback" not in printed.err
