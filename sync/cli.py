@@ -36,6 +36,7 @@ from capi_sync.errors import (
     MetaError,
     MissingDependency,
     SetupError,
+    StateSetupError,
 )
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_stage
@@ -736,7 +737,7 @@ def _invoke(argv: list[str] | None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except (ConfigError, SetupError, MissingDependency) as exc:  # configuration or setup
+    except (ConfigError, SetupError, StateSetupError, MissingDependency) as exc:  # configuration or setup
         err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
         return ExitCode.USAGE
     except CapiSyncError as exc:

@@ -6,6 +6,7 @@
     ├── SourceError                  the warehouse failed while reading                      → exit 1
     │   └── SetupError               it could not be opened, or the query not described      → exit 2
     ├── StateError                   the state store failed                                  → exit 1
+    │   ├── StateSetupError          it could not be opened (bad URL, path, driver)          → exit 2
     │   └── PipelineLocked           another process is running this pipeline                → exit 1
     └── MetaError                    the Graph API refused or could not be reached
         ├── MetaRetryableError       throttling, 5xx, codes 1/2/341/368, timeouts            → retried
@@ -64,6 +65,10 @@ class WorkerError(CapiSyncError):
 
 class StateError(CapiSyncError):
     """The state store could not be read or written."""
+
+
+class StateSetupError(StateError):
+    """The state store could not be opened: a bad --state, a file where its folder goes, no driver."""
 
 
 class PipelineLocked(StateError):

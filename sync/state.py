@@ -8,6 +8,7 @@ accepted the batch and never before.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
 import threading
@@ -17,18 +18,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import orjson
 import sqlalchemy as sa
 
-from capi_sync.errors import PipelineLocked, StateError
+from capi_sync.errors import PipelineLocked, StateError, StateSetupError
 from capi_sync.secrets import scrub, scrub_any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 SCHEMA_VERSION = 3
+P = ParamSpec("P")
+R = TypeVar("R")
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
 HEARTBEAT_EVERY = dt.timedelta(seconds=30)
 
@@ -63,6 +66,7 @@ runs = sa.Table(
     sa.Column("rows_lost", sa.Integer, nullable=False, default=0),  # v3: pending rows that aged out
     sa.Column("error", sa.Text),
     sa.Column("fbtrace_ids", sa.Text),
+    sa.Column("owner", sa.String(200)),  # v3: the process running it, to tell a run whose process died
 )  # fmt: skip
 rejected = sa.Table(
     "capi_rejected", metadata,
@@ -191,27 +195,71 @@ def default_state_url(config_path: Path | None) -> str:
     return f"sqlite:///{folder / 'state.db'}"
 
 
+def _translated(method: Callable[P, R]) -> Callable[P, R]:
+    """The one boundary where the store's failures (a full disk, a lost server, a read-only file)
+    become a `StateError` that says where and what to do, instead of a driver's traceback."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except StateError:
+            raise
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            store = args[0]
+            where = getattr(store, "label", "the state store")
+            reason = scrub(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+            raise StateError(
+                f"{where}: {reason}; check that it is reachable and writable (free disk space,"
+                " permissions), or choose another with --state / CAPI_SYNC_STATE"
+            ) from None
+
+    return wrapper
+
+
 class StateStore:
-    """Usage: `with StateStore(url) as store: store.load_cursor("purchases")`."""
+    """Usage: `with StateStore(url) as store: store.load_cursor("purchases")`.
+
+    `url` is a SQLAlchemy URL, or a plain file path for SQLite (`--state runs.db`). Every public
+    method raises `StateError`, never a driver's exception.
+    """
 
     def __init__(self, url: str) -> None:
+        if "://" not in url:
+            url = f"sqlite:///{Path(url).expanduser().resolve()}"
+        self.label = f"state store {self._safe(url)}"
+        self.owner = f"{_LIVENESS_SCOPE}/{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        try:
+            self._open(url)
+        except StateError as exc:
+            raise StateSetupError(str(exc)) from None
+
+    @_translated
+    def _open(self, url: str) -> None:
         if url.startswith("sqlite:///") and ":memory:" not in url:
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(url.removeprefix("sqlite:///")).parent
+            if folder.exists() and not folder.is_dir():
+                msg = (
+                    f"{self.label}: {folder} is a file, not a folder; move it away or choose another --state"
+                )
+                raise StateError(msg)
+            folder.mkdir(parents=True, exist_ok=True)
         connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
         try:
             self.engine = sa.create_engine(url, connect_args=connect_args)
-            if url.startswith("sqlite"):
-                sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-            self._migrate()
-        except sa.exc.SQLAlchemyError as exc:
-            raise StateError(f"state store {self._safe(url)}: {exc}") from exc
         except ModuleNotFoundError as exc:
-            raise StateError(f"state store {self._safe(url)}: driver {exc.name} is not installed") from exc
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            raise StateError(f"{self.label}: driver {exc.name} is not installed") from exc
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrate()
 
     @staticmethod
     def _safe(url: str) -> str:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        try:
+            return sa.engine.make_url(url).render_as_string(hide_password=True)
+        except sa.exc.ArgumentError:
+            msg = f"--state {scrub(url)!r} is neither a SQLAlchemy URL nor a file path"
+            raise StateSetupError(msg) from None
 
     def _migrate(self) -> None:
         metadata.create_all(self.engine)
@@ -230,11 +278,13 @@ class StateStore:
                     conn.execute(
                         sa.text(f"alter table capi_runs add column {column} integer not null default 0")
                     )
+                conn.execute(sa.text("alter table capi_runs add column owner varchar(200)"))
             if version < SCHEMA_VERSION:
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
     # -- cursor ---------------------------------------------------------------------------------
 
+    @_translated
     def load_cursor(self, pipeline: str) -> CursorState:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(cursors).where(cursors.c.pipeline == pipeline)).first()
@@ -249,16 +299,19 @@ class StateStore:
             settled = {key: value if text is None else decode_value(row.kind, text) for key, text in keys}
             return CursorState(value, settled)
 
+    @_translated
     def set_cursor(self, pipeline: str, value: Any) -> None:
         with self.engine.begin() as conn:
             self._write_cursor(conn, pipeline, CursorState(value), previous=None)
 
+    @_translated
     def reset(self, pipeline: str) -> None:
         """Forget the cursor; the next run starts from the beginning (Meta deduplicates re-sends)."""
         with self.engine.begin() as conn:
             conn.execute(cursors.delete().where(cursors.c.pipeline == pipeline))
             conn.execute(cursor_keys.delete().where(cursor_keys.c.pipeline == pipeline))
 
+    @_translated
     def list_cursors(self, prefix: str) -> list[tuple[str, CursorState]]:
         """Cursors whose name starts with `prefix` (backfill progress is kept as such cursors)."""
         with self.engine.connect() as conn:
@@ -308,15 +361,18 @@ class StateStore:
 
     # -- runs -----------------------------------------------------------------------------------
 
+    @_translated
     def start_run(self, pipeline: str, kind: str = "run") -> int:
+        self.settle_abandoned_runs(pipeline)
         with self.engine.begin() as conn:
             result = conn.execute(runs.insert().values(
-                pipeline=pipeline, kind=kind, status=RunStatus.RUNNING, started_at=utcnow(),
+                pipeline=pipeline, kind=kind, status=RunStatus.RUNNING, started_at=utcnow(), owner=self.owner,
                 rows_read=0, events_sent=0, rows_rejected=0, retries=0, rows_pending=0, rows_skipped=0,
                 rows_lost=0,
             ))  # fmt: skip
             return int(result.inserted_primary_key[0])
 
+    @_translated
     def commit_batch(self, pipeline: str, commit: BatchCommit, previous: CursorState | None) -> None:
         """One transaction: cursor, tie keys, rejected rows, run counters."""
         now = utcnow()
@@ -376,6 +432,7 @@ class StateStore:
                 )
             )
 
+    @_translated
     def finish_run(
         self,
         run_id: int,
@@ -391,12 +448,14 @@ class StateStore:
                 fbtrace_ids=" ".join(fbtrace_ids) or None, **(counts or {}),
             ))  # fmt: skip
 
+    @_translated
     def count_pending(self, pipeline: str) -> int:
         """Rows Meta could not take, kept and retried by every run until delivered or aged out."""
         query = sa.select(sa.func.count()).where(rejected.c.pipeline == pipeline, rejected.c.transient)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar() or 0)
 
+    @_translated
     def expire_pending(self, pipeline: str, *, older_than: dt.timedelta) -> int:
         """Pending rows first kept longer ago than `older_than` are lost (their events are older
         still): they stop being pending and say so. Returns how many."""
@@ -416,13 +475,50 @@ class StateStore:
                 )
         return len(expired)
 
+    @_translated
+    def settle_abandoned_runs(self, pipeline: str | None = None) -> int:
+        """Runs recorded `running` whose process is gone (killed, or the store failed as it ended)
+        are marked failed, so no run stays `running` once its process has ended."""
+        query = sa.select(runs.c.id, runs.c.owner, runs.c.started_at).where(
+            runs.c.status == RunStatus.RUNNING
+        )
+        if pipeline:
+            query = query.where(runs.c.pipeline == pipeline)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            running = list(conn.execute(query))
+            if not running:
+                return 0
+            heartbeats = {row.owner: row for row in conn.execute(sa.select(locks))}
+            gone = [
+                row.id
+                for row in running
+                if row.owner != self.owner
+                and _owner_gone(row.owner, heartbeats.get(row.owner), row.started_at, now)
+            ]
+            if gone:
+                conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_(gone))
+                    .values(
+                        status=RunStatus.FAILED,
+                        ended_at=now,
+                        error="its process ended without recording the end of the run (killed, or the"
+                        " state store failed); the cursor stands after the last accepted batch",
+                    )
+                )
+        return len(gone)
+
+    @_translated
     def list_runs(self, pipeline: str | None = None, limit: int = 20) -> list[sa.Row[Any]]:
+        self.settle_abandoned_runs(pipeline)
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if pipeline:
             query = query.where(runs.c.pipeline == pipeline)
         with self.engine.connect() as conn:
             return list(conn.execute(query))
 
+    @_translated
     def list_rejected(
         self, pipeline: str, *, transient: bool | None = None, max_attempts: int | None = None
     ) -> list[dict[str, Any]]:
@@ -455,8 +551,12 @@ class StateStore:
         finally:
             stop.set()
             beat.join()
-            with self.engine.begin() as conn:
-                conn.execute(locks.delete().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner))
+            self._release(pipeline)
+
+    @_translated
+    def _release(self, pipeline: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(locks.delete().where(locks.c.pipeline == pipeline, locks.c.owner == self.owner))
 
     def _heartbeat(self, pipeline: str, stop: threading.Event) -> None:
         """Keep the lock fresh while a long query or a throttled batch holds up commits."""
@@ -471,6 +571,7 @@ class StateStore:
             except sa.exc.SQLAlchemyError:
                 continue  # a busy store: the next beat tries again, well within LOCK_STALE_AFTER
 
+    @_translated
     def _acquire(self, pipeline: str) -> None:
         now = utcnow()
         host, pid = socket.gethostname(), os.getpid()
@@ -489,7 +590,7 @@ class StateStore:
             pass
         with self.engine.begin() as conn:
             held = conn.execute(sa.select(locks).where(locks.c.pipeline == pipeline)).first()
-            if held is not None and not _is_stale(held, host, now):
+            if held is not None and not _is_stale(held, now):
                 msg = (
                     f"pipeline '{pipeline}' is already running (pid {held.pid} on {held.host},"
                     f" since {held.acquired_at:%Y-%m-%d %H:%M:%S} UTC)"
@@ -511,11 +612,52 @@ class StateStore:
         self.close()
 
 
-def _is_stale(held: sa.Row[Any], host: str, now: dt.datetime) -> bool:
-    heartbeat = held.heartbeat_at if held.heartbeat_at.tzinfo else held.heartbeat_at.replace(tzinfo=dt.UTC)
-    if now - heartbeat > LOCK_STALE_AFTER:
+def _liveness_scope() -> str:
+    """Where a pid means one process: this boot of this kernel and this PID namespace.
+
+    Containers share a hostname yet each has its own pids, so `kill(pid, 0)` answers only for
+    locks taken in the same scope; any other lock is alive until its heartbeat goes stale.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return f"noscope-{uuid.uuid4().hex}"  # no way to tell: heartbeats alone decide
+    return f"{boot}:{namespace}"
+
+
+_LIVENESS_SCOPE = _liveness_scope()
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _is_stale(held: sa.Row[Any], now: dt.datetime) -> bool:
+    if now - _aware(held.heartbeat_at) > LOCK_STALE_AFTER:
         return True
-    return held.host == host and not _pid_alive(held.pid)
+    return _dead_in_this_scope(held.owner)
+
+
+def _dead_in_this_scope(owner: str | None) -> bool:
+    """True only when `owner` was a process of this scope whose pid no longer runs."""
+    scope, _, process = (owner or "").partition("/")
+    if scope != _LIVENESS_SCOPE or not process:
+        return False
+    try:
+        pid = int(process.split(":")[-2])
+    except (ValueError, IndexError):
+        return False
+    return not _pid_alive(pid)
+
+
+def _owner_gone(owner: str | None, lock: sa.Row[Any] | None, started: dt.datetime, now: dt.datetime) -> bool:
+    """A running run's process is gone: dead in this scope, or silent past the lock's stale time."""
+    if owner is None:  # recorded before v3: only time can tell
+        return lock is None and now - _aware(started) > LOCK_STALE_AFTER
+    if _dead_in_this_scope(owner):
+        return True
+    return lock is None or now - _aware(lock.heartbeat_at) > LOCK_STALE_AFTER
 
 
 def _pid_alive(pid: int) -> bool:

@@ -128,7 +128,7 @@ def test_a_second_owner_cannot_take_a_live_lock(store: StateStore, store_url: st
             pass
 
 
-def test_a_dead_owners_lock_is_taken_over(store: StateStore) -> None:
+def _lock_held_by(store: StateStore, owner: str, pid: int) -> None:
     import socket
 
     now = dt.datetime.now(dt.UTC)
@@ -136,15 +136,41 @@ def test_a_dead_owners_lock_is_taken_over(store: StateStore) -> None:
         conn.execute(
             locks.insert().values(
                 pipeline="p",
-                owner="ghost",
+                owner=owner,
                 host=socket.gethostname(),
-                pid=2**22 + 7,
+                pid=pid,
                 acquired_at=now,
                 heartbeat_at=now,
             )
         )
+
+
+def test_a_dead_owners_lock_is_taken_over(store: StateStore) -> None:
+    """Same boot, same PID namespace, pid gone: the owner is dead for sure."""
+    import socket
+
+    from capi_sync.state import _LIVENESS_SCOPE
+
+    dead = 2**22 + 7
+    _lock_held_by(store, f"{_LIVENESS_SCOPE}/{socket.gethostname()}:{dead}:ghost", dead)
     with store.lock("p"), store.engine.connect() as conn:
         assert conn.execute(sa.select(locks.c.owner)).scalar() == store.owner
+
+
+@pytest.mark.parametrize("owner", ["otherboot:4026531836/{host}:{pid}:ctr", "{host}:{pid}:ghost"])
+def test_a_lock_from_another_pid_namespace_holds_while_its_heartbeat_is_fresh(
+    store: StateStore, owner: str
+) -> None:
+    """A container on the same hostname: its pid means nothing here, so only the heartbeat counts
+    (the second form is a lock written before owners carried their scope)."""
+    import socket
+
+    from capi_sync.errors import PipelineLocked
+
+    pid = 2**22 + 7  # no such process in this namespace
+    _lock_held_by(store, owner.format(host=socket.gethostname(), pid=pid), pid)
+    with pytest.raises(PipelineLocked, match="already running"), store.lock("p"):
+        pass
 
 
 def test_a_lock_without_heartbeat_goes_stale(store: StateStore) -> None:

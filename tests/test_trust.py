@@ -119,3 +119,50 @@ def test_setup_errors_exit_2_from_every_command(
     printed = capsys.readouterr()
     assert words in printed.err
     assert "Traceback" not in printed.err
+
+
+def test_state_store_problems_are_errors_not_tracebacks(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("runs", "--state", "foo.db") == 0, "a plain path is a SQLite file"
+    assert (project.parent / "foo.db").is_file()
+    assert cli("runs", "--state", "nosuchdriver+x://h/db") == 2
+    (project.parent / ".capi-sync").write_text("not a folder")
+    assert cli("run", "purchases") == 2
+    printed = capsys.readouterr()
+    assert "is a file, not a folder" in printed.err
+    assert "Traceback" not in printed.err + printed.out
+
+
+def test_a_full_disk_during_a_state_write_fails_the_run_and_never_leaves_it_running(
+    project: Path, graph: FakeGraph
+) -> None:
+    import resource
+    import subprocess
+
+    assert cli("run", "purchases", "--limit", "10") == 0
+    make_orders(project.parent / "shop.duckdb", 20000, start_id=100_000, minutes_ago=300)
+    database = project.parent / ".capi-sync" / "state.db"
+    limit = database.stat().st_size + 64 * 1024
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--workers", "1"],
+        cwd=project.parent,
+        env={**__import__("os").environ, "FB_ACCESS_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=small_disk,
+    )
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "state store" in err
+    assert "free disk space" in err
+    assert "Traceback" not in out + err
+    with store_of(project) as store:
+        statuses = [run.status for run in store.list_runs("purchases")]
+    assert statuses[0] == "failed"
+    assert "running" not in statuses
