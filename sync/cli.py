@@ -39,7 +39,7 @@ from capi_sync.errors import (
     StateSetupError,
 )
 from capi_sync.report import MatchQuality
-from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_stage
+from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_problems, setup_stage
 from capi_sync.secrets import scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
@@ -249,6 +249,12 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
 
     scheduler = Scheduler(ctx.project, pipelines, ctx.state_url, run_now=run_now)
+    # A broken pipeline would log the same error every interval, forever: refuse to start instead.
+    scheduled = [ctx.project.pipeline(name) for name in scheduler.names]
+    if errors := setup_problems(ctx.project, scheduled):
+        raise ConfigError(errors, source=str(ctx.project.path))
+    with ctx.store():
+        pass  # the state store opens, or the scheduler does not start (exit 2)
 
     def stop(_signum: int, _frame: object) -> None:
         scheduler.stop()
@@ -372,16 +378,7 @@ def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datet
 @with_context
 def validate(ctx: Context, offline: bool) -> None:
     """Check the pipelines file, and each query's columns against its mapping."""
-    errors: list[str] = []
-    if not offline:
-        for pipeline in ctx.project.pipelines.values():
-            try:
-                with open_source(ctx.project.warehouse_of(pipeline)) as source:
-                    prepare(pipeline, source)
-            except ConfigError as exc:
-                errors += exc.errors
-            except CapiSyncError as exc:
-                errors.append(f"pipeline '{pipeline.name}': {exc}")
+    errors = [] if offline else setup_problems(ctx.project, ctx.project.pipelines.values())
     if errors:
         raise ConfigError(errors, source=str(ctx.project.path))
     names = ", ".join(ctx.project.pipelines) or "no pipelines"

@@ -424,6 +424,52 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+MAX_YAML_VALUES = 100_000  # after aliases are expanded; a real pipelines file has a few hundred
+
+
+def _load_yaml(text: str) -> Any:
+    """Safe YAML, refusing a document whose aliases expand past `MAX_YAML_VALUES` values.
+
+    Aliases share one node, so a "billion laughs" file composes in a blink, then hangs whatever
+    walks the result (substitution, validation) for minutes: its expanded size is counted first.
+    """
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_YAML_VALUES:
+            msg = (
+                f"the file expands to more than {MAX_YAML_VALUES:,} values through its aliases"
+                " (`*name`); is it an alias bomb?"
+            )
+            raise yaml.YAMLError(msg)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is copied out (memoized per node)."""
+    if (known := sizes.get(id(node))) is not None:
+        return known
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # a node inside itself (a recursive alias) is refused
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            total += _expanded_size(child, sizes)
+            if total > MAX_YAML_VALUES:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            total += _expanded_size(key, sizes) + _expanded_size(value, sizes)
+            if total > MAX_YAML_VALUES:
+                break
+    sizes[id(node)] = total
+    return total
+
+
 def find_config(path: str | Path | None) -> Path:
     """The given file, else `pipelines.yaml`, else `pipelines.example.yaml` in the current folder."""
     if path is not None:
@@ -441,9 +487,11 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     """Read, substitute and validate a pipelines file; raise one `ConfigError` listing every problem."""
     file = find_config(path)
     try:
-        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        raw = _load_yaml(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], source=str(file)) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], source=str(file)) from None
     if not isinstance(raw, dict):
         raise ConfigError(
             ["the file must be a mapping with warehouses, destinations and pipelines"],

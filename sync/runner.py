@@ -11,7 +11,7 @@ import datetime as dt
 import itertools
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -213,6 +213,23 @@ def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Co
     return plan.wrap(
         pipeline.query, source.dialect, kinds, default_phone_region=settings.default_phone_region
     )
+
+
+def setup_problems(project: ProjectConfig, pipelines: Iterable[PipelineConfig]) -> list[str]:
+    """Open each pipeline's warehouse and check its query against its mapping; every problem found.
+
+    `validate` reports them; `schedule` refuses to start on them, rather than failing every run.
+    """
+    problems: list[str] = []
+    for pipeline in pipelines:
+        try:
+            with open_source(project.warehouse_of(pipeline)) as source:
+                prepare(pipeline, source)
+        except ConfigError as exc:
+            problems += exc.errors
+        except CapiSyncError as exc:
+            problems.append(f"pipeline '{pipeline.name}': {exc}")
+    return problems
 
 
 def _check_sendable(project: ProjectConfig, pipeline: PipelineConfig) -> None:

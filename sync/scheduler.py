@@ -126,7 +126,8 @@ def _when(moment: dt.datetime | None) -> str:
 def _summary(report: RunReport) -> str:
     return (
         f"{report.pipeline}: {report.status} in {report.seconds:.1f}s: {report.rows_read:,} read,"
-        f" {report.events_sent:,} sent, {report.rows_rejected:,} rejected"
+        f" {report.events_sent:,} sent, {report.rows_rejected:,} rejected, {report.rows_pending:,} pending"
+        + (f" ({report.pending_total:,} pending in all)" if report.pending_total else "")
         + (f", {report.rows_null_cursor:,} NULL cursor" if report.rows_null_cursor else "")
         + (f"; cursor {report.cursor_after}" if report.cursor_after is not None else "")
         + (f"; error: {report.error}" if report.error else "")

@@ -87,3 +87,18 @@ def test_schedule_refuses_pipelines_without_a_schedule(
     _, stderr = scheduler.communicate(timeout=30)
     assert scheduler.returncode == 2
     assert "no pipeline has a schedule" in stderr
+
+
+def test_schedule_refuses_to_start_on_a_broken_pipeline(tmp_path: Path, graph: FakeGraph) -> None:
+    """A missing database file would otherwise log the same error every interval, forever."""
+    from tests.conftest import write_pipelines
+
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace("cursor: updated_at", 'cursor: updated_at\n    schedule: "every 1m"')
+    )
+    scheduler = start_scheduler(tmp_path)
+    _, stderr = scheduler.communicate(timeout=60)
+    assert scheduler.returncode == 2
+    assert "shop.duckdb" in stderr
+    assert "Traceback" not in stderr

@@ -166,3 +166,21 @@ def test_a_full_disk_during_a_state_write_fails_the_run_and_never_leaves_it_runn
         statuses = [run.status for run in store.list_runs("purchases")]
     assert statuses[0] == "failed"
     assert "running" not in statuses
+
+
+def test_a_yaml_alias_bomb_is_refused_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join(f'*a{i - 1}' for _ in range(9))}]" for i in range(1, 10)]
+    (tmp_path / "pipelines.yaml").write_text("\n".join(lines) + "\nwarehouses: *a9\n")
+    started = time.monotonic()
+    assert cli("validate", "--offline") == 2
+    assert time.monotonic() - started < 5
+    assert "alias bomb" in capsys.readouterr().err
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pipelines.yaml").write_text("warehouses: &w\n  x: *w\n")
+    assert cli("validate", "--offline") == 2
+    assert "Traceback" not in capsys.readouterr().err
