@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +30,9 @@ from capi_sync.mappings.fields import ACTION_SOURCES
 from capi_sync.mappings.spec import MappingSpec
 from capi_sync.schedules import make_trigger
 from capi_sync.windows import CursorClock, parse_duration, parse_start
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DEFAULT_FILES = ("pipelines.yaml", "pipelines.example.yaml")
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
@@ -363,9 +366,27 @@ class ProjectConfig(BaseModel):
                 errors.append(_missing_ref(name, "warehouse", pipeline.warehouse, self.warehouses))
             if pipeline.destination not in self.destinations:
                 errors.append(_missing_ref(name, "destination", pipeline.destination, self.destinations))
+        errors += self._secrets_in_pipelines()
         if errors:
             raise ValueError("; ".join(errors))
         return self
+
+    def _secrets_in_pipelines(self) -> list[str]:
+        """A secret's value in a query, constant or template would be sent to Meta in every event,
+        or printed by `render`: that is a configuration error, never a run."""
+        found = [s for s in self.secrets() if len(s) >= secrets.MIN_SUBSTRING]
+        if not found:
+            return []
+        errors = []
+        for name, pipeline in self.pipelines.items():
+            dump = pipeline.model_dump(mode="json", exclude={"name"})
+            for where, text in _strings(dump, ""):
+                if any(secret in text for secret in found):
+                    errors.append(
+                        f"pipeline '{name}': {where} holds the value of a secret (an access token,"
+                        " app secret or password): it would reach Meta or the console; remove it"
+                    )
+        return errors
 
     def secrets(self) -> list[str]:
         """Every secret value in the file (tokens, passwords, URL passwords), to scrub from messages."""
@@ -393,6 +414,18 @@ class ProjectConfig(BaseModel):
 
     def destination_of(self, pipeline: PipelineConfig) -> MetaDestination:
         return self.destinations[pipeline.destination]
+
+
+def _strings(node: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every string in a dumped config, with where it sits (`mapping.custom_data.note.value`)."""
+    if isinstance(node, str):
+        yield where, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _strings(value, f"{where}[{index}]")
 
 
 def _missing_ref(pipeline: str, kind: str, name: str, known: dict[str, Any]) -> str:

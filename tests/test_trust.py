@@ -155,7 +155,7 @@ def test_a_full_disk_during_a_state_write_fails_the_run_and_never_leaves_it_runn
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=small_disk,
+        preexec_fn=small_disk,  # noqa: PLW1509 -- the limit must hold before the run opens any file
     )
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1, err
@@ -184,3 +184,37 @@ def test_a_recursive_alias_is_refused(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "pipelines.yaml").write_text("warehouses: &w\n  x: *w\n")
     assert cli("validate", "--offline") == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        (
+            "custom_properties: {{loyalty_tier: tier}}",
+            "custom_properties: {{loyalty_tier: tier, note: {{value: '${{FB_ACCESS_TOKEN}}'}}}}",
+        ),
+        ("query: select * from orders", "query: \"select *, '${{FB_ACCESS_TOKEN}}' as t from orders\""),
+        (
+            "query: select * from orders",
+            'query: "select * from orders {{% if cursor_start is none %}}-- ${{FB_ACCESS_TOKEN}}{{% endif %}}"',
+        ),
+    ],
+)
+def test_a_secret_in_a_constant_query_or_template_is_a_config_error(
+    tmp_path: Path,
+    graph: FakeGraph,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+) -> None:
+    from tests.conftest import PIPELINES
+
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 5)
+    write_pipelines(tmp_path, graph.url, text=PIPELINES.replace(*change))
+    for command in (("run", "purchases", "--dry-run"), ("render", "purchases"), ("preview", "purchases")):
+        assert cli(*command) == 2
+        printed = capsys.readouterr()
+        assert "holds the value of a secret" in printed.err
+        assert TOKEN not in printed.out + printed.err
+    assert graph.requests == []
