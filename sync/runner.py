@@ -68,6 +68,7 @@ Progress = Callable[[RunReport], None]
 TRANSIENT_RULE = "meta_unavailable"  # rows Meta could not take (retry budget spent): pending, retried
 AGED_OUT_RULE = "aged_out"  # a pending row that grew too old for Meta before it could be delivered
 RETRY_KEYS_PER_QUERY = 500
+KEYS_TRACKED = 200_000  # primary keys per run checked for repeats (see `_count_repeated_keys`)
 
 
 @dataclass(frozen=True)
@@ -400,6 +401,7 @@ class _Run:
     settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
     parallel: ParallelMapper | None = None  # set when rows are mapped on worker processes
     pending_keys: set[str] = field(default_factory=set)  # pending rows being retried by this run
+    key_hashes: set[int] = field(default_factory=set)  # row keys read by this run, to count repeats
     rows_mapped: int = 0  # in this process, across the run's reads
 
     def __post_init__(self) -> None:
@@ -717,6 +719,8 @@ class _Run:
         report.rows_lost += len(lost)
         report.rows_read += batch.rows
         report.rows_no_consent += batch.no_consent
+        if batch.advances_cursor:
+            self._count_repeated_keys(batch.handled)
         report.quality.merge(batch.quality)
         report.retries += retries
         report.events_sent += sent
@@ -726,6 +730,21 @@ class _Run:
             report.cursor_after = new_state.value
         if self.progress:
             self.progress(report)
+
+    def _count_repeated_keys(self, handled: list[tuple[str, Any]]) -> None:
+        """Rows repeating a primary key share its event_id, so Meta keeps one: count them, to warn.
+
+        Remembers the hashes of the first `KEYS_TRACKED` keys of a run (about 10 MB), so memory
+        stays bounded; a repeat of a key past those is not counted.
+        """
+        seen, repeated = self.key_hashes, 0
+        for key, _cursor in handled:
+            hashed = hash(key)
+            if hashed in seen:
+                repeated += 1
+            elif len(seen) < KEYS_TRACKED:
+                seen.add(hashed)
+        self.report.duplicate_keys += repeated
 
     def _meta_rejection(self, batch: Batch, index: int, error: MetaError) -> Rejection:
         rule = f"meta_{error.code or error.status or 'unreachable'}" + (

@@ -218,3 +218,17 @@ def test_a_secret_in_a_constant_query_or_template_is_a_config_error(
         assert "holds the value of a secret" in printed.err
         assert TOKEN not in printed.out + printed.err
     assert graph.requests == []
+
+
+def test_rows_repeating_a_primary_key_are_counted_and_warned_about(
+    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
+        con.execute("create table copy as select * from orders")  # the same table without its key
+        con.execute("drop table orders")
+        con.execute("create table orders as select * from copy")
+        con.execute("insert into orders select * from copy where order_id = 42")
+        con.execute("insert into orders select * from copy where order_id = 42")
+    assert cli("run", "purchases", "--workers", "1") == 0
+    printed = capsys.readouterr()
+    assert "warning: 2 row(s) repeat a primary key" in printed.err
