@@ -110,9 +110,11 @@ class DuckDBSource(DBAPISource):
         if setting not in self._growing:
             return False
         current = _megabytes(self._limits[setting])
-        if current * 2 > AUTO_MEMORY_LIMIT_CEILING_MB:
+        if current >= AUTO_MEMORY_LIMIT_CEILING_MB:
             return False
-        self._limits[setting] = grown = f"{current * 2}MB"
+        # Up to the ceiling itself: stopping at the last doubling below it (1536 MB) left wide rows
+        # (10 MB values) failing with 512 MB of the promised room unused.
+        self._limits[setting] = grown = f"{min(current * 2, AUTO_MEMORY_LIMIT_CEILING_MB)}MB"
         self._connection.execute("set memory_limit = ?", [grown])
         return True
 

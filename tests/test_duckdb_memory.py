@@ -145,3 +145,30 @@ def test_a_run_reports_the_grown_limit(
     shown = capsys.readouterr().out
     assert "30,000 rows read" in shown
     assert re.search(r"DuckDB needed more than \d+MB to sort the rows: read them with \d+MB", shown)
+
+
+def test_the_growth_reaches_the_ceiling_itself(wide_table: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """96 doubles to 1536 MB; the step to 3072 is past 2048, but 2048 itself must still be tried.
+
+    Scaled down: 3 doubles to 6 and 12, then to the ceiling of 20, not stopping at 12."""
+    monkeypatch.setattr(duckdb_source, "AUTO_MEMORY_LIMIT_MB", 3)
+    monkeypatch.setattr(duckdb_source, "AUTO_MEMORY_LIMIT_CEILING_MB", 20)
+    with DuckDBSource(DuckDBWarehouse(type="duckdb", path=wide_table)) as source:
+        grown = []
+        while source._grow_memory_limit():
+            grown.append(source._limits["memory_limit"])
+    assert grown == ["6MB", "12MB", "20MB"]
+
+
+def test_rows_with_ten_megabyte_values_sort_within_the_default_ceiling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 200)
+    with duckdb.connect(str(tmp_path / "shop.duckdb")) as con:
+        con.execute("update orders set tier = repeat('x', 10000000) where order_id % 10 = 0")
+    write_pipelines(tmp_path)
+    assert cli("run", "purchases", "--dry-run") == 0
+    printed = capsys.readouterr()
+    assert "200 rows read = 180 events built" in printed.out
+    assert "20 rejected" in printed.out  # each 10 MB event alone is over max_request_bytes
