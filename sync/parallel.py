@@ -346,6 +346,7 @@ class _Worker:
             self.process.start()
         child_end.close()  # only the worker holds it now: its death is end of file here
         self.ready = False  # set once the worker has built its mapping
+        self.cut = False  # an answer was interrupted halfway through being read: the socket is out of step
 
     def send(self, number: int, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -371,10 +372,12 @@ class _Worker:
         return self.ready
 
     def _message(self) -> tuple[Any, ...] | None:
+        self.cut = True  # until the whole message is in
         try:
             status, value = _receive(self.conn)
         except (EOFError, OSError) as exc:
             raise WorkerError(DIED) from exc
+        self.cut = False
         if status == "error":
             raise WorkerError(f"a worker process failed to build events: {value}")
         if status == "ready":
@@ -458,6 +461,7 @@ class ParallelMapper:
         self._workers: list[_Worker] = []  # a run that never reaches `after` starts none
         self._turns: _Turns | None = None
         self._asked = 0
+        self._pending: deque[tuple[_Worker, list[Any]]] = deque()  # blocks out, oldest first
         self._blocks = 0  # numbered across the run's reads: the request turns continue
         if after == 0:  # they import while this process still sorts and counts: half a second saved
             self.ready()
@@ -481,7 +485,7 @@ class ParallelMapper:
     def settle_in_order(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[Built]:
         if not self._workers:
             self.ready()
-        pending: deque[tuple[_Worker, list[Any]]] = deque()
+        pending = self._pending
         block: list[tuple[Any, ...]] = []
         cursors: list[Any] = []
         # Enough blocks out that every worker builds while up to max_in_flight wait for Meta.
@@ -494,11 +498,27 @@ class ParallelMapper:
                 pending.append((self._send(block), cursors))
                 block, cursors = [], []
                 while len(pending) > ahead or (pending and pending[0][0].conn.poll()):
-                    yield self._unpack(*pending.popleft())
+                    yield self._settle_oldest()
         if block:
             pending.append((self._send(block), cursors))
         while pending:
-            yield self._unpack(*pending.popleft())
+            yield self._settle_oldest()
+
+    def _settle_oldest(self) -> Built:
+        """The oldest block's answer; the block leaves `_pending` only once its answer is whole."""
+        built = self._unpack(*self._pending[0])
+        self._pending.popleft()
+        return built
+
+    def drain(self) -> Iterator[Built]:
+        """After `stop_sending`: the answers of the blocks still out, in order, which waits for each
+        request on the wire to end; blocks not sent come back unsent. Nothing more once a worker's
+        answer was cut mid-message (the interrupt landed while it was being read)."""
+        while self._pending and not any(worker.cut for worker in self._workers):
+            try:
+                yield self._settle_oldest()
+            except (CapiSyncError, OSError, EOFError):
+                return
 
     def stop_sending(self) -> None:
         """No request leaves a worker from now on (those on the wire finish)."""

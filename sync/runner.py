@@ -519,6 +519,8 @@ class _Run:
                 if self.parallel is not None:
                     self.parallel.stop_sending()
                 self._drain(pending)
+                if self.parallel is not None and not pending:  # then the blocks the workers hold
+                    self._drain_workers(self.parallel)
                 raise
             except CapiSyncError:
                 self._drain(pending)
@@ -536,6 +538,17 @@ class _Run:
                 self._commit_oldest(pending)
             except (CapiSyncError, KeyboardInterrupt):
                 break
+
+    def _drain_workers(self, parallel: ParallelMapper) -> None:
+        """Wait for the workers' requests on the wire and commit them in order, up to the first
+        block that was not sent; what is not committed is read again by the next run."""
+        advances = self.cursor_index is not None
+        for built in parallel.drain():
+            batch = self._built_batch(built, advances)
+            try:
+                self._commit(batch, _settled(self._send, batch))
+            except (CapiSyncError, KeyboardInterrupt):
+                return
 
     def _commit_oldest(self, pending: deque[tuple[Batch, Future[Sent]]]) -> None:
         """The batch leaves the queue only once committed, so an interrupt cannot skip it."""
@@ -759,6 +772,16 @@ class _Run:
             detail += f" (fbtrace_id {error.fbtrace_id})"
         problem = Problem("event", rule, detail=detail)
         return Rejection(self.pipeline.name, batch.delivered_keys[index], (problem,), batch.key_values[index])
+
+
+def _settled(send: Callable[[Batch], Sent], batch: Batch) -> Future[Sent]:
+    """`send(batch)`'s outcome, or its error, as a finished future `_commit` can read."""
+    future: Future[Sent] = Future()
+    try:
+        future.set_result(send(batch))
+    except CapiSyncError as exc:
+        future.set_exception(exc)
+    return future
 
 
 def _is_transient(rejection: Rejection) -> bool:

@@ -6,6 +6,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import carries_row, make_orders, meta_on_hold, start_run, wait_for, write_pipelines
 from tests.fake_graph import FakeGraph
 
@@ -84,3 +86,33 @@ def test_an_interrupt_never_commits_past_a_batch_still_in_flight(tmp_path: Path,
         assert store.load_cursor("purchases").value is None
         (run,) = store.list_runs("purchases")
     assert (run.status, run.events_sent) == ("interrupted", 0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_waits_for_the_workers_requests_on_the_wire_and_commits_them(
+    tmp_path: Path, graph: FakeGraph, sig: signal.Signals
+) -> None:
+    """With worker processes building and sending, Ctrl-C or SIGTERM must not abandon a request
+    Meta is still answering: it is awaited, and committed in order like the run's own."""
+    make_orders(tmp_path / "shop.duckdb", 2500)
+    write_pipelines(tmp_path, graph.url)
+    with meta_on_hold(graph, holds=lambda body: carries_row(body, 1)):
+        process = start_run(tmp_path, "--workers", "2")
+        wait_for(lambda: graph.arrived >= 1)  # the first block's request is on the wire, unanswered
+        process.send_signal(sig)
+        time.sleep(1.0)  # the run must still be waiting for it
+        assert process.poll() is None, process.communicate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+
+    from capi_sync.state import StateStore
+
+    first_block = {
+        event["event_id"] for r in graph.requests if carries_row(r.body, 1) for event in r.body["data"]
+    }
+    assert first_block <= {event["event_id"] for event in graph.accepted_events}
+    with StateStore(f"sqlite:///{tmp_path / '.capi-sync' / 'state.db'}") as store:
+        (run,) = store.list_runs("purchases")
+        assert store.load_cursor("purchases").value is not None
+    assert run.status == "interrupted"
+    assert run.events_sent >= len(first_block) == 1000
