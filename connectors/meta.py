@@ -192,8 +192,9 @@ class MetaClient:
                     headers=request.headers,
                     timeout=self._timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
-                response.content  # noqa: B018 -- read the answer inside the deadline
+                body = _read_capped(response)  # inside the deadline
             except requests.Timeout:
                 deadline.expired = True
             except requests.RequestException as exc:
@@ -202,7 +203,7 @@ class MetaClient:
         if deadline.expired:  # a cut answer may even look complete: it is not to be trusted
             msg = f"timed out: no complete answer within timeout: {self._timeout}s"
             raise MetaRetryableError(msg)
-        return self._result(response, request.event_count)
+        return self._result(response, body, request.event_count)
 
     def check(self) -> str:
         """A harmless read of the pixel: proves the token is valid and may use this pixel.
@@ -218,31 +219,28 @@ class MetaClient:
                     headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
                     timeout=self._timeout,
                     allow_redirects=False,
+                    stream=True,
                 )
-                response.content  # noqa: B018 -- read the answer inside the deadline
+                body = _read_capped(response)  # inside the deadline
         except requests.RequestException as exc:
             raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
-        try:
-            payload = orjson.loads(response.content) if response.content else {}
-        except orjson.JSONDecodeError:
-            payload = {}
+        payload = _json(body)
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
             return str(payload.get("name") or payload.get("id") or "")
-        raise self._error(response.status_code, payload, response.text, response.headers.get("location"))
+        raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
 
-    def _result(self, response: requests.Response, sent: int) -> SendResult:
-        try:
-            payload = orjson.loads(response.content) if response.content else {}
-        except orjson.JSONDecodeError:
-            payload = {}
+    def _result(self, response: requests.Response, body: bytes, sent: int) -> SendResult:
+        payload = _json(body)
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
             received = payload.get("events_received")
-            if received != sent:
-                msg = f"Meta acknowledged {received} of {sent} events"
-                raise MetaRetryableError(msg, status=200, fbtrace_id=payload.get("fbtrace_id"))
-            messages = tuple(str(message) for message in payload.get("messages") or ())
-            return SendResult(received, payload.get("fbtrace_id"), messages)
-        raise self._error(response.status_code, payload, response.text, response.headers.get("location"))
+            trace = _text_or_none(payload.get("fbtrace_id"), self._secrets)
+            if received != sent or isinstance(received, bool):
+                msg = self._scrub(f"Meta acknowledged {str(received)[:40]} of {sent} events")
+                raise MetaRetryableError(msg, status=200, fbtrace_id=trace)
+            listed = payload.get("messages")
+            messages = tuple(self._scrub(str(m)[:500]) for m in listed) if isinstance(listed, list) else ()
+            return SendResult(received, trace, messages)
+        raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
 
     def _error(self, status: int, payload: Any, text: str, location: str | None = None) -> MetaError:
         """Map an HTTP status and Graph error body to the exception that says what to do."""
@@ -259,15 +257,15 @@ class MetaClient:
         if not isinstance(error, dict):
             kind = MetaRetryableError if status >= 500 or status == 429 else MetaFatalError
             return kind(self._scrub(f"HTTP {status} from the Graph API: {text[:300]}"), status=status)
-        code = error.get("code")
+        code = _integer(error.get("code"))
         details = {
             "status": status,
             "code": code,
-            "subcode": error.get("error_subcode"),
-            "user_message": self._scrub(str(error.get("error_user_msg") or "")) or None,
-            "fbtrace_id": error.get("fbtrace_id"),
+            "subcode": _integer(error.get("error_subcode")),
+            "user_message": _text_or_none(error.get("error_user_msg"), self._secrets),
+            "fbtrace_id": _text_or_none(error.get("fbtrace_id"), self._secrets),
         }
-        message = self._scrub(str(error.get("message") or "unknown error"))
+        message = _text_or_none(error.get("message"), self._secrets) or "unknown error"
         described = f"Graph API error {code}: {message}"
         if details["user_message"]:
             described += f" ({details['user_message']})"
@@ -295,3 +293,53 @@ class MetaClient:
 
     def __repr__(self) -> str:
         return f"MetaClient(url={self.url!r}, access_token='********')"
+
+
+MAX_MESSAGE_CHARS = 1000  # of a text Meta (or whatever answers in its place) sends back: stored per row
+
+
+def _integer(value: Any) -> int | None:
+    """An error code as an int, whatever type the answer used; None when it is no number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _text_or_none(value: Any, secrets: tuple[str, ...]) -> str | None:
+    """A text from the answer, scrubbed and cut to `MAX_MESSAGE_CHARS`, or None when empty."""
+    if value is None or value == "":
+        return None
+    return scrub(str(value)[:MAX_MESSAGE_CHARS], secrets) or None
+
+
+MAX_ANSWER_BYTES = 1024 * 1024  # a Graph API answer is a few hundred bytes; more is not Meta talking
+
+
+def _read_capped(response: requests.Response) -> bytes:
+    """The answer's body, refusing to hold more than `MAX_ANSWER_BYTES` of it in memory."""
+    chunks, size = [], 0
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                msg = f"the Graph API's answer is larger than {MAX_ANSWER_BYTES:,} bytes: not Meta's"
+                raise MetaRetryableError(msg, status=response.status_code)
+            chunks.append(chunk)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return {}
+
+
+def _as_text(body: bytes) -> str:
+    return body[:2000].decode("utf-8", errors="replace")

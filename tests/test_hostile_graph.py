@@ -152,3 +152,36 @@ def test_a_token_echoed_inside_a_word_is_scrubbed_everywhere(
     assert "[redacted]" in printed.out
     database = (tmp_path / ".capi-sync" / "state.db").read_bytes()
     assert TOKEN.encode() not in database
+
+
+def test_an_endless_answer_is_cut_off_not_held_in_memory(graph: FakeGraph) -> None:
+    graph.script = lambda _n, _b: Raw(200, b"[" * (8 * 1024 * 1024), {"content-type": "application/json"})
+    client = MetaClient(graph.pixel_id, TOKEN, graph_url=graph.url, timeout=10)
+    with pytest.raises(MetaRetryableError, match="larger than"):
+        client.send([{"event_name": "x"}])
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"events_received": 1, "messages": 5, "fbtrace_id": {"x": 1}}',
+        b'{"error": {"code": "190", "message": ["x"], "fbtrace_id": 7, "error_user_msg": {"a": 1}}}',
+        b'{"error": {"code": {"nested": true}, "error_subcode": "abc"}}',
+        b'{"events_received": "1"}',
+        b"\\xff\\xfe not json",
+    ],
+)
+def test_malformed_answers_become_errors_never_crashes(graph: FakeGraph, answer: bytes) -> None:
+    from capi_sync.errors import MetaError
+
+    graph.script = lambda _n, _b: Raw(
+        400 if b"error" in answer else 200, answer, {"content-type": "application/json"}
+    )
+    client = MetaClient(graph.pixel_id, TOKEN, graph_url=graph.url, timeout=5)
+    if answer.startswith(b'{"events_received": 1,'):
+        assert client.send([{"event_name": "x"}]).events_received == 1
+        return
+    with pytest.raises(MetaError) as caught:
+        client.send([{"event_name": "x"}])
+    assert isinstance(caught.value.fbtrace_id, str | None)
+    assert isinstance(caught.value.code, int | None)
