@@ -525,6 +525,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError([f"not valid YAML: {exc}"], source=str(file)) from None
     except (UnicodeDecodeError, OSError) as exc:
         raise ConfigError([f"cannot read the file: {exc}"], source=str(file)) from None
+    except RecursionError:
+        raise ConfigError(["values are nested too deeply to read"], source=str(file)) from None
     if not isinstance(raw, dict):
         raise ConfigError(
             ["the file must be a mapping with warehouses, destinations and pipelines"],

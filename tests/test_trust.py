@@ -232,3 +232,9 @@ def test_rows_repeating_a_primary_key_are_counted_and_warned_about(
     assert cli("run", "purchases", "--workers", "1") == 0
     printed = capsys.readouterr()
     assert "warning: 2 row(s) repeat a primary key" in printed.err
+
+
+def test_a_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pipelines.yaml").write_text("warehouses: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert cli("validate", "--offline") == 2
+    assert "nested too deeply" in capsys.readouterr().err
