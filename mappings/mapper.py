@@ -589,8 +589,18 @@ class _Memo:
 
 def _join_key(values: tuple[Any, ...]) -> str:
     if len(values) == 1:  # the usual single-column key, without a generator per row
-        return "" if (value := values[0]) is None else str(value)
-    return "|".join("" if value is None else str(value) for value in values)
+        key = "" if (value := values[0]) is None else str(value)
+    else:
+        key = "|".join("" if value is None else str(value) for value in values)
+    return key if len(key) <= MAX_ROW_KEY_CHARS else _shortened(key)
+
+
+MAX_ROW_KEY_CHARS = 300  # the state store keeps row keys in columns of 500 characters
+
+
+def _shortened(key: str) -> str:
+    """A key too long to store, as its start and a digest of the whole: still one per row."""
+    return f"{key[:200]}...{sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:40]}"
 
 
 def _is_empty(value: Any) -> bool:

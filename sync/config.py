@@ -239,7 +239,7 @@ class PipelineConfig(BaseModel):
     """One query, one mapping, one destination."""
 
     model_config = _FROZEN
-    name: str
+    name: str = Field(max_length=150)  # the state store keeps it (and backfill names) in 200 characters
     warehouse: str
     destination: str
     query: str

@@ -196,3 +196,13 @@ def test_properties_json_lacks_are_sent_as_json_can_carry_them() -> None:
     custom = body["data"][0]["custom_data"]
     assert custom["tier"] == str(2**70)
     assert custom["nested"]["n"] is None
+
+
+def test_a_primary_key_too_long_to_store_is_shortened_but_stays_unique() -> None:
+    first = MAPPERS["default"].map_row(_valid_row(id="k" * 10_000 + "1"))
+    second = MAPPERS["default"].map_row(_valid_row(id="k" * 10_000 + "2"))
+    assert len(first.row_key) <= 300
+    assert first.row_key != second.row_key
+    assert first.event is not None
+    assert second.event is not None
+    assert first.event["event_id"] != second.event["event_id"]
