@@ -199,7 +199,8 @@ class SyncSettings(BaseModel):
     strong_match_key_required: bool = False
     hash_external_id: bool = True  # false: send external_id as is (it must match the pixel's)
     batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
-    transient_retry_cap: int = Field(3, ge=0)  # runs that retry rows Meta could not take; then kept
+    # No longer used (pending rows are retried until delivered or too old); accepted so older files load.
+    transient_retry_cap: int = Field(3, ge=0)
     max_in_flight: int = Field(4, ge=1, le=32)  # concurrent requests; the cursor still commits in order
     standard_event_names: bool = False  # purchase, begin_checkout, "product added" -> Meta's names
     event_names: dict[str, str] = {}  # your own renames, e.g. {checkout_done: Purchase}

@@ -262,6 +262,11 @@ def run_pipeline(
         if options.retry_only:
             run.retry_rejected(transient_only=not options.retry_data_rejections)
         else:
+            if "transient_retry_cap" in pipeline.settings.model_fields_set:
+                report.notes.append(
+                    "settings.transient_retry_cap is no longer used: pending rows are retried by every"
+                    " run until delivered or too old for Meta; remove it"
+                )
             if not options.dry_run:  # rows Meta could not take before go first, every run
                 run.retry_rejected(transient_only=True)
             run.incremental()
