@@ -40,7 +40,7 @@ from capi_sync.errors import (
 )
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_problems, setup_stage
-from capi_sync.secrets import scrub
+from capi_sync.secrets import ScrubbingFilter, scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
@@ -245,6 +245,8 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     Runs in the foreground and logs one line per run; meant for systemd, a container or tmux.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ScrubbingFilter())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
 

@@ -12,6 +12,7 @@ it stands alone. Real tokens and passwords are far longer.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from functools import lru_cache
@@ -45,6 +46,15 @@ def scrub(text: str, secrets: Iterable[str] | None = None) -> str:
     if not every or not text:
         return text
     return _pattern(every).sub(REDACTED, text)
+
+
+class ScrubbingFilter(logging.Filter):
+    """For a log handler: each record leaves with the secrets scrubbed out of its final text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        return True
 
 
 def scrub_any(value: Any) -> Any:

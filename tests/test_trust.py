@@ -238,3 +238,23 @@ def test_a_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path, capsys: pyte
     (tmp_path / "pipelines.yaml").write_text("warehouses: " + "[" * 5000 + "]" * 5000 + "\n")
     assert cli("validate", "--offline") == 2
     assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_scheduler_logs_are_scrubbed_too() -> None:
+    import io
+    import logging
+
+    from capi_sync import secrets
+
+    secrets.register([TOKEN])
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.addFilter(secrets.ScrubbingFilter())
+    log = logging.getLogger("capi_sync.test_scrub")
+    log.addHandler(handler)
+    try:
+        log.error("%s: Graph API said x%sx", "purchases", TOKEN)
+    finally:
+        log.removeHandler(handler)
+    assert TOKEN not in written.getvalue()
+    assert "x[redacted]x" in written.getvalue()
