@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -96,9 +97,17 @@ def test_an_interrupt_waits_for_the_workers_requests_on_the_wire_and_commits_the
     Meta is still answering: it is awaited, and committed in order like the run's own."""
     make_orders(tmp_path / "shop.duckdb", 2500)
     write_pipelines(tmp_path, graph.url)
-    with meta_on_hold(graph, holds=lambda body: carries_row(body, 1)):
+    held = threading.Event()
+
+    def first_block(body: dict) -> bool:
+        if carries_row(body, 1):
+            held.set()
+            return True
+        return False
+
+    with meta_on_hold(graph, holds=first_block):
         process = start_run(tmp_path, "--workers", "2")
-        wait_for(lambda: graph.arrived >= 1)  # the first block's request is on the wire, unanswered
+        assert held.wait(60)  # the first block's request is on the wire, unanswered
         process.send_signal(sig)
         time.sleep(1.0)  # the run must still be waiting for it
         assert process.poll() is None, process.communicate()
