@@ -45,7 +45,7 @@ from capi_sync.mappings.spec import GROUPS, column_of
 from capi_sync.mappings.validate import Problem, max_age_seconds
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
-from capi_sync.state import BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
+from capi_sync.state import AGED_OUT_REASON, BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 from capi_sync.windows import (
     CursorClock,
     coerce_cursor,
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[RunReport], None]
 TRANSIENT_RULE = "meta_unavailable"  # rows Meta could not take (retry budget spent): pending, retried
-AGED_OUT_RULE = "aged_out"  # a pending row that grew too old for Meta before it could be delivered
+AGED_OUT_RULE = AGED_OUT_REASON["rule"]  # a pending row that grew too old for Meta to be delivered
 RETRY_KEYS_PER_QUERY = 500
 KEYS_TRACKED = 200_000  # primary keys per run checked for repeats (see `_count_repeated_keys`)
 
@@ -796,8 +796,7 @@ def _is_transient(rejection: Rejection) -> bool:
 def _rejected_row(rejection: Rejection, *, lost: bool = False) -> RejectedRow:
     reasons = [_problem_dict(p) for p in rejection.problems]
     if lost:
-        detail = "Meta could not take it while it was young enough; it aged out and was never delivered"
-        reasons.insert(0, {"field": "event", "rule": AGED_OUT_RULE, "detail": detail})
+        reasons.insert(0, AGED_OUT_REASON)
     return RejectedRow(rejection.row_key, reasons, rejection.key_values, _is_transient(rejection))
 
 

@@ -33,6 +33,12 @@ SCHEMA_VERSION = 3
 P = ParamSpec("P")
 R = TypeVar("R")
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
+# The first reason of a pending row that grew too old for Meta before it could be delivered.
+AGED_OUT_REASON = {
+    "field": "event",
+    "rule": "aged_out",
+    "detail": "Meta could not take it while it was young enough; it aged out and was never delivered",
+}
 HEARTBEAT_EVERY = dt.timedelta(seconds=30)
 
 metadata = sa.MetaData()
@@ -463,11 +469,10 @@ class StateStore:
         query = sa.select(rejected.c.row_key, rejected.c.reasons).where(
             rejected.c.pipeline == pipeline, rejected.c.transient, rejected.c.first_seen < cutoff
         )
-        detail = "Meta could not take it while it was young enough; it aged out and was never delivered"
         with self.engine.begin() as conn:
             expired = list(conn.execute(query))
             for row_key, reasons in expired:
-                marked = [{"field": "event", "rule": "aged_out", "detail": detail}, *orjson.loads(reasons)]
+                marked = [AGED_OUT_REASON, *orjson.loads(reasons)]
                 conn.execute(
                     rejected.update()
                     .where(rejected.c.pipeline == pipeline, rejected.c.row_key == row_key)
