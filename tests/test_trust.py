@@ -220,9 +220,17 @@ def test_a_secret_in_a_constant_query_or_template_is_a_config_error(
     assert graph.requests == []
 
 
+@pytest.mark.parametrize("remembered", [50_000, 0])  # 0: repeats at one cursor value still count
 def test_rows_repeating_a_primary_key_are_counted_and_warned_about(
-    project: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str]
+    project: Path,
+    graph: FakeGraph,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    remembered: int,
 ) -> None:
+    from capi_sync import runner
+
+    monkeypatch.setattr(runner, "KEYS_TRACKED", remembered)
     with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
         con.execute("create table copy as select * from orders")  # the same table without its key
         con.execute("drop table orders")
@@ -234,7 +242,9 @@ def test_rows_repeating_a_primary_key_are_counted_and_warned_about(
     assert "warning: 2 row(s) repeat a primary key" in printed.err
 
 
-def test_a_yaml_nested_too_deeply_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_yaml_nested_too_deeply_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "pipelines.yaml").write_text("warehouses: " + "[" * 5000 + "]" * 5000 + "\n")
     assert cli("validate", "--offline") == 2
     assert "nested too deeply" in capsys.readouterr().err
