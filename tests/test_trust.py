@@ -79,6 +79,21 @@ def test_a_fatal_error_comes_first_and_the_figures_agree_with_runs(
     assert f"+ {rejected:,} rejected + {pending:,} pending + {skipped:,} skipped" in summary
     assert "match quality" not in printed.out or f"({sent:,} events)" in printed.out
 
+    # As a terminal or a log shows it, both streams in one: the reason is the first line.
+    import subprocess
+
+    merged = subprocess.run(
+        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--workers", "1"],
+        cwd=project.parent,
+        env={**__import__("os").environ, "FB_ACCESS_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    assert merged.returncode == 1
+    assert merged.stdout.startswith("error: Graph API error 190"), merged.stdout[:300]
+
 
 def test_printed_values_are_never_taken_for_markup(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with duckdb.connect(str(project.parent / "shop.duckdb")) as con:
