@@ -4,8 +4,11 @@ exit codes that say config (2) or run (1), and no traceback, whatever the input.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -20,6 +23,18 @@ def project(tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
     make_orders(tmp_path / "shop.duckdb", 2500)
     return write_pipelines(tmp_path, graph.url)
+
+
+def run_process(project: Path, **popen: Any) -> subprocess.Popen[str]:
+    """`capi-sync run purchases --workers 1` as a real process, as cron or a terminal starts it."""
+    options: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--workers", "1"],
+        cwd=project.parent,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
+        text=True,
+        **options,
+    )
 
 
 def store_of(project: Path) -> StateStore:
@@ -80,19 +95,10 @@ def test_a_fatal_error_comes_first_and_the_figures_agree_with_runs(
     assert "match quality" not in printed.out or f"({sent:,} events)" in printed.out
 
     # As a terminal or a log shows it, both streams in one: the reason is the first line.
-    import subprocess
-
-    merged = subprocess.run(
-        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--workers", "1"],
-        cwd=project.parent,
-        env={**__import__("os").environ, "FB_ACCESS_TOKEN": TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-    )
+    merged = run_process(project, stderr=subprocess.STDOUT)
+    out, _ = merged.communicate(timeout=120)
     assert merged.returncode == 1
-    assert merged.stdout.startswith("error: Graph API error 190"), merged.stdout[:300]
+    assert out.startswith("error: Graph API error 190"), out[:300]
 
 
 def test_printed_values_are_never_taken_for_markup(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,7 +159,6 @@ def test_a_full_disk_during_a_state_write_fails_the_run_and_never_leaves_it_runn
     project: Path, graph: FakeGraph
 ) -> None:
     import resource
-    import subprocess
 
     assert cli("run", "purchases", "--limit", "10") == 0
     make_orders(project.parent / "shop.duckdb", 20000, start_id=100_000, minutes_ago=300)
@@ -163,15 +168,7 @@ def test_a_full_disk_during_a_state_write_fails_the_run_and_never_leaves_it_runn
     def small_disk() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", "--workers", "1"],
-        cwd=project.parent,
-        env={**__import__("os").environ, "FB_ACCESS_TOKEN": TOKEN},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=small_disk,  # noqa: PLW1509 -- the limit must hold before the run opens any file
-    )
+    process = run_process(project, preexec_fn=small_disk)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1, err
     assert "state store" in err
