@@ -679,7 +679,9 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
     if output is not None:
         out.print(f"events written to {output}")
     if report.rejected_by_rule:
-        out.print("rejected and pending rows by reason:" if report.rows_pending else "rejected rows by reason:")
+        out.print(
+            "rejected and pending rows by reason:" if report.rows_pending else "rejected rows by reason:"
+        )
         for (field, rule), count in report.rejected_by_rule.most_common():
             out.print(f"  {count:>8,}  {field}: {rule}")
         out.print("first rejected rows:")
