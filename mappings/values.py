@@ -153,8 +153,8 @@ def redact(value: Any) -> str:
     if not text:
         return "''"
     local, at, domain = text.partition("@")
-    if at:
-        return f"{local[:1]}***@{domain}"
+    if at:  # the domain helps to see why (a typo, a test domain); a long one is cut
+        return f"{local[:1]}***@{domain if len(domain) <= 64 else domain[:61] + '...'}"
     if len(text) <= 4:
         return "***"
     return f"{text[:1]}***{text[-1:]}"

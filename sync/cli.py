@@ -81,6 +81,12 @@ class RunFailed(click.ClickException):
         pass
 
 
+class SetupFailed(RunFailed):
+    """A report (`check`) found configuration or setup problems: exit 2, as any command would."""
+
+    exit_code = ExitCode.USAGE
+
+
 def project_options(fn: F) -> F:
     """`-f FILE` and `--state URL`, declared once for every command that reads pipelines."""
     fn = click.option(
@@ -281,7 +287,7 @@ def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
     table = Table(title="capi-sync check", show_lines=False)
     for column in ("pipeline", "check", "result"):
         table.add_column(column, overflow="fold")
-    failed = False
+    failed = setup_failed = False
     pixels: dict[str, tuple[bool, str]] = {}
     for config in pipelines:
         rows: list[tuple[str, bool, str]] = []
@@ -307,9 +313,12 @@ def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
             rows.append((f"destination {config.destination}", ok, message))
         for label, ok, message in rows:
             failed |= not ok
+            setup_failed |= not ok and not label.startswith("destination")
             mark = ("ok", "green") if ok else ("FAILED", "red")
             table.add_row(config.name, label, styled(mark, " " + _scrub(message, secrets)))
     out.print(table)
+    if setup_failed:  # a warehouse, query or mapping: configuration or setup, as everywhere
+        raise SetupFailed("check failed")
     if failed:
         raise RunFailed("check failed")
 

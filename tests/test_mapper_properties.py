@@ -206,3 +206,10 @@ def test_a_primary_key_too_long_to_store_is_shortened_but_stays_unique() -> None
     assert first.event is not None
     assert second.event is not None
     assert first.event["event_id"] != second.event["event_id"]
+
+
+def test_a_dropped_value_is_shown_short_however_long_it_was() -> None:
+    result = MAPPERS["default"].map_row(_valid_row(user={"email": "a@" + "x" * 1_000_000}))
+    shown = [p.value for p in result.problems if p.field == "customer_info.em"]
+    assert shown
+    assert all(value is not None and len(value) < 100 for value in shown)

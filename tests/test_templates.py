@@ -77,7 +77,7 @@ def test_check_names_what_failed_without_leaking_secrets(
 
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
     path.write_text(path.read_text().replace("select * from orders", "select * from missing_table"))
-    assert cli("check") == 1
+    assert cli("check") == 2, "a query that does not compile is setup: exit 2, as from every command"
     out = capsys.readouterr().out
     assert "missing_table" in out
     assert "Test pixel" in out, "the Graph API check still runs and passes"
