@@ -109,6 +109,8 @@ class FakeGraph:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                if self.path.startswith("http"):  # asked as a proxy: absolute-form request line
+                    self.path = "/" + self.path.split("/", 3)[3]
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}

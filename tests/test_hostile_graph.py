@@ -109,6 +109,22 @@ def test_timeout_bounds_the_whole_request_against_a_trickling_server(graph: Fake
     assert time.monotonic() - started < 3  # each byte came within the read timeout: 9 s in all
 
 
+def test_the_deadline_holds_through_an_http_proxy(graph: FakeGraph) -> None:
+    import requests
+
+    answer = b'{"events_received": 1, "messages": [], "fbtrace_id": "slow"}'
+    graph.script = lambda _n, _b: Raw(200, answer, {"content-type": "application/json"}, trickle=0.05)
+    session = requests.Session()
+    session.trust_env = False  # this proxy and no other, whatever NO_PROXY says
+    session.proxies = {"http": graph.url}
+    client = MetaClient(graph.pixel_id, TOKEN, graph_url="http://graph.invalid", timeout=1.0, session=session)
+    started = time.monotonic()
+    with pytest.raises(MetaRetryableError, match="timed out"):
+        client.send([{"event_name": "x"}])
+    assert time.monotonic() - started < 3
+    assert graph.requests, "the request went through the proxy"
+
+
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_is_never_followed_with_events(graph: FakeGraph, status: int) -> None:
     with FakeGraph(token=TOKEN) as elsewhere:
