@@ -633,7 +633,7 @@ def _contents(value: Any) -> list[dict[str, Any]]:
         content: dict[str, Any] = {"id": product if product.__class__ is str else str(product)}
         if (quantity := item.get("quantity")) is not None:
             # An int is the usual quantity; `to_int` refuses the rest, booleans included.
-            content["quantity"] = quantity if quantity.__class__ is int else values.to_int(quantity)
+            content["quantity"] = values.to_int(quantity)
         if (price := item.get("item_price")) is not None:
             content["item_price"] = values.to_float(price)
         if (category := item.get("delivery_category")) is not None:

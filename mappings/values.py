@@ -71,9 +71,16 @@ def to_float(value: Any) -> float:
 
 
 def to_int(value: Any) -> int:
-    number = to_float(value)
-    if not number.is_integer():
-        raise InvalidValue("not_an_integer")
+    """An integer JSON can carry (64 bits): 2.0 and "3" are integers, 1e30 is out of range."""
+    if value.__class__ is int:
+        number: float | int = value
+    else:
+        number = to_float(value)
+        if not number.is_integer():
+            raise InvalidValue("not_an_integer")
+        number = int(number)
+    if not _INT64_MIN <= number <= _UINT64_MAX:
+        raise InvalidValue("integer_out_of_range")
     return int(number)
 
 

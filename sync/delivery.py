@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from capi_sync.connectors.retry import call_with_retry
-from capi_sync.errors import MetaRequestError, MetaRetryableError, MetaTooLargeError
+from capi_sync.errors import EventNotSerializable, MetaRequestError, MetaRetryableError, MetaTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from capi_sync.connectors.meta import MetaClient
+    from capi_sync.connectors.meta import MetaClient, PreparedRequest
     from capi_sync.connectors.retry import RetryPolicy, StopSignal
     from capi_sync.errors import MetaError
 
@@ -62,6 +64,20 @@ class Sender:
         except MetaRetryableError as exc:
             return Sent(retries=retries, transient=exc)
 
+    def _prepare(self, events: Sequence[Any]) -> PreparedRequest:
+        """The request's bytes, refused here when JSON cannot carry an event or it is too large."""
+        try:
+            request = self.client.prepare(events)
+        except TypeError as exc:  # orjson's JSONEncodeError: a value out of JSON's range
+            raise EventNotSerializable(f"unserializable_event: {exc}") from None
+        if len(request.body) > self.client.max_request_bytes:
+            raise MetaTooLargeError(
+                f"event_too_large: {len(request.body):,} bytes, over max_request_bytes"
+                f" ({self.client.max_request_bytes:,})",
+                status=413,
+            )
+        return request
+
     def _deliver(
         self, events: Sequence[Any], on_retry: Any, offset: int, *, whole: bool = False
     ) -> list[tuple[int, MetaRequestError]]:
@@ -70,15 +86,8 @@ class Sender:
         Only the whole batch, each of its events refused on its own, says the request itself is
         wrong (the pixel, the test code): any smaller set of refused events is a set of bad rows.
         """
-        request = self.client.prepare(events)
-        too_large = len(request.body) > self.client.max_request_bytes
         try:
-            if too_large:
-                raise MetaTooLargeError(
-                    f"event_too_large: {len(request.body):,} bytes, over max_request_bytes"
-                    f" ({self.client.max_request_bytes:,})",
-                    status=413,
-                )
+            request = self._prepare(events)
             if not self.dry_run:
                 call_with_retry(
                     lambda: self.client.send(request), self.retry, on_retry=on_retry, stop=self.stop
@@ -91,14 +100,29 @@ class Sender:
             middle = len(events) // 2
             refused = self._deliver(events[:middle], on_retry, offset)
             refused += self._deliver(events[middle:], on_retry, offset + middle)
-            if whole and len(refused) == len(events) and not isinstance(exc, MetaTooLargeError):
+            if whole and len(refused) == len(events) and not isinstance(exc, _REFUSED_HERE):
                 raise  # every event refused alone: the request itself is wrong, not the rows
             return refused
         return []
 
 
+def event_lines(events: Sequence[Any]) -> bytes:
+    """`--output`'s JSON lines: each event as Meta would receive it (one JSON cannot carry is not)."""
+    lines = []
+    for event in events:
+        try:
+            lines.append(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+        except TypeError:
+            continue  # refused as unserializable_event by the send beside it
+    return b"".join(lines)
+
+
+_REFUSED_HERE = (MetaTooLargeError, EventNotSerializable)  # per event, so never "the request is wrong"
+
+
 def _splittable(error: MetaRequestError) -> bool:
-    """Too large, or an invalid parameter in some event (not a wrong pixel): halving isolates it."""
-    if isinstance(error, MetaTooLargeError):
+    """Too large, unserializable, or an invalid parameter in some event (not a wrong pixel):
+    halving isolates it."""
+    if isinstance(error, _REFUSED_HERE):
         return True
     return error.code == INVALID_PARAMETER and error.subcode != OBJECT_NOT_FOUND

@@ -14,7 +14,8 @@
             ├── MetaAuthError        code 190: the token is invalid or expired
             ├── MetaPermissionError  codes 3, 10, 200-299
             ├── MetaRequestError     code 100 and other 4xx: the batch itself is invalid
-            │   └── MetaTooLargeError  HTTP 413: split the batch; one event too large is rejected
+            │   ├── MetaTooLargeError  HTTP 413: split the batch; one event too large is rejected
+            │   └── EventNotSerializable  an event JSON cannot carry: split; that event is rejected
 
 A row that cannot become an event is not an exception: the mapper returns a `Rejection`.
 """
@@ -121,3 +122,12 @@ class MetaRequestError(MetaFatalError):
 
 class MetaTooLargeError(MetaRequestError):
     """HTTP 413, or a request over `max_request_bytes`: split it; an event too large alone is rejected."""
+
+    rule = "event_too_large"
+
+
+class EventNotSerializable(MetaRequestError):
+    """A value JSON cannot carry reached an event (the mapper should have refused it): split the
+    request; the event alone is rejected, never sent, and the run goes on."""
+
+    rule = "unserializable_event"

@@ -37,10 +37,8 @@ from multiprocessing.connection import wait
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from capi_sync.building import mapper_for, quiet_gc
-from capi_sync.delivery import Sender, Sent
+from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import CapiSyncError, WorkerError
 
 if TYPE_CHECKING:
@@ -259,8 +257,7 @@ def _build(mapper: EventMapper, rows: list[tuple[Any, ...]]) -> tuple[Settled, l
 
 def _dry_run(sender: Sender, delivery: Delivery, settled: Settled, events: list[Any]) -> tuple[Any, ...]:
     sent = sender.send(events)  # the exact requests, built and dropped
-    dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-    lines = b"".join(dumps(event, option=newline) for event in events) if delivery.keep_lines else b""
+    lines = event_lines(events) if delivery.keep_lines else b""
     return settled, sent, None, lines
 
 

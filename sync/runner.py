@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-import orjson
-
 from capi_sync.batching import Batch
 from capi_sync.building import make_client, mapper_for, quiet_gc
 from capi_sync.connectors import Source, Window, open_source
-from capi_sync.delivery import Sender, Sent
+from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
     CapiSyncError,
     ConfigError,
+    EventNotSerializable,
     MetaError,
     MetaRetryableError,
     MetaTooLargeError,
@@ -676,7 +675,7 @@ class _Run:
                 self.output.write(built.lines)
             return built.sent
         if self.options.dry_run and self.output is not None:
-            self.output.writelines(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in batch.events)
+            self.output.write(event_lines(batch.events))
         return self.sender.send(batch.events)  # in a dry run: the exact requests, built and dropped
 
     def _commit(self, batch: Batch, sent: Future[Sent]) -> None:
@@ -779,8 +778,8 @@ class _Run:
         )
         if isinstance(error, MetaRetryableError):
             rule = TRANSIENT_RULE
-        elif isinstance(error, MetaTooLargeError):
-            rule = "event_too_large"
+        elif isinstance(error, MetaTooLargeError | EventNotSerializable):
+            rule = error.rule
         detail = error.user_message or str(error)
         if error.fbtrace_id:
             detail += f" (fbtrace_id {error.fbtrace_id})"

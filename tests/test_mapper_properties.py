@@ -146,6 +146,7 @@ CRASHED_BEFORE = {  # the values that crashed runs before (issue 24, items 7 to 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.tuples(*[_column_values(column) for column in COLUMNS]), st.sampled_from(sorted(MAPPERS)))
+@example(_valid_row(items='[{"id": 1, "quantity": 1e30}]'), "default")  # found by this test in CI
 @example(_valid_row(phone=CRASHED_BEFORE["phone"]), "default")
 @example(_valid_row(consent=CRASHED_BEFORE["consent"]), "default")
 @example(_valid_row(user=CRASHED_BEFORE["user"]), "default")
@@ -213,3 +214,28 @@ def test_a_dropped_value_is_shown_short_however_long_it_was() -> None:
     shown = [p.value for p in result.problems if p.field == "customer_info.em"]
     assert shown
     assert all(value is not None and len(value) < 100 for value in shown)
+
+
+@pytest.mark.parametrize("quantity", ["1e30", str(2**70), "-1e25"])
+def test_integers_json_cannot_carry_are_dropped_not_sent(quantity: str) -> None:
+    """Found by the property test against the compiled build: orjson refuses ints past 64 bits,
+    and the request would have failed to serialize, stopping the run."""
+    result = MAPPERS["default"].map_row(_valid_row(items=f'[{{"id": 1, "quantity": {quantity}}}]'))
+    assert result.event is not None
+    assert "contents" not in result.event.get("custom_data", {})
+    assert ("custom_data.contents", "integer_out_of_range") in {(p.field, p.rule) for p in result.problems}
+    check(result)
+
+
+def test_an_event_json_cannot_carry_is_refused_alone_and_the_batch_goes_on() -> None:
+    from capi_sync.connectors.retry import RetryPolicy
+    from capi_sync.delivery import Sender
+    from tests.fake_graph import FakeGraph
+
+    good = {"event_name": "Lead", "event_time": 1, "action_source": "website", "user_data": {"fbp": "x"}}
+    bad = {**good, "custom_data": {"n": 2**70}}
+    with FakeGraph(token="t") as graph:
+        client = MetaClient(graph.pixel_id, "t", graph_url=graph.url, timeout=5)
+        sent = Sender(client, RetryPolicy(), None).send([good, bad, good])
+    assert [(index, error.rule) for index, error in sent.refused] == [(1, "unserializable_event")]
+    assert len(graph.accepted_events) == 2
