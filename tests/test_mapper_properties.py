@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -144,7 +145,14 @@ CRASHED_BEFORE = {  # the values that crashed runs before (issue 24, items 7 to 
 }
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Under CI the same 400 examples every run, so a landing never hangs on chance; run it locally
+# (without CI set) for fresh ones: that is how the 64-bit contents quantity was found.
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
 @given(st.tuples(*[_column_values(column) for column in COLUMNS]), st.sampled_from(sorted(MAPPERS)))
 @example(_valid_row(items='[{"id": 1, "quantity": 1e30}]'), "default")  # found by this test in CI
 @example(_valid_row(phone=CRASHED_BEFORE["phone"]), "default")
