@@ -74,6 +74,7 @@ class MapperOptions:
     action_source: str | None = None
     hashing_required: bool = True
     default_phone_region: str | None = None
+    date_order: str | None = None  # mdy | dmy | ymd: how ambiguous birth dates read; None: as documented
     strong_match_key_required: bool = False
     hash_external_id: bool = True
     timezone: str = "UTC"
@@ -144,6 +145,8 @@ class EventMapper:
             self._normalizers["external_id"] = normalize.plain  # sent as the pixel sends it
         if "ph" in self._user:
             self._normalizers["ph"] = partial(normalize.phone, default_region=options.default_phone_region)
+        if "db" in self._user:
+            self._normalizers["db"] = partial(normalize.birth_date, date_order=options.date_order)
         # Per key, a fast path for the common case (one text value), resolved once, not per row.
         self._user_plan: list[tuple[str, Getter, _TextPath | None]] = []
         for index, (key, getter) in enumerate(self._ordered_user):
@@ -348,7 +351,7 @@ class EventMapper:
         by_country = key in normalize.READS_COUNTRY
 
         def uncached(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
-            text = raw.strip()
+            text = raw.strip(normalize.TRIMMED)
             if not text:
                 return None
             if hashed and len(text) == 64 and is_sha256_hex(text):
@@ -404,7 +407,7 @@ class EventMapper:
         for item in items:
             if item is None or _is_empty(item):
                 continue
-            text = item.strip() if isinstance(item, str) else None
+            text = item.strip(normalize.TRIMMED) if isinstance(item, str) else None
             if key in self._hashed and text is not None and is_sha256_hex(text):
                 sent.append(text.lower())  # already hashed upstream: never hash twice
                 continue
@@ -604,7 +607,7 @@ def _shortened(key: str) -> str:
 
 
 def _is_empty(value: Any) -> bool:
-    return isinstance(value, str) and not value.strip()
+    return isinstance(value, str) and normalize.is_blank(value)
 
 
 def _text_or_none(value: Any) -> str | None:

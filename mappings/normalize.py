@@ -32,15 +32,39 @@ class InvalidValue(ValueError):
 
 Normalizer = Callable[[Any, "str | None"], str]
 
+# Trimmed from both ends of every value: the whitespace Python's `str.strip()` removes (tabs,
+# newlines, no-break and ideographic spaces ...), plus the zero-width space and the byte-order mark
+# that spreadsheet exports leave behind. The pushdown SQL trims exactly this set too.
+TRIMMED: Final = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\u200b\ufeff"
+)
+
 
 def _text(value: Any) -> str:
-    """NFC so that a decomposed `é` (e + accent) hashes like the composed one the pixel sends.
+    """The value as trimmed text, NFKC-folded: compatibility forms (fullwidth `Ｊｏｈｎ`, ligatures,
+    circled or superscript digits, no-break spaces) become the plain characters Meta hashes, and a
+    decomposed `é` (e + accent) becomes the composed one the pixel sends.
 
     BLOB bytes are read as UTF-8 (else `invalid_utf8`), never as Python's `b'...'` repr.
     """
     if value.__class__ is not str:
         value = decode_utf8(value) if isinstance(value, bytes | bytearray | memoryview) else str(value)
-    return unicodedata.normalize("NFC", value).strip()
+    if value.isascii():
+        return value.strip(TRIMMED)
+    return unicodedata.normalize("NFKC", value).strip(TRIMMED)
+
+
+def _opaque_text(value: Any) -> str:
+    """Ids are opaque: trimmed and NFC only, so they hash like the id the pixel sends."""
+    if value.__class__ is not str:
+        value = decode_utf8(value) if isinstance(value, bytes | bytearray | memoryview) else str(value)
+    return unicodedata.normalize("NFC", value).strip(TRIMMED)
+
+
+def is_blank(text: str) -> bool:
+    """Nothing but trimmed characters: the value is absent, not invalid."""
+    return not text.strip(TRIMMED)
 
 
 def decode_utf8(value: bytes | bytearray | memoryview) -> str:
@@ -51,40 +75,82 @@ def decode_utf8(value: bytes | bytearray | memoryview) -> str:
 
 
 def _ascii_digits(text: str) -> str:
-    """Digits of any script as ASCII digits, after NFKC (`①` -> `1`, fullwidth `５` -> `5`).
-
-    The keys made of digits (phone, zip, birth date, numeric ids) read them so: a digit is a
-    digit whatever its script, and Meta hashes ASCII. Other characters are left for the key's rules.
+    """Decimal digits of any script as ASCII digits (Arabic-Indic `١` -> `1`; NFKC in `_text`
+    already made `①` and fullwidth `５` plain). A digit is a digit whatever its script, and Meta
+    hashes ASCII. Other characters are left for the key's rules.
     """
     if text.isascii():
         return text
-    folded = unicodedata.normalize("NFKC", text)
-    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in folded)
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in text)
+
+
+# Variation selectors and the grapheme joiner are marks (category Mn) that only change how the
+# character before them is drawn (`❤️` is U+2764 U+FE0F): never part of a name.
+_NOT_LETTER_MARKS: Final = frozenset(
+    [chr(code) for code in range(0xFE00, 0xFE10)]
+    + [chr(code) for code in range(0xE0100, 0xE01F0)]
+    + ["\u034f", "\u180b", "\u180c", "\u180d", "\u180f"]
+)
+_ASCII_NON_LETTERS: Final = {code: None for code in range(128) if not chr(code).isalpha()}
 
 
 def _letters(text: str) -> str:
-    """Lowercase letters (any script) and their accents only; no spaces, digits or punctuation."""
-    return "".join(ch for ch in text.lower() if ch.isalpha() or unicodedata.category(ch) == "Mn")
+    """Lowercase letters of any script, with the marks that belong to them (accents, the vowel
+    signs of Indic scripts); no spaces, digits, punctuation, symbols, emoji or selectors."""
+    lowered = text.lower()
+    if lowered.isascii():
+        return lowered.translate(_ASCII_NON_LETTERS)
+    kept: list[str] = []
+    after_letter = False
+    for ch in lowered:
+        if ch.isalpha():
+            kept.append(ch)
+            after_letter = True
+        elif after_letter and unicodedata.category(ch) in ("Mn", "Mc") and ch not in _NOT_LETTER_MARKS:
+            kept.append(ch)
+        else:
+            after_letter = False
+    return "".join(kept)
+
+
+def fold_accents(text: str) -> str:
+    """`québec` -> `quebec`: for looking names up in tables, never for what is hashed."""
+    if text.isascii():
+        return text
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
 
 
 def email(value: Any, country: str | None) -> str:
-    """Trim, lowercase; must be local@domain.tld with no spaces."""
+    """Trim, lowercase; must be local@domain.tld with no whitespace, control or invisible character."""
     text = _text(value).lower()
     local, at, domain = text.rpartition("@")
-    if not at or not local or "." not in domain.strip(".") or " " in text or "@" in local:
+    if not at or not local or "@" in local or "." not in domain.strip("."):
+        raise InvalidValue("invalid_email")
+    if " " in text or not text.isprintable():  # isprintable: no Cc, Cf, Zs/Zl/Zp but space, ...
         raise InvalidValue("invalid_email")
     return text
 
 
 def phone(value: Any, country: str | None, *, default_region: str | None = None) -> str:
-    """Digits with the country code: `+`/`00` numbers as given, national ones via the row's region.
+    """Digits with the country code, or dropped: never digits the writer did not mean.
 
-    The region is the row's country, else the pipeline's `default_phone_region`; with neither, only a
-    number that is valid as written with its country code is accepted.
+    - `+` or `00` numbers: sent when valid with their country code, digits unchanged (symbols,
+      letters and the leading zeros of the international prefix go, and a trunk zero written
+      `(0)`, nothing else).
+    - national numbers: the row's country, else the pipeline's `default_phone_region`, says whose
+      rules read them (libphonenumber adds the country code and drops the trunk prefix); a number
+      that is not valid there may still be one written with its country code and no `+`.
+    - neither a `+`/`00` nor a region: sent only when the digits as written are a valid number
+      with its country code; else `phone_without_country_code`.
+    An extension (`ext. 123`, `x123`, `#123`, `;ext=123`) is not part of the number: it is cut.
     """
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # spreadsheets turn phone numbers into floats
     text = _ascii_digits(_text(value))
+    if ("x" in text or "X" in text or "#" in text) and (extension := _EXTENSION.search(text)):
+        text = text[: extension.start()].rstrip(TRIMMED)
+    if "(0)" in text and text.startswith(("+", "00")):
+        text = text.replace("(0)", "", 1)  # `+33 (0)6 ...`: the trunk zero marked as not dialled from abroad
     digits = _without_nanp_punctuation(text).lstrip("+")
     if not (digits.isascii() and digits.isdigit()):
         digits = (
@@ -94,26 +160,46 @@ def phone(value: Any, country: str | None, *, default_region: str | None = None)
         raise InvalidValue("invalid_phone")
     international = text.startswith("+") or digits.startswith("00")
     region = (country or default_region or "").upper() or None
-    # Without a region, a number is only usable if it already carries its country code.
-    rule = "invalid_phone" if international or region else "phone_without_country_code"
+    if international or region is None:
+        # The digits must already carry their country code: sent exactly as written.
+        rule = "invalid_phone" if international else "phone_without_country_code"
+        significant = digits.lstrip("0")
+        if (national := _nanp_international(significant)) is not None:
+            if _nanp_is_valid(national):  # what the library path below says for +1, faster
+                return significant
+            raise InvalidValue(rule)
+        if (number := _valid_international(significant)) is None:
+            raise InvalidValue(rule)
+        return _unaltered_e164(number, significant, rule)
     try:
-        if (significant := _nanp_significant(text, digits, region, international)) is not None:
-            if international or _nanp_is_valid(significant):
-                return "1" + significant  # what the library path below returns for it, faster
-            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(significant))
-            number = _valid_international(digits) or number
-        elif international or not region:
-            number = phonenumbers.parse("+" + digits.lstrip("0"), None)
-        else:
-            number = phonenumbers.parse(text, region)
-            if not phonenumbers.is_valid_number(number):
-                # A national-looking string may already start with its country code.
-                number = _valid_international(digits) or number
+        if (national := _nanp_national(text, digits, region)) is not None and _nanp_is_valid(national):
+            return "1" + national  # what the library path below returns for it, faster
+        number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        raise InvalidValue(rule) from None
-    if not phonenumbers.is_possible_number(number):
+        number = None
+    if number is not None and phonenumbers.is_valid_number(number):
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    # A national-looking string may already start with its country code (`447946095800`).
+    significant = digits.lstrip("0")
+    if (number := _valid_international(significant)) is None:
+        raise InvalidValue("invalid_phone")
+    return _unaltered_e164(number, significant, "invalid_phone")
+
+
+# An extension at the end of a number: `ext. 123`, `extension 123`, `x123`, `#123`, `;ext=123`.
+_EXTENSION: Final = re.compile(
+    r"(?<=[0-9)\s.])[\s,;]*(?:ext(?:ension|n)?|xt|x|#)[\s.:=]*[0-9]{1,10}$", re.IGNORECASE
+)
+
+
+def _unaltered_e164(number: phonenumbers.PhoneNumber, significant: str, rule: str) -> str:
+    """The number's E.164 digits, if they are the digits given: the library may read a trunk prefix
+    after the country code (`+44 020 ...`) or a carrier code out of them, and Meta would then be
+    sent digits that were never written."""
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    if e164 != significant:
         raise InvalidValue(rule)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    return e164
 
 
 _ASCII_NON_DIGITS: Final = {code: None for code in range(128) if not chr(code).isdigit()}
@@ -126,17 +212,19 @@ def _is_ascii_digit(ch: str) -> bool:
 _NANP_FAST_REGIONS: Final = frozenset({"US", "CA"})
 
 
-def _nanp_significant(text: str, digits: str, region: str | None, international: bool) -> str | None:
-    """The ten digits after `1` of a plain US/Canadian number, where the library would read them so.
+def _nanp_international(significant: str) -> str | None:
+    """The ten digits after `1` of digits that carry country code 1 (`1` then 2-9, eleven in all)."""
+    if len(significant) == 11 and significant[0] == "1" and significant[1] not in "01":
+        return significant[1:]
+    return None
 
-    International (`+1 ...`, `001 ...`): the library parses `+` and the digits, so eleven digits
-    `1` then 2-9 are country code 1 plus ten. National, for US/CA rows: only digits and ` ()-.`,
-    ten digits starting 2-9 or eleven starting `1` then 2-9. Anything else gets None and goes
-    through the library (tests hold the two paths equal).
+
+def _nanp_national(text: str, digits: str, region: str) -> str | None:
+    """The ten digits after `1` of a national US/Canadian number, where the library would read them
+    so: for US/CA rows, text of digits and ` ()-.` only, ten digits starting 2-9 or eleven
+    starting `1` then 2-9. Anything else gets None and goes through the library (tests hold the
+    two paths equal).
     """
-    if international:
-        digits = digits.lstrip("0")
-        return digits[1:] if len(digits) == 11 and digits[0] == "1" and digits[1] not in "01" else None
     if region not in _NANP_FAST_REGIONS or _without_nanp_punctuation(text) != digits:
         return None
     if len(digits) == 11 and digits[0] == "1":
@@ -225,6 +313,9 @@ def _nanp_is_valid(significant: str) -> bool:
 
 
 def _valid_international(digits: str) -> phonenumbers.PhoneNumber | None:
+    """The number these digits make after a `+`, if libphonenumber finds it valid."""
+    if not digits:
+        return None
     try:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
@@ -251,17 +342,17 @@ def gender(value: Any, country: str | None) -> str:
         raise InvalidValue("invalid_gender") from None
 
 
-_DATE_FORMATS: Final = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y", "%Y/%m/%d", "%d.%m.%Y", "%m-%d-%Y")
+DATE_ORDERS: Final = ("mdy", "dmy", "ymd")
 
 
-def birth_date(value: Any, country: str | None) -> str:
-    """YYYYMMDD from a date, datetime or common string; US month-first when ambiguous."""
+def birth_date(value: Any, country: str | None, *, date_order: str | None = None) -> str:
+    """YYYYMMDD from a date, a datetime, or text in the forms people write (see `_parse_date`)."""
     if isinstance(value, dt.datetime):
         day = value.date()
     elif isinstance(value, dt.date):
         day = value
     else:
-        day = _parse_date(_ascii_digits(_text(value)))
+        day = _parse_date(_ascii_digits(_text(value)), date_order)
     if not 1900 <= day.year <= _current_year():
         raise InvalidValue("invalid_date")
     return f"{day.year:04d}{day.month:02d}{day.day:02d}"  # strftime's %Y%m%d, a third of its cost
@@ -281,24 +372,104 @@ def _current_year() -> int:
     return year
 
 
-def _parse_date(text: str) -> dt.date:
+_MONTHS: Final = {
+    name: number
+    for number, names in enumerate(
+        (("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",),
+         ("jun", "june"), ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"),
+         ("oct", "october"), ("nov", "november"), ("dec", "december")),
+        start=1,
+    )
+    for name in names
+}  # fmt: skip
+_ORDINAL_SUFFIXES: Final = frozenset({"st", "nd", "rd", "th"})
+_DATE_TEXT: Final = re.compile(r"[0-9a-z ,./-]+")
+_DATE_TOKEN: Final = re.compile(r"[0-9]+|[a-z]+")
+# A time of day after the date (`1990-12-31T00:00:00Z`, `12/31/1990 10:30`): not part of a birth date.
+_TIME_OF_DAY: Final = re.compile(
+    r"[t ]+[0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)? *(?:z|utc|gmt|[+-][0-9]{2}(?::?[0-9]{2})?)?$"
+)
+
+
+def _parse_date(text: str, date_order: str | None) -> dt.date:
+    """A calendar date from the forms people write, with or without punctuation (Meta asks for a
+    range of month, day and year combinations), and nothing it would have to guess:
+
+    - year first: `1990-12-31`, `1990.12.31`, `1990/12/31`, `19901231`;
+    - a month name: `December 31, 1990`, `31 Dec 1990`, `Dec. 31st 1990`;
+    - day and month before a four-digit year: `12/31/1990`, `31-12-1990`, `12311990`. When both
+      could be the month (`01/02/1990`), `date_order` says which comes first: `mdy`, `dmy`, or
+      `ymd` (drop such dates); unset, month first, except with dots (`01.02.1990`), day first.
+    Two-digit years and digit runs other than eight (`1990123`) are dropped, never guessed.
+    """
     if len(text) == 10 and text[4] == "-" and text[7] == "-":
-        try:  # the ISO shape most warehouses export: what strptime("%Y-%m-%d") reads, faster
+        try:  # the ISO shape most warehouses export, fast
             return dt.date.fromisoformat(text)
         except ValueError:
             pass
-    for fmt in _DATE_FORMATS:
+    text = _TIME_OF_DAY.sub("", text.lower(), count=1)
+    if not _DATE_TEXT.fullmatch(text):
+        raise InvalidValue("invalid_date")
+    numbers: list[str] = []
+    month: int | None = None
+    previous = ""
+    for token in _DATE_TOKEN.findall(text):
+        if token.isdigit():
+            numbers.append(token)
+        elif token in _ORDINAL_SUFFIXES and previous.isdigit():
+            pass
+        elif token in _MONTHS and month is None:
+            month = _MONTHS[token]
+        else:
+            raise InvalidValue("invalid_date")
+        previous = token
+    if month is not None:
+        years = [n for n in numbers if len(n) == 4]
+        days = [n for n in numbers if len(n) <= 2]
+        if len(numbers) != 2 or len(years) != 1 or len(days) != 1:
+            raise InvalidValue("invalid_date")
+        return _calendar_date(int(years[0]), month, int(days[0]))
+    if len(numbers) == 1 and len(run := numbers[0]) == 8:
         try:
-            return dt.datetime.strptime(text, fmt).date()
-        except ValueError:
-            continue
+            compact = _calendar_date(int(run[:4]), int(run[4:6]), int(run[6:]))
+        except InvalidValue:
+            pass
+        else:
+            if 1900 <= compact.year <= _current_year():
+                return compact
+        return _day_and_month(run[:2], run[2:4], run[4:], date_order, dotted=False)
+    if len(numbers) == 3:
+        first, second, third = numbers
+        if len(first) == 4 and len(second) <= 2 and len(third) <= 2:
+            return _calendar_date(int(first), int(second), int(third))
+        if len(third) == 4 and len(first) <= 2 and len(second) <= 2:
+            dotted = text[len(first) : len(first) + 1] == "."
+            return _day_and_month(first, second, third, date_order, dotted=dotted)
+    raise InvalidValue("invalid_date")
+
+
+def _day_and_month(first: str, second: str, year: str, date_order: str | None, *, dotted: bool) -> dt.date:
+    """Day and month in either order before the year: whichever is above 12 is the day; when
+    both could be the month, `date_order` decides (see `_parse_date`)."""
+    a, b = int(first), int(second)
+    if a > 12 and b <= 12:
+        day, month = a, b
+    elif b > 12 or a == b:
+        month, day = a, b
+    else:
+        order = date_order or ("dmy" if dotted else "mdy")
+        if order == "mdy":
+            month, day = a, b
+        elif order == "dmy":
+            day, month = a, b
+        else:
+            raise InvalidValue("invalid_date")
+    return _calendar_date(int(year), month, day)
+
+
+def _calendar_date(year: int, month: int, day: int) -> dt.date:
     try:
-        # Day-first when the first part cannot be a month (31/12/1990).
-        return dt.datetime.strptime(text, "%d/%m/%Y").date()
-    except ValueError:
-        pass
-    try:
-        return dt.datetime.fromisoformat(text).date()
+        return dt.date(year, month, day)
     except ValueError:
         raise InvalidValue("invalid_date") from None
 
@@ -311,14 +482,39 @@ def city(value: Any, country: str | None) -> str:
     return text
 
 
-def _subdivision_codes(country: str) -> dict[str, str]:
-    """Subdivision names and codes of one country, mapped to the short code Meta expects."""
-    return _subdivision_table().get(country.lower(), {})
+def _subdivision_codes(country: str | None) -> dict[str, str]:
+    """Subdivision names, abbreviations and codes of one country (accents folded), mapped to the
+    short code Meta expects. Without a country: US states, then Canadian provinces, as Meta's
+    own parameter builder reads them (their names and codes do not overlap)."""
+    return _subdivision_table().get(country.lower() if country else "", {})
+
+
+# How people write US states and Canadian provinces beyond their names and codes: the AP and
+# Government Printing Office abbreviations (`Calif.`, `Fla.`, `Tex.`), French names of the
+# provinces, and the capital's usual names. Keys are letters only, accents folded.
+_SUBDIVISION_ALIASES: Final = {
+    "us": {
+        "ala": "al", "ariz": "az", "ark": "ar", "cal": "ca", "calif": "ca", "colo": "co", "conn": "ct",
+        "del": "de", "fla": "fl", "ill": "il", "ind": "in", "kan": "ks", "kans": "ks", "mass": "ma",
+        "mich": "mi", "minn": "mn", "miss": "ms", "mont": "mt", "neb": "ne", "nebr": "ne", "nev": "nv",
+        "okla": "ok", "ore": "or", "oreg": "or", "penn": "pa", "penna": "pa", "tenn": "tn", "tex": "tx",
+        "wash": "wa", "wva": "wv", "wis": "wi", "wisc": "wi", "wyo": "wy", "washingtondc": "dc",
+        "districtofcolumbia": "dc", "virginislands": "vi", "usvirginislands": "vi",
+    },
+    "ca": {
+        "alta": "ab", "man": "mb", "nfld": "nl", "newfoundland": "nl", "labrador": "nl", "ont": "on",
+        "que": "qc", "pq": "qc", "sask": "sk", "pei": "pe", "nwt": "nt", "yukonterritory": "yt",
+        "colombiebritannique": "bc", "nouveaubrunswick": "nb", "nouvelleecosse": "ns",
+        "ileduprinceedouard": "pe", "terreneuveetlabrador": "nl", "terreneuve": "nl",
+        "territoiresdunordouest": "nt",
+    },
+}  # fmt: skip
 
 
 @lru_cache(maxsize=1)
 def _subdivision_table() -> dict[str, dict[str, str]]:
-    """Per country: letters of each subdivision's name, and each two-letter code, to that code.
+    """Per country: the folded letters of each subdivision's name, its two-letter code, and the
+    aliases above, to that code; under "" the US table, then Canada's where it adds a key.
 
     Read from pycountry's data file in its order, not through `pycountry.subdivisions.get`: that
     returns a set, so where two subdivisions share a name (`Papua`, `Veszprém`, `Toshkent`) the
@@ -335,55 +531,103 @@ def _subdivision_table() -> dict[str, dict[str, str]]:
     for entry in sorted(entries, key=lambda entry: "parent" not in entry):
         country, _, short = entry["code"].lower().partition("-")
         if len(short) == 2 and short.isalpha():
-            names.setdefault(country, {})[_letters(entry["name"])] = short
+            names.setdefault(country, {})[fold_accents(_letters(entry["name"]))] = short
             shorts.setdefault(country, set()).add(short)
-    return {country: codes | {short: short for short in shorts[country]} for country, codes in names.items()}
+    table = {
+        country: codes | _SUBDIVISION_ALIASES.get(country, {}) | {short: short for short in shorts[country]}
+        for country, codes in names.items()
+    }
+    table[""] = table["ca"] | table["us"]
+    return table
 
 
 def state(value: Any, country: str | None) -> str:
-    """Two-letter code where the country has one (`California` -> `ca`), else lowercase letters."""
+    """Two-letter code where the country has one (`California`, `Calif.`, `Califórnia` -> `ca`;
+    `Québec` -> `qc`), else lowercase letters; without a country, US and Canadian names count."""
     text = _letters(_text(value))
     if not text:
         raise InvalidValue("invalid_state")
-    for candidate in (country, "us") if country is None else (country,):
-        if candidate and (code := _subdivision_codes(candidate).get(text)):
-            return code
-    return text
+    return _subdivision_codes(country).get(fold_accents(text), text)
+
+
+_ZIP_REMOVED: Final = {ord(ch): None for ch in TRIMMED + "-"}
 
 
 def zip_code(value: Any, country: str | None) -> str:
-    """Lowercase, no spaces or dashes; US codes keep their first five digits (`94035-1234` -> `94035`)."""
+    """Lowercase, no spaces or dashes. US rows: the first five digits (`94035-1234`, `12345-6789-1234`
+    -> the first five), with the leading zeros a number column lost put back (`2134` -> `02134`);
+    rows without a country: the same for the US shapes, five or nine digits."""
     if isinstance(value, int):
-        value = f"{value:05d}" if value < 100000 else str(value)
-    text = _ascii_digits(_text(value)).lower().replace(" ", "").replace("-", "")
+        value = f"{value:05d}" if 0 <= value < 100000 else str(value)
+    text = _ascii_digits(_text(value)).lower().translate(_ZIP_REMOVED)
     if not text or not text.isalnum():
         raise InvalidValue("invalid_zip")
-    if (country == "us" or country is None) and text.isdigit() and len(text) in (5, 9):
-        return text[:5]
+    if text.isdigit() and text.isascii():
+        if country == "us":
+            return text[:5] if len(text) >= 5 else text.zfill(5) if len(text) >= 3 else text
+        if country is None and len(text) in (5, 9):
+            return text[:5]
     return text
 
 
-_COUNTRY_ALIASES: Final = {"uk": "gb", "u.k.": "gb", "u.s.": "us", "u.s.a.": "us", "america": "us"}
+# Names people give countries that ISO 3166 and pycountry do not list (keys folded: see `_country_key`).
+_COUNTRY_ALIASES: Final = {
+    "uk": "gb", "greatbritain": "gb", "britain": "gb", "england": "gb", "scotland": "gb", "wales": "gb",
+    "northernireland": "gb", "america": "us", "unitedstatesofamerica": "us", "russia": "ru",
+    "turkey": "tr", "turkiye": "tr", "vatican": "va", "vaticancity": "va", "holysee": "va",
+    "ivorycoast": "ci", "southkorea": "kr", "republicofkorea": "kr", "northkorea": "kp",
+    "dprk": "kp", "laos": "la", "syria": "sy", "macedonia": "mk", "northmacedonia": "mk",
+    "micronesia": "fm", "palestine": "ps", "brunei": "bn", "capeverde": "cv", "burma": "mm",
+    "swaziland": "sz", "easttimor": "tl", "holland": "nl", "uae": "ae", "emirates": "ae",
+    "czechrepublic": "cz", "drc": "cd", "drcongo": "cd", "democraticrepublicofthecongo": "cd",
+    "congokinshasa": "cd", "republicofthecongo": "cg", "congobrazzaville": "cg", "macau": "mo",
+    "falklandislands": "fk", "usvirginislands": "vi", "britishvirginislands": "vg",
+    "saintkitts": "kn", "stkittsandnevis": "kn", "stlucia": "lc", "stvincentandthegrenadines": "vc",
+    "bosnia": "ba", "moldova": "md", "tanzania": "tz", "venezuela": "ve", "bolivia": "bo",
+    "iran": "ir", "vietnam": "vn", "taiwan": "tw", "hongkong": "hk", "kyrgyzstan": "kg",
+    "saotomeandprincipe": "st", "sainthelena": "sh", "mainlandchina": "cn", "prc": "cn",
+}  # fmt: skip
 
 
 def country_code(value: Any, country: str | None = None) -> str:
-    """ISO 3166-1 alpha-2, lowercase; names and alpha-3 codes are mapped (`United States` -> `us`)."""
-    return _country_code_of(_text(value).lower())
+    """ISO 3166-1 alpha-2, lowercase, from a code (`US`, `USA`, `840`) or a name as people write it
+    (`United-States`, `(US)`, `Türkiye`, `Ivory Coast`, `Great Britain`); never guessed."""
+    return _country_code_of(_text(value))
 
 
 @lru_cache(maxsize=1024)
 def _country_code_of(text: str) -> str:  # cached on the text: a row's value may be a dict or a list
-    if text in _COUNTRY_ALIASES:
-        return _COUNTRY_ALIASES[text]
     try:
-        return str(pycountry.countries.lookup(text).alpha_2).lower()
-    except LookupError:
+        return _country_table()[_country_key(text)]
+    except KeyError:
         raise InvalidValue("unknown_country") from None
+
+
+def _country_key(text: str) -> str:
+    """Lowercase letters and digits, accents folded: `Côte d'Ivoire` -> `cotedivoire`."""
+    return "".join(ch for ch in fold_accents(text.lower()) if ch.isalnum())
+
+
+@lru_cache(maxsize=1)
+def _country_table() -> dict[str, str]:
+    """Every key `_country_key` gives for a country's codes, names, official and common names (and
+    with a leading `the`), and for the aliases above, to its alpha-2 code."""
+    table: dict[str, str] = {}
+    for entry in pycountry.countries:
+        code = entry.alpha_2.lower()
+        for field, text in entry._fields.items():
+            if field == "flag" or not text:
+                continue
+            key = _country_key(str(text))
+            table.setdefault(key, code)
+            if field.endswith("name"):
+                table.setdefault("the" + key, code)
+    return table | _COUNTRY_ALIASES
 
 
 def external_id(value: Any, country: str | None) -> str:
     """Trimmed and lowercased so it hashes like the id the pixel sends."""
-    text = _text(value).lower()
+    text = _opaque_text(value).lower()
     if not text:
         raise InvalidValue("empty")
     return text
@@ -420,7 +664,7 @@ def integer_id(value: Any, country: str | None) -> str:
 
 def plain(value: Any, country: str | None) -> str:
     """Sent as given, trimmed."""
-    text = _text(value)
+    text = _opaque_text(value)
     if not text:
         raise InvalidValue("empty")
     return text

@@ -37,6 +37,7 @@ def mapper_for(
         action_source=settings.action_source,
         hashing_required=settings.hashing_required,
         default_phone_region=settings.default_phone_region,
+        date_order=settings.date_order,
         strong_match_key_required=settings.strong_match_key_required,
         hash_external_id=settings.hash_external_id,
         timezone=pipeline.timezone,

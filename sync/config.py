@@ -196,6 +196,9 @@ class SyncSettings(BaseModel):
     test_event_code: str | None = None
     hashing_required: bool = True
     default_phone_region: str | None = None
+    # How a birth date whose day and month could swap (01/02/1990) reads: month first, day first,
+    # or dropped (ymd). Unset: month first, but day first when written with dots (01.02.1990).
+    date_order: Literal["mdy", "dmy", "ymd"] | None = None
     strong_match_key_required: bool = False
     hash_external_id: bool = True  # false: send external_id as is (it must match the pixel's)
     batch_size: int = Field(MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
