@@ -586,6 +586,11 @@ _COUNTRY_ALIASES: Final = {
     "bosnia": "ba", "moldova": "md", "tanzania": "tz", "venezuela": "ve", "bolivia": "bo",
     "iran": "ir", "vietnam": "vn", "taiwan": "tw", "hongkong": "hk", "kyrgyzstan": "kg",
     "saotomeandprincipe": "st", "sainthelena": "sh", "mainlandchina": "cn", "prc": "cn",
+    # Names in the country's own language, in Latin script.
+    "deutschland": "de", "espana": "es", "brasil": "br", "italia": "it", "nederland": "nl",
+    "osterreich": "at", "schweiz": "ch", "suisse": "ch", "svizzera": "ch", "polska": "pl",
+    "sverige": "se", "norge": "no", "danmark": "dk", "suomi": "fi", "belgique": "be", "belgie": "be",
+    "magyarorszag": "hu", "eire": "ie", "ceskarepublika": "cz", "cesko": "cz", "turkiyecumhuriyeti": "tr",
 }  # fmt: skip
 
 

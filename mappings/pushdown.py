@@ -5,19 +5,24 @@ one computed text column instead of its plain value: a SHA-256 hex digest, NULL 
 `!rule` when the value breaks a rule (the same rule `normalize.py` names). The mapper reads these
 as it reads pre-hashed values, so every other part of a run is unchanged.
 
-The SQL reproduces `normalize.py` byte for byte on a stated domain and nowhere else:
-- text over printable ASCII plus the Latin letters of U+00C0-U+024F (case mapped with an explicit
-  `translate` table, so no collation or locale takes part); phone, zip and date text is ASCII only;
-- phones: US/Canadian numbers as `+1`/`001` numbers, or written nationally where the row's country
-  (or `default_phone_region`) is US or CA and libphonenumber's NANP metadata (compiled into the
-  SQL) finds them valid;
-- birth dates as DATE columns, `YYYY-MM-DD` or `YYYYMMDD`.
+The SQL reproduces `normalize.py` byte for byte on a stated domain and nowhere else (`covers`
+says, per value, whether it is inside):
+- values trimmed of the same characters (`normalize.TRIMMED`: tabs, newlines, no-break spaces,
+  zero-width spaces ...), then text over printable ASCII, those characters, and the Latin letters
+  of U+00C0-U+024F that NFKC leaves alone (case mapped with an explicit `translate` table, so no
+  collation or locale takes part); phone, zip and date text is ASCII only;
+- phones: US/Canadian numbers as `+1`/`001` numbers (or, with no region at all, eleven digits
+  starting `1`), or written nationally where the row's country (or `default_phone_region`) is US
+  or CA; libphonenumber's NANP metadata, compiled into the SQL, decides validity; no extensions;
+- birth dates as DATE columns, `YYYYMMDD`, or two-digit day and month with a four-digit year
+  (`1990-12-31`, `1990.12.31`, `31/12/1990`, `12-31-1990`).
 A value outside the domain is never guessed at and never sent plain: it comes back as
 `!not_normalizable_in_warehouse` and is dropped like any invalid value, with that reason.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -122,12 +127,23 @@ def _ansi_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _escape_controls(text: str) -> str:
+    """Control and line-separator characters as `\\uhhhh`: these engines read backslash escapes,
+    and BigQuery refuses a raw newline inside a quoted string."""
+    return "".join(f"\\u{ord(ch):04x}" if ch in _ESCAPED else ch for ch in text)
+
+
+_ESCAPED: Final = frozenset(
+    [chr(code) for code in range(0x20)] + [chr(code) for code in range(0x7F, 0xA0)] + ["\u2028", "\u2029"]
+)
+
+
 def _backslash_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return "'" + _escape_controls(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
 
 
 def _snowflake_literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return "'" + _escape_controls(text.replace("\\", "\\\\").replace("'", "''")) + "'"
 
 
 DIALECT: Final[dict[str, Dialect]] = {
@@ -189,17 +205,17 @@ DIALECT: Final[dict[str, Dialect]] = {
 
 @cache
 def domain_chars() -> tuple[str, ...]:
-    """Characters whose Python handling (NFC, strip, lower, isalpha) SQL can mirror exactly.
-
-    Printable ASCII plus Latin letters that are already NFC, are no mark, control or space, and
-    lowercase to one character that is itself in the set.
+    """Characters whose Python handling (NFKC, trim, lower, letters, accent folding) SQL can mirror
+    exactly: printable ASCII, the trimmed characters, and Latin letters that NFKC leaves alone,
+    that are no mark, control or space, that lowercase to one character that is itself in the
+    set, and whose accents fold away to one character.
     """
-    chars = {chr(code) for code in range(0x20, 0x7F)}
+    chars = {chr(code) for code in range(0x20, 0x7F)} | set(normalize.TRIMMED)
     for code in range(0xC0, 0x250):
         char = chr(code)
-        if unicodedata.category(char)[0] in "MCZ" or unicodedata.normalize("NFC", char) != char:
+        if unicodedata.category(char)[0] in "MCZ" or unicodedata.normalize("NFKC", char) != char:
             continue
-        if len(char.lower()) == 1:
+        if len(char.lower()) == 1 and len(normalize.fold_accents(char.lower())) == 1:
             chars.add(char)
     while True:  # drop characters whose lowercase form left the set
         kept = {char for char in chars if char.lower() in chars}
@@ -208,12 +224,67 @@ def domain_chars() -> tuple[str, ...]:
         chars = kept
 
 
+@cache
+def _ascii_domain() -> tuple[str, ...]:
+    return tuple(sorted({chr(code) for code in range(0x20, 0x7F)} | set(normalize.TRIMMED)))
+
+
 def in_domain(text: str, *, ascii_only: bool = False) -> bool:
-    """What the generated SQL checks first (used by tests and docs)."""
-    if ascii_only:
-        return all(" " <= char <= "~" for char in text)
-    allowed = set(domain_chars())
+    """What the generated SQL checks of a trimmed value first (used by `covers`, tests and docs)."""
+    allowed = set(_ascii_domain() if ascii_only else domain_chars())
     return all(char in allowed for char in text)
+
+
+def covers(key: str, value: object, country: object = None, default_region: str | None = None) -> bool:
+    """Whether the SQL promises `normalize.py`'s answer for this raw text value of `key`, in a row
+    whose raw country is `country`: the documented domain, value by value. Outside it the SQL
+    answers `!not_normalizable_in_warehouse`, never a different digest.
+    """
+    text = str(value).strip(normalize.TRIMMED)
+    if not text:
+        return True
+    if not in_domain(text, ascii_only=key in _ASCII_ONLY):
+        return False
+    if len(text) == 64 and all(char in "0123456789abcdefABCDEF" for char in text):
+        return True
+    country_text = None if country is None else str(country).strip(normalize.TRIMMED)
+    if key in ("ph", "zp", "st") and country_text and not in_domain(country_text):
+        return False
+    if key == "ph":
+        try:
+            code = normalize.country_code(country_text) if country_text else None
+        except normalize.InvalidValue:
+            code = None
+        return _phone_covered(text, code or default_region)
+    if key == "db":
+        return _date_covered(text)
+    return True
+
+
+def _phone_covered(text: str, region: str | None) -> bool:
+    digits = "".join(char for char in text if char.isdigit())
+    if not digits:
+        return True  # invalid_phone either way
+    if "(0)" in text or not re.fullmatch(r"[+]?[0-9 ().-]+", text):
+        return False
+    if text.startswith("+") or digits.startswith("00") or region is None:
+        significant = digits.lstrip("0")
+        return len(significant) == 11 and significant[0] == "1" and significant[1] not in "01"
+    if region.lower() not in ("us", "ca") or "+" in text:
+        return False
+    national = digits[1:] if len(digits) == 11 and digits[0] == "1" else digits
+    return len(national) == 10 and national[0] not in "01" and normalize._nanp_is_valid(national)
+
+
+def _date_covered(text: str) -> bool:
+    if re.fullmatch(r"[0-9]{4}[-/.][0-9]{2}[-/.][0-9]{2}|[0-9]{2}[-/.][0-9]{2}[-/.][0-9]{4}", text):
+        return True
+    if re.fullmatch(r"[0-9]{8}", text):  # read as YYYYMMDD in SQL; other readings are Python's
+        try:
+            return 1900 <= dt.date(int(text[:4]), int(text[4:6]), int(text[6:])).year <= dt.date.today().year
+        except ValueError:
+            return False
+    return False
 
 
 def _char_class(chars: Iterable[str], *, negate: bool = False) -> str:
@@ -226,6 +297,9 @@ def _char_class(chars: Iterable[str], *, negate: bool = False) -> str:
         if index + 1 == len(codes) or codes[index + 1] != code + 1:
             parts.append(chr(start) if start == code else f"{chr(start)}-{chr(code)}")
             start = None
+    if "-" in parts:  # a lone '-' goes first, where it cannot read as a range
+        parts.remove("-")
+        parts.insert(0, "-")
     body = "".join(parts)
     for special in "]\\^":
         if special in body.replace(" -~", ""):
@@ -249,29 +323,44 @@ def _letter_class() -> str:
 
 
 @cache
+def _fold_maps() -> tuple[str, str]:
+    """Lowercase domain letters whose accents fold away (`é` -> `e`), for `translate`."""
+    folded = [
+        char for char in domain_chars() if char.lower() == char and normalize.fold_accents(char) != char
+    ]
+    return "".join(folded), "".join(normalize.fold_accents(char) for char in folded)
+
+
+@cache
+def _key_class() -> str:
+    """What a country's lookup key keeps of folded, lowercase domain text: its letters and digits."""
+    kept = {normalize.fold_accents(c.lower()) for c in domain_chars()}
+    return _char_class((c for c in kept if c.isalnum()), negate=True)
+
+
+@cache
 def country_table() -> tuple[tuple[str, str], ...]:
-    """Every text `normalize.country_code` accepts from the domain, lowercased, with its code."""
-    keys = set(normalize._COUNTRY_ALIASES)
-    for country in pycountry.countries:
-        keys |= {str(value).lower() for value in country._fields.values() if value is not None}
-    rows = []
-    for key in sorted(keys):
-        if key != key.strip() or not key or not in_domain(key):
-            continue
-        try:
-            rows.append((key, normalize.country_code(key)))
-        except normalize.InvalidValue:
-            continue
-    return tuple(rows)
+    """Every lookup key `normalize.country_code` knows that domain text can give, with its code."""
+    kept = set(_char_class_members(_key_class()))
+    return tuple(
+        (key, code) for key, code in sorted(normalize._country_table().items()) if key and set(key) <= kept
+    )
+
+
+def _char_class_members(negated_class: str) -> set[str]:
+    """The domain characters a negated class built by `_char_class` does not match."""
+    pattern = re.compile(negated_class)
+    kept = {normalize.fold_accents(c.lower()) for c in domain_chars()}
+    return {char for char in kept if len(char) == 1 and not pattern.fullmatch(char)}
 
 
 @cache
 def state_table() -> tuple[tuple[str, str, str], ...]:
-    """(country, letters of a subdivision name, code) where `normalize.state` maps a name to a code."""
+    """(country, folded letters of a subdivision's name or abbreviation, code) wherever
+    `normalize.state` maps one to a code; country '' holds the rows read without a country."""
     rows = []
-    for country in pycountry.countries:
-        code = country.alpha_2.lower()
-        for name, short in normalize._subdivision_codes(code).items():
+    for code in ["", *(country.alpha_2.lower() for country in pycountry.countries)]:
+        for name, short in normalize._subdivision_codes(code or None).items():
             if name != short and in_domain(name):
                 rows.append((code, name, short))
     return tuple(sorted(rows))
@@ -337,6 +426,7 @@ class _Ctx:
     default_region: str | None
     computed: Mapping[str, str] = field(default_factory=dict)  # expression -> column holding it
     state_code: str = "null"  # SQL: the state's code from the lookup table, NULL if none matched
+    date_order: str | None = None  # the pipeline's `date_order`
 
     def once(self, expr: str) -> str:
         """`expr`, or the column a lower layer of the query computed it into, once per row.
@@ -372,13 +462,36 @@ class _Ctx:
     def letters(self, expr: str) -> str:
         return self.dialect.replace_all(self.lower(expr), self.lit(_letter_class()))
 
+    def fold(self, expr: str) -> str:
+        """`normalize.fold_accents` on lowercase domain text."""
+        accented, plain = _fold_maps()
+        return f"translate({expr}, {self.lit(accented)}, {self.lit(plain)})"
 
-_EMAIL: Final = r"[^@ ]+@[^@ ]*[^.@ ][^@ ]*[.][^@ ]*[^.@ ][^@ ]*"
+
+def _trim(dialect: Dialect, expr: str) -> str:
+    """`str.strip(normalize.TRIMMED)`: SQL's own trim removes spaces only."""
+    edge = _char_class(normalize.TRIMMED)
+    return dialect.replace_all(expr, dialect.literal(f"^{edge}+|{edge}+$"))
+
+
+def _country_key(ctx: _Ctx, trimmed: str) -> str:
+    """`normalize._country_key` on domain text: lowercase, accents folded, letters and digits."""
+    return ctx.dialect.replace_all(ctx.fold(ctx.lower(trimmed)), ctx.lit(_key_class()))
+
+
+def _email_pattern() -> str:
+    """local@domain.tld, where no part holds a space or a trimmed character (the only characters
+    of the domain that are not printable)."""
+    no = "@" + normalize.TRIMMED
+    part, plain = _char_class(no, negate=True), _char_class(no + ".", negate=True)
+    return f"{part}+@{part}*{plain}{part}*[.]{part}*{plain}{part}*"
 
 
 def _email(ctx: _Ctx, t: str) -> str:
     v = ctx.once(_working_value(ctx, "em", t))
-    return f"case when {ctx.match(v, _EMAIL)} then {ctx.sha(v)} else {ctx.rule('invalid_email')} end"
+    return (
+        f"case when {ctx.match(v, _email_pattern())} then {ctx.sha(v)} else {ctx.rule('invalid_email')} end"
+    )
 
 
 def _name_like(rule: str) -> Callable[[_Ctx, str], str]:
@@ -402,8 +515,8 @@ def _external_id(ctx: _Ctx, t: str) -> str:
     return ctx.sha(ctx.lower(t))
 
 
-def _calendar(ctx: _Ctx, year: str, month: str, day: str) -> str:
-    """`YYYYMMDD` hash if the parts form a real date from 1900 to this year, else invalid_date."""
+def _calendar(ctx: _Ctx, year: str, month: str, day: str, *, otherwise: str = "invalid_date") -> str:
+    """`YYYYMMDD` hash if the parts form a real date from 1900 to this year, else `!otherwise`."""
     as_int = ctx.dialect.int_type
     y, m, d = (f"cast({part} as {as_int})" for part in (year, month, day))
     leap = f"(mod({y}, 4) = 0 and (mod({y}, 100) <> 0 or mod({y}, 400) = 0))"
@@ -413,29 +526,54 @@ def _calendar(ctx: _Ctx, year: str, month: str, day: str) -> str:
     in_range = f"{y} between 1900 and extract(year from current_date)"
     return (
         f"case when {valid} and {in_range} then {ctx.sha(f'{year} || {month} || {day}')}"
-        f" else {ctx.rule('invalid_date')} end"
+        f" else {ctx.rule(otherwise)} end"
     )
 
 
 def _birth_date(ctx: _Ctx, t: str) -> str:
+    """`normalize._parse_date` on its fixed-width shapes: year first, YYYYMMDD (other readings of
+    eight digits are left to Python), and day and month in either order before the year."""
+
     def part(start: int, length: int) -> str:
         return f"substr({t}, {start}, {length})"
 
-    iso = _calendar(ctx, part(1, 4), part(6, 2), part(9, 2))
-    compact = _calendar(ctx, part(1, 4), part(5, 2), part(7, 2))
+    year_first = _calendar(ctx, part(1, 4), part(6, 2), part(9, 2))
+    compact = _calendar(ctx, part(1, 4), part(5, 2), part(7, 2), otherwise=OUT_OF_DOMAIN)
+    first, second, year = part(1, 2), part(4, 2), part(7, 4)
+    a, b = (f"cast({p} as {ctx.dialect.int_type})" for p in (first, second))
+    month_first = _calendar(ctx, year, first, second)
+    day_first = _calendar(ctx, year, second, first)
+    if ctx.date_order == "mdy":
+        ambiguous = month_first
+    elif ctx.date_order == "dmy":
+        ambiguous = day_first
+    elif ctx.date_order == "ymd":
+        ambiguous = ctx.rule("invalid_date")
+    else:  # unset: month first, day first with dots
+        ambiguous = f"case when {part(3, 1)} = '.' then {day_first} else {month_first} end"
+    year_last = (
+        f"case when {a} > 12 and {b} <= 12 then {day_first}"
+        f" when {b} > 12 or {a} = {b} then {month_first} else {ambiguous} end"
+    )
     return (
-        f"case when {ctx.match(t, '[0-9]{4}-[0-9]{2}-[0-9]{2}')} then {iso}"
-        f" when {ctx.match(t, '[0-9]{8}')} then {compact} else {ctx.rule(OUT_OF_DOMAIN)} end"
+        f"case when {ctx.match(t, '[0-9]{4}[-/.][0-9]{2}[-/.][0-9]{2}')} then {year_first}"
+        f" when {ctx.match(t, '[0-9]{8}')} then {compact}"
+        f" when {ctx.match(t, '[0-9]{2}[-/.][0-9]{2}[-/.][0-9]{4}')} then {year_last}"
+        f" else {ctx.rule(OUT_OF_DOMAIN)} end"
     )
 
 
 def _zip(ctx: _Ctx, t: str) -> str:
     z = ctx.once(_working_value(ctx, "zp", t))
+    first_five, padded = ctx.sha(f"substr({z}, 1, 5)"), ctx.sha(f"lpad({z}, 5, '0')")
+    us, unknown = f"{ctx.country} = 'us'", f"{ctx.country} is null"
     return (
         f"case when not {ctx.match(z, '[a-z0-9]+')} then {ctx.rule('invalid_zip')}"
         f" when {ctx.country} = '!' then {ctx.rule(OUT_OF_DOMAIN)}"
-        f" when ({ctx.country} = 'us' or {ctx.country} is null) and {ctx.match(z, '[0-9]{5}([0-9]{4}){0,1}')}"
-        f" then {ctx.sha(f'substr({z}, 1, 5)')} else {ctx.sha(z)} end"
+        f" when {us} and {ctx.match(z, '[0-9]{5}[0-9]*')} then {first_five}"
+        f" when {us} and {ctx.match(z, '[0-9]{3,4}')} then {padded}"
+        f" when {unknown} and {ctx.match(z, '[0-9]{5}([0-9]{4}){0,1}')} then {first_five}"
+        f" else {ctx.sha(z)} end"
     )
 
 
@@ -448,37 +586,57 @@ def _state(ctx: _Ctx, t: str) -> str:
     )
 
 
-def _phone(ctx: _Ctx, t: str) -> str:
-    digits = ctx.once(_working_value(ctx, "ph", t))
-    significant = f"ltrim({digits}, '0')"
+def _phone_digits(ctx: _Ctx, t: str) -> str:
+    return ctx.dialect.replace_all(t, ctx.lit("[^0-9]"))
+
+
+def _phone_international(ctx: _Ctx, t: str, digits: str) -> str:
+    return f"(substr({t}, 1, 1) = '+' or substr({digits}, 1, 2) = '00')"
+
+
+def _phone_region(ctx: _Ctx) -> str:
     default = ctx.lit(ctx.default_region.lower()) if ctx.default_region else "null"
-    region = f"coalesce({ctx.country}, {default})"
-    national = f"right({digits}, 10)"
-    out = ctx.rule(OUT_OF_DOMAIN)
-    with_code = (
-        f"case when {ctx.match(significant, '1[2-9][0-9]{9}')} then {ctx.sha(significant)} else {out} end"
+    return f"coalesce({ctx.country}, {default})"
+
+
+def _phone_nanp(ctx: _Ctx, t: str, digits: str) -> str:
+    """The ten digits after `1` that `normalize.phone` checks against the NANP, or NULL where
+    the number is not one the SQL reads (then the value is out of the domain)."""
+    significant = f"ltrim({digits}, '0')"
+    with_code = _phone_international(ctx, t, digits) + f" or {_phone_region(ctx)} is null"
+    return (
+        f"case when not {ctx.match(t, '[+]{0,1}[0-9 ().-]+')} or {t} like '%(0)%' then null"
+        f" when {with_code} then case when {ctx.match(significant, '1[2-9][0-9]{9}')}"
+        f" then substr({significant}, 2, 10) end"
+        f" when {_phone_region(ctx)} in ('us', 'ca') and {ctx.match(digits, '1{0,1}[2-9][0-9]{9}')}"
+        f" then right({digits}, 10) end"
     )
-    with_one = ctx.sha(f"'1' || {national}")
-    nanp = (
-        f"case when {ctx.match(t, '[0-9 ().-]+')} and {ctx.match(digits, '1{0,1}[2-9][0-9]{9}')}"
-        f" and {nanp_valid(ctx.dialect, national)} then {with_one} else {out} end"
-    )
+
+
+def _phone(ctx: _Ctx, t: str) -> str:
+    digits = ctx.once(_phone_digits(ctx, t))
+    ten = ctx.once(_phone_nanp(ctx, t, digits))
+    international = _phone_international(ctx, t, digits)
+    with_one = ctx.sha("'1' || " + ten)
     return (
         f"case when {digits} = '' then {ctx.rule('invalid_phone')}"
-        f" when {ctx.country} = '!' then {out}"
-        f" when substr({t}, 1, 1) = '+' or substr({digits}, 1, 2) = '00' or {region} is null then {with_code}"
-        f" when {region} in ('us', 'ca') then {nanp} else {out} end"
+        f" when {ctx.country} = '!' or {ten} is null then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" when {nanp_valid(ctx.dialect, ten)} then {with_one}"
+        f" when {international} then {ctx.rule('invalid_phone')}"
+        f" when {_phone_region(ctx)} is null then {ctx.rule('phone_without_country_code')}"
+        f" else {ctx.rule(OUT_OF_DOMAIN)} end"
     )
 
 
 def _working_value(ctx: _Ctx, key: str, t: str) -> str:
-    """What a key's rules test and hash over and over, derived from its trimmed text `t`."""
+    """What a key's rules test and hash over and over, derived from its trimmed text `t` (a phone's
+    digits are one layer lower, where its NANP reading is derived from them)."""
     if key == "ph":
-        return ctx.dialect.replace_all(t, ctx.lit("[^0-9]"))
+        return _phone_digits(ctx, t)
     if key == "em":
         return ctx.lower(t)
     if key == "zp":
-        return f"replace(replace({ctx.lower(t)}, ' ', ''), '-', '')"
+        return ctx.dialect.replace_all(ctx.lower(t), ctx.lit(_char_class(normalize.TRIMMED + "-")))
     return ctx.letters(t)  # names, cities and states
 
 
@@ -507,13 +665,13 @@ def _value_sql(ctx: _Ctx, key: str, raw: str, kind: str | None) -> str:
         invalid = ctx.rule("invalid_date")
         return f"case when {raw} is null then null when {in_range} then {digest} else {invalid} end"
     text = _text(dialect, key, raw, kind)
-    domain = "[ -~]*" if key in _ASCII_ONLY else _char_class(domain_chars()) + "*"
-    t = ctx.once(f"trim({text})")
+    domain = _char_class(_ascii_domain() if key in _ASCII_ONLY else domain_chars()) + "*"
+    t = ctx.once(_trim(dialect, text))
     negative = f"when {raw} < 0 then {ctx.rule(OUT_OF_DOMAIN)} " if kind == "integer" else ""
     return (
         f"case when {raw} is null then null {negative}"
-        f"when not {ctx.match(text, domain)} then {ctx.rule(OUT_OF_DOMAIN)}"
-        f" when {t} = '' then null"
+        f"when {t} = '' then null"
+        f" when not {ctx.match(t, domain)} then {ctx.rule(OUT_OF_DOMAIN)}"
         f" when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
         f" else {_EXPRESSIONS[key](ctx, t)} end"
     )
@@ -532,15 +690,15 @@ def _country_sql(ctx: _Ctx, raw: str, kind: str | None, code: str) -> tuple[str,
     `code` is the lookup table's code for the row; the plain code itself serves as well, since it
     equals that code on every branch that reads it.
     """
-    text = f"cast({raw} as {ctx.dialect.text_type})"
-    t = f"trim({text})"
-    outside = f"not {ctx.match(text, _char_class(domain_chars()) + '*')}"
+    t = _trim(ctx.dialect, f"cast({raw} as {ctx.dialect.text_type})")
+    outside = f"not {ctx.match(t, _char_class(domain_chars()) + '*')}"
     plain = (
-        f"case when {raw} is null then null when {outside} then '!' when {t} = '' then null else {code} end"
+        f"case when {raw} is null then null when {t} = '' then null when {outside} then '!' else {code} end"
     )
     hashed = (
-        f"case when {raw} is null then null when {outside} then {ctx.rule(OUT_OF_DOMAIN)}"
-        f" when {t} = '' then null when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
+        f"case when {raw} is null then null when {t} = '' then null"
+        f" when {outside} then {ctx.rule(OUT_OF_DOMAIN)}"
+        f" when {ctx.match(t, '[0-9a-fA-F]{64}')} then {ctx.lower(t)}"
         f" when {code} is null then {ctx.rule('unknown_country')} else {ctx.sha(code)} end"
     )
     return plain, hashed
@@ -584,6 +742,7 @@ class PushdownPlan:
         kinds: dict[str, str | None],
         *,
         default_phone_region: str | None,
+        date_order: str | None = None,
     ) -> Pushed:
         """The user's query with the country and state lookups joined on (joins keep no order, so
         they come before the window's sort); then, over it, three layers of plain SELECTs: each
@@ -599,7 +758,9 @@ class PushdownPlan:
             raw = f"{user}.{q(country_source)}"
             code = f"{PREFIX}countries.code"
             plain_country = _country_sql(_Ctx(dialect, "null", None), raw, kinds.get(country_source), code)[0]
-            key = _Ctx(dialect, "null", None).lower(f"trim(cast({raw} as {dialect.text_type}))")
+            key = _country_key(
+                _Ctx(dialect, "null", None), _trim(dialect, f"cast({raw} as {dialect.text_type})")
+            )
             table = dialect.table(f"{PREFIX}countries", ("name", "code"), country_table())
             lookups += f" left join {table} on {PREFIX}countries.name = {key}"
         lookup_select.append(
@@ -609,17 +770,19 @@ class PushdownPlan:
         )
         if "st" in self.keys:
             raw = f"{user}.{q(self.sources['st'])}"
-            letters = _Ctx(dialect, "null", None).letters(f"trim(cast({raw} as {dialect.text_type}))")
+            lookup_ctx = _Ctx(dialect, "null", None)
+            name = lookup_ctx.fold(lookup_ctx.letters(_trim(dialect, f"cast({raw} as {dialect.text_type})")))
             table = dialect.table(f"{PREFIX}states", ("country", "name", "code"), state_table())
             lookups += (
-                f" left join {table} on {PREFIX}states.country = coalesce({plain_country}, 'us')"
-                f" and {PREFIX}states.name = {letters}"
+                f" left join {table} on {PREFIX}states.country = coalesce({plain_country}, '')"
+                f" and {PREFIX}states.name = {name}"
             )
             lookup_select.append(f"{PREFIX}states.code as {st_column}")
         lookup_query = f"select {', '.join(lookup_select)} from ({query}) as {user}{lookups}"
 
         cc = f"{src}.{cc_column}"
-        plain_ctx = _Ctx(dialect, cc, default_phone_region)
+        plain_ctx = _Ctx(dialect, cc, default_phone_region, date_order=date_order)
+        middle_ctx = _Ctx(dialect, f"{base}.{cc_column}", default_phone_region, date_order=date_order)
         inner_select = [f"{rows}.*"]
         middle_select = [f"{base}.*"]
         if dialect.layer_fence is not None:
@@ -632,12 +795,28 @@ class PushdownPlan:
                 continue
             trimmed, working = q(f"{PREFIX}t_{key}"), q(f"{PREFIX}w_{key}")
             column = q(self.sources[key])
-            inner_select.append(f"trim({_text(dialect, key, f'{rows}.{column}', kind)}) as {trimmed}")
-            computed[f"trim({_text(dialect, key, f'{src}.{column}', kind)})"] = f"{src}.{trimmed}"
-            if key in _WORKING_VALUE_KEYS:
+            trim_in = _trim(dialect, _text(dialect, key, f"{rows}.{column}", kind))
+            inner_select.append(f"{trim_in} as {trimmed}")
+            computed[_trim(dialect, _text(dialect, key, f"{src}.{column}", kind))] = f"{src}.{trimmed}"
+            if key == "ph":  # digits below, so that their NANP reading can use them
+                inner_select.append(f"{_phone_digits(plain_ctx, trim_in)} as {working}")
+                nanp = q(f"{PREFIX}n_{key}")
+                middle_select.append(
+                    f"{_phone_nanp(middle_ctx, f'{base}.{trimmed}', f'{base}.{working}')} as {nanp}"
+                )
+                computed[_phone_nanp(plain_ctx, f"{src}.{trimmed}", f"{src}.{working}")] = f"{src}.{nanp}"
+            elif key in _WORKING_VALUE_KEYS:
                 middle_select.append(f"{_working_value(plain_ctx, key, f'{base}.{trimmed}')} as {working}")
+            if key in _WORKING_VALUE_KEYS:
                 computed[_working_value(plain_ctx, key, f"{src}.{trimmed}")] = f"{src}.{working}"
-        ctx = _Ctx(dialect, cc, default_phone_region, computed, state_code=f"{src}.{st_column}")
+        ctx = _Ctx(
+            dialect,
+            cc,
+            default_phone_region,
+            computed,
+            state_code=f"{src}.{st_column}",
+            date_order=date_order,
+        )
         outer_select = [f"{src}.{q(column)}" for column in self.kept]
         for key in self.keys:
             raw = f"{src}.{q(self.sources[key])}"

@@ -213,7 +213,11 @@ def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Co
     except pushdown.PushdownError as exc:
         raise ConfigError([f"pipeline '{pipeline.name}': {reason}" for reason in exc.reasons]) from None
     return plan.wrap(
-        pipeline.query, source.dialect, kinds, default_phone_region=settings.default_phone_region
+        pipeline.query,
+        source.dialect,
+        kinds,
+        default_phone_region=settings.default_phone_region,
+        date_order=settings.date_order,
     )
 
 
