@@ -602,7 +602,8 @@ def _phone_region(ctx: _Ctx) -> str:
 def _phone_nanp(ctx: _Ctx, t: str, digits: str) -> str:
     """The ten digits after `1` that `normalize.phone` checks against the NANP, or NULL where
     the number is not one the SQL reads (then the value is out of the domain)."""
-    significant = f"ltrim({digits}, '0')"
+    # A regex, not ltrim(digits, '0'): fakesnow's translation of Snowflake's LTRIM ignores the '0'.
+    significant = ctx.dialect.replace_all(digits, ctx.lit("^0+"))
     with_code = _phone_international(ctx, t, digits) + f" or {_phone_region(ctx)} is null"
     return (
         f"case when not {ctx.match(t, '[+]{0,1}[0-9 ().-]+')} or {t} like '%(0)%' then null"
