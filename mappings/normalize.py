@@ -391,6 +391,17 @@ _TIME_OF_DAY: Final = re.compile(
 )
 
 
+def date_order_note(date_order: str | None) -> str:
+    """How ambiguous birth dates read, for the match-quality table."""
+    how = {
+        None: "month first (01/02/1990 is January 2), day first with dots (01.02.1990 is 1 February)",
+        "mdy": "month first (01/02/1990 is January 2)",
+        "dmy": "day first (01/02/1990 is 1 February)",
+        "ymd": "dropped: only year-first dates and those whose day is above 12 are read",
+    }[date_order]
+    return f"db: dates whose day and month could swap are {how} (date_order: {date_order or 'unset'})"
+
+
 def _parse_date(text: str, date_order: str | None) -> dt.date:
     """A calendar date from the forms people write, with or without punctuation (Meta asks for a
     range of month, day and year combinations), and nothing it would have to guess:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from capi_sync import __version__
 from capi_sync.connectors.meta import MetaClient
-from capi_sync.mappings import pushdown
+from capi_sync.mappings import normalize, pushdown
 from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import EventMapper, MapperOptions, compile_mapping
 from capi_sync.mappings.presets import commanders_act, derived_values
@@ -147,3 +147,10 @@ _QUIET_GC = _QuietGC()
 def _collect_until(stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         gc.collect()
+
+
+def quality_notes(pipeline: PipelineConfig) -> list[str]:
+    """What the match-quality table should say about the settings that decide how values read."""
+    if "db" not in pipeline.mapping.customer_info and pipeline.preset is None:  # presets map db
+        return []
+    return [normalize.date_order_note(pipeline.settings.date_order)]

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from capi_sync import __version__, compiled
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
-from capi_sync.building import make_client
+from capi_sync.building import make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
 from capi_sync.errors import (
@@ -404,7 +404,7 @@ def validate(ctx: Context, offline: bool) -> None:
 def preview(ctx: Context, pipeline: str, rows: int) -> None:
     """Map the first rows of PIPELINE's query and show events and rejections; sends nothing."""
     config = ctx.project.pipeline(pipeline)
-    quality = MatchQuality()
+    quality = MatchQuality(notes=quality_notes(config))
     table = Table(title=f"{pipeline}: first {rows} rows", show_lines=True)
     for column in ("row", "outcome", "event / reasons"):
         table.add_column(column, overflow="fold")
@@ -711,6 +711,8 @@ def print_quality(quality: Any) -> None:
     out.print(table)
     for (field, rule), count in quality.dropped.most_common():
         out.print(f"  dropped {count:,} x {field}: {rule}")
+    for note in quality.notes:
+        out.print(f"  {note}")
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:

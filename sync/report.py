@@ -31,6 +31,7 @@ class MatchQuality:
     # Events counted by their set of keys: rows share a handful of shapes, so counting one costs a
     # dict update instead of one per key (this runs once per event).
     shapes: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)  # how the pipeline's settings read values
 
     def add_event(self, user_keys: Iterable[str]) -> None:
         """Count one sent event and the customer-information keys it carried."""

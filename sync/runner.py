@@ -19,7 +19,7 @@ from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from capi_sync.batching import Batch
-from capi_sync.building import make_client, mapper_for, quiet_gc
+from capi_sync.building import make_client, mapper_for, quality_notes, quiet_gc
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
@@ -296,6 +296,7 @@ def session(
     Config and connection errors raise before the run is recorded; failures after that end up in
     the report (and the run history) instead of propagating, interrupts are recorded and re-raised.
     """
+    report.quality.notes[:] = quality_notes(pipeline)
     if not options.dry_run:
         _check_sendable(project, pipeline)
     with ExitStack() as stack:
