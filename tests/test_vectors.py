@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -21,9 +20,7 @@ from typing import Any
 import duckdb
 import orjson
 import pytest
-import snowflake.connector
 import sqlalchemy as sa
-from fakesnow import server as snowflake_server
 
 from capi_sync.config import load_config
 from capi_sync.connectors import open_source
@@ -34,6 +31,7 @@ from capi_sync.mappings.spec import MappingSpec
 from capi_sync.mappings.validate import Problem
 from capi_sync.runner import prepare
 from tests.fake_bigquery import FakeBigQuery
+from tests.test_warehouses import fake_snowflake
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
 
@@ -202,22 +200,12 @@ def vector_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         engine.dispose()
         yield VectorWarehouse(kind, f"{{type: sqlalchemy, url: '{url}'}}")
         return
-    database = f"vectors_{uuid.uuid4().hex[:8]}"  # fakesnow's servers share one process-wide catalog
-    with snowflake_server() as options:
-        setup = snowflake.connector.connect(**options)
-        setup.cursor().execute(f"create database {database}")
-        setup.cursor().execute(f"create schema {database}.s")
+    with fake_snowflake("vectors", "s") as (setup, database, yaml):
         setup.cursor().execute(f"create table {database}.s.vectors (id int, grp int, {columns})")
         setup.cursor().executemany(
             f"insert into {database}.s.vectors values ({', '.join(['%s'] * len(names))})", rows
         )
-        yield VectorWarehouse(
-            kind,
-            f"{{type: snowflake, account: {options['account']}, user: {options['user']},"
-            f" password: {options['password']}, host: {options['host']}, port: {options['port']},"
-            f" protocol: http, database: {database}, schema: s, connect_args: {{network_timeout: 10}}}}",
-        )
-        setup.close()
+        yield VectorWarehouse(kind, yaml)
 
 
 def pipelines_file(tmp_path: Path, warehouse_yaml: str) -> Path:

@@ -8,6 +8,7 @@ import datetime as dt
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from hashlib import sha256
@@ -114,6 +115,26 @@ def _sql_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+@contextmanager
+def fake_snowflake(prefix: str, schema: str) -> Iterator[tuple[Any, str, str]]:
+    """A fakesnow server with a fresh database and schema: (a setup connection, the database's
+    name, the warehouse's YAML). Databases get unique names: fakesnow's servers share one catalog."""
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with snowflake_server() as options:
+        setup = snowflake.connector.connect(**options)
+        setup.cursor().execute(f"create database {database}")
+        setup.cursor().execute(f"create schema {database}.{schema}")
+        yaml = (
+            f"{{type: snowflake, account: {options['account']}, user: {options['user']},"
+            f" password: {options['password']}, host: {options['host']}, port: {options['port']},"
+            f" protocol: http, database: {database}, schema: {schema}, connect_args: {{network_timeout: 10}}}}"
+        )
+        try:
+            yield setup, database, yaml
+        finally:
+            setup.close()
+
+
 @pytest.fixture(params=["duckdb", "postgres", "snowflake", "bigquery"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
     kind = request.param
@@ -155,11 +176,7 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
         yield Warehouse(f"{{type: sqlalchemy, url: '{url}'}}", insert, count)
         engine.dispose()
         return
-    database = f"shop_{uuid.uuid4().hex[:8]}"  # fakesnow's servers share one process-wide catalog
-    with snowflake_server() as options:
-        setup = snowflake.connector.connect(**options)
-        setup.cursor().execute(f"create database {database}")
-        setup.cursor().execute(f"create schema {database}.sales")
+    with fake_snowflake("shop", "sales") as (setup, database, yaml):
         setup.cursor().execute(
             f"create table {database}.sales.orders (order_id int, email varchar, phone varchar, country varchar,"
             " ip varchar, user_agent varchar, page_url varchar, amount number(10, 2), currency varchar,"
@@ -175,13 +192,7 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
             cursor.execute(f"select count(*) from {database}.sales.orders")
             return int(cursor.fetchone()[0])
 
-        yaml = (
-            f"{{type: snowflake, account: {options['account']}, user: {options['user']},"
-            f" password: {options['password']}, host: {options['host']}, port: {options['port']},"
-            f" protocol: http, database: {database}, schema: sales, connect_args: {{network_timeout: 10}}}}"
-        )
         yield Warehouse(yaml, insert, count)
-        setup.close()
 
 
 @pytest.fixture
