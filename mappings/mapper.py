@@ -20,6 +20,7 @@ import pycountry
 
 from capi_sync.errors import ConfigError
 from capi_sync.mappings import normalize, urls, values
+from capi_sync.mappings.normalize import Normalizer
 from capi_sync.mappings.events import rename
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
@@ -44,11 +45,11 @@ class MappedRow(NamedTuple):
     """One row's outcome: an event plus warnings (dropped values), or no event plus the reasons."""
 
     row_key: str
-    event: dict[str, Any] | None
+    event: dict[str, Any] | bytes | None  # bytes: the event's JSON, written by the native core
     problems: tuple[Problem, ...]
     key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
     skipped: str | None = None  # a rule that holds the row back without rejecting it (consent)
-    user_keys: tuple[str, ...] | None = None  # set when a worker process sent the event
+    user_keys: tuple[str, ...] | None = None  # the customer-information keys of a JSON event
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +156,15 @@ class EventMapper:
             use_uncached = partial(self._replace_path, index, key, getter)
             self._user_plan.append((key, getter, self._scalar_text_path(key, on_memo_off=use_uncached)))
         self._country_path = self._scalar_text_path("country") if self._country_getter else None
+
+    def now(self) -> float:
+        """The clock events are checked against (too old, in the future)."""
+        return self._clock()
+
+    def normalizer_of(self, key: str) -> Normalizer:
+        """The rule a customer-information key is normalized by (settings bound to it aside)."""
+        found = self._normalizers[key]
+        return found.func if isinstance(found, partial) else found
 
     def row_key(self, row: Row) -> str:
         """The primary key as one string (`|`-joined when composite): names the row everywhere."""

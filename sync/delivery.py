@@ -110,6 +110,9 @@ def event_lines(events: Sequence[Any]) -> bytes:
     """`--output`'s JSON lines: each event as Meta would receive it (one JSON cannot carry is not)."""
     lines = []
     for event in events:
+        if event.__class__ is bytes:  # written by the native core
+            lines.append(event + b"\n")
+            continue
         try:
             lines.append(orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
         except TypeError:

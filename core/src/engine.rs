@@ -1,0 +1,462 @@
+//! One record batch through the plan: each row becomes an event (JSON bytes), or goes back to
+//! the Python reference, which words every rejection and dropped value itself.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::json;
+use crate::normalize::{self, ascii_text, is_sha256_hex, is_trimmed, strip};
+use crate::plan::{Constant, CustomType, Plan, Rule, Source, UserField};
+use crate::value::{Column, Val};
+
+/// What became of one row.
+pub struct RowOut {
+    /// The event as JSON, or None: the reference maps this row.
+    pub event: Option<Vec<u8>>,
+    /// The primary key as one string, where the core can write it as Python would.
+    pub row_key: Option<String>,
+    /// Bit i: the event carries the plan's i-th customer-information key (`Plan::user_order`).
+    pub shape: u64,
+}
+
+pub struct Batch<'a> {
+    pub columns: Vec<Option<Column>>,
+    pub plan: &'a Plan,
+    pub now: f64,
+}
+
+const MAX_ROW_KEY_CHARS: usize = 300;
+const ROWS_PER_TASK: usize = 2048;
+
+impl Batch<'_> {
+    pub fn build(&self, rows: usize) -> Vec<RowOut> {
+        (0..rows)
+            .into_par_iter()
+            .with_min_len(ROWS_PER_TASK)
+            .map(|row| {
+                let row_key = self.row_key(row);
+                let event = row_key.as_deref().and_then(|key| self.event(row, key));
+                let (event, shape) = match event {
+                    Some((event, shape)) => (Some(event), shape),
+                    None => (None, 0),
+                };
+                RowOut { event, row_key, shape }
+            })
+            .collect()
+    }
+
+    fn get<'s>(&'s self, source: &'s Source, row: usize) -> Val<'s> {
+        match source {
+            Source::Column { column } => match self.columns.get(*column) {
+                Some(Some(column)) => column.get(row),
+                _ => Val::Null,
+            },
+            Source::Constant { constant } => match constant {
+                Constant::Null(()) => Val::Null,
+                Constant::Bool(flag) => Val::Bool(*flag),
+                Constant::Int(number) => Val::Int((*number).into()),
+                Constant::Float(number) => Val::Float(*number),
+                Constant::Str(text) => Val::Str(text),
+            },
+        }
+    }
+
+    /// `_join_key`: the key's values as `str()` writes them, `|`-joined; None where the core
+    /// cannot write one (a float, a date) or the row is the reference's to reject (a NULL).
+    fn row_key(&self, row: usize) -> Option<String> {
+        let mut key = String::new();
+        for (position, column) in self.plan.spec.key_columns.iter().enumerate() {
+            if position > 0 {
+                key.push('|');
+            }
+            match self.get(&Source::Column { column: *column }, row) {
+                Val::Str(text) => key.push_str(text),
+                Val::Int(number) => key.push_str(&number.to_string()),
+                Val::Bool(flag) => key.push_str(if flag { "True" } else { "False" }),
+                _ => return None,
+            }
+        }
+        (key.chars().count() <= MAX_ROW_KEY_CHARS).then_some(key)
+    }
+
+    fn event(&self, row: usize, row_key: &str) -> Option<(Vec<u8>, u64)> {
+        let spec = &self.plan.spec;
+        let mut out = Vec::with_capacity(1024);
+        // server event
+        let name = text_value(&self.get(&spec.event_name, row))?;
+        if name.is_empty() {
+            return None;
+        }
+        let name = if spec.renames.is_empty() {
+            name
+        } else {
+            match spec.renames.get(&name_key(&name)) {
+                Some(renamed) => Cow::Owned(renamed.clone()),
+                None => name,
+            }
+        };
+        let event_time = unix_seconds(&self.get(&spec.event_time, row), spec.utc)?;
+        out.extend_from_slice(b"{\"event_name\":");
+        json::write_str(&mut out, &name);
+        out.extend_from_slice(b",\"event_time\":");
+        json::write_int(&mut out, event_time.into());
+        out.extend_from_slice(b",\"event_id\":");
+        let given = match &spec.event_id {
+            Some(source) => match self.get(source, row) {
+                Val::Null => Cow::Borrowed(""),
+                value => text_value(&value)?,
+            },
+            None => Cow::Borrowed(""),
+        };
+        if given.is_empty() {
+            json::write_str(&mut out, &derive_event_id(&spec.pipeline, row_key));
+        } else {
+            json::write_str(&mut out, &given);
+        }
+        let action_source: Cow<'_, str> = match spec.action_source.as_ref().map(|s| self.get(s, row)) {
+            Some(Val::Null) | None => Cow::Borrowed(spec.default_action_source.as_deref()?),
+            Some(value) => Cow::Owned(text_value(&value)?.to_ascii_lowercase()),
+        };
+        if !spec.action_sources.iter().any(|known| *known == action_source) {
+            return None;
+        }
+        out.extend_from_slice(b",\"action_source\":");
+        json::write_str(&mut out, &action_source);
+        let mut source_url = None;
+        for (field, source) in &spec.urls {
+            let value = self.get(source, row);
+            if value == Val::Null {
+                continue;
+            }
+            let text = text_value(&value)?;
+            if text.is_empty() {
+                continue;
+            }
+            if field == "event_source_url" {
+                source_url = Some(text.clone());
+            }
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(b"\":");
+            json::write_str(&mut out, &text);
+        }
+        // customer information
+        out.extend_from_slice(b",\"user_data\":{");
+        let mut shape = 0_u64;
+        let mut first = true;
+        let mut country: Option<String> = None;
+        let fields = spec.country.iter().chain(spec.user.iter());
+        for (index, field) in fields.enumerate() {
+            let value = self.get(&field.source, row);
+            let Some((plain, sent)) = user_value(self.plan, field, &value, country.as_deref())? else {
+                continue; // absent or blank
+            };
+            if index == 0 && spec.country.is_some() {
+                country = plain;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            json::write_str(&mut out, &field.key);
+            out.push(b':');
+            json::write_str(&mut out, &sent);
+            shape |= 1 << index;
+        }
+        out.push(b'}');
+        // custom data
+        let mut custom: Vec<(&str, Vec<u8>)> = Vec::new();
+        for field in &spec.custom {
+            let value = self.get(&field.source, row);
+            if value == Val::Null || matches!(value, Val::Str(text) if blank(text)?) {
+                continue;
+            }
+            set(&mut custom, &field.key, custom_value(self.plan, field.kind, &value)?);
+        }
+        for property in &spec.properties {
+            let value = self.get(&property.source, row);
+            if value != Val::Null {
+                set(&mut custom, &property.key, json_value(&value)?);
+            }
+        }
+        if !custom.is_empty() {
+            out.extend_from_slice(b",\"custom_data\":{");
+            for (position, (key, value)) in custom.iter().enumerate() {
+                if position > 0 {
+                    out.push(b',');
+                }
+                json::write_str(&mut out, key);
+                out.push(b':');
+                out.extend_from_slice(value);
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        // what `validate_event` and the fbclid rule would say: any problem is the reference's
+        let has = |key: &str| {
+            self.plan.user_order.iter().position(|k| k == key).is_some_and(|i| shape & (1 << i) != 0)
+        };
+        if spec.fbc_from_fbclid && !has("fbc") && source_url.as_deref().is_some_and(|u| u.contains("fbclid=")) {
+            return None;
+        }
+        let age = self.now - event_time as f64;
+        let max_age = if action_source == "physical_store" {
+            spec.max_age_seconds_physical_store
+        } else {
+            spec.max_age_seconds
+        };
+        if (age > spec.max_age_seconds as f64 && age > max_age as f64) || -age > spec.max_future_seconds as f64 {
+            return None;
+        }
+        match action_source.as_ref() {
+            "website" if source_url.is_none() || !has("client_user_agent") => return None,
+            "app" => return None, // app_data is the reference's
+            _ => {}
+        }
+        if shape == 0 || !self.strong_enough(shape) {
+            return None;
+        }
+        if name == "Purchase" && !(custom.iter().any(|(k, _)| *k == "value") && custom.iter().any(|(k, _)| *k == "currency")) {
+            return None;
+        }
+        Some((out, shape))
+    }
+
+    /// The matching floor of `validate._match_floor`, on the keys the event carries.
+    fn strong_enough(&self, shape: u64) -> bool {
+        let spec = &self.plan.spec;
+        let keys: Vec<&str> = self
+            .plan
+            .user_order
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| shape & (1 << i) != 0)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        if keys.iter().any(|k| spec.strong_keys.iter().any(|s| s == k)) {
+            return true;
+        }
+        if spec.weak_key_sets.iter().any(|weak| keys.iter().all(|k| weak.iter().any(|w| w == k))) {
+            return false;
+        }
+        !spec.strong_key_required
+    }
+}
+
+/// Replace in place (a Python dict keeps a key's first position), else append.
+fn set<'p>(custom: &mut Vec<(&'p str, Vec<u8>)>, key: &'p str, value: Vec<u8>) {
+    match custom.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => custom.push((key, value)),
+    }
+}
+
+/// Blank as the reference's `_is_empty` says; None for non-ASCII text, whose blankness is its own.
+fn blank(text: &str) -> Option<bool> {
+    text.is_ascii().then(|| text.bytes().all(is_trimmed))
+}
+
+/// `values.to_text` where the core writes exactly what Python writes.
+fn text_value<'a>(value: &Val<'a>) -> Option<Cow<'a, str>> {
+    match ascii_text(value)? {
+        Cow::Borrowed(text) => Some(Cow::Borrowed(strip(text))),
+        Cow::Owned(text) => Some(Cow::Owned(strip(&text).to_owned())),
+    }
+}
+
+/// `events.name_key` on ASCII: lowercase, without whitespace, `_` or `-`.
+fn name_key(name: &str) -> String {
+    name.bytes()
+        .filter(|b| !is_trimmed(*b) && *b != b'_' && *b != b'-')
+        .map(|b| b.to_ascii_lowercase() as char)
+        .collect()
+}
+
+pub fn derive_event_id(pipeline: &str, row_key: &str) -> String {
+    let digest = Sha256::digest(format!("capi-sync\x1f{pipeline}\x1f{row_key}").as_bytes());
+    hex(&digest)[..32].to_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(DIGITS[(byte >> 4) as usize] as char);
+        text.push(DIGITS[(byte & 15) as usize] as char);
+    }
+    text
+}
+
+/// `values.unix_seconds`; None for what only the reference reads (ISO text, naive values outside
+/// UTC) or rejects.
+fn unix_seconds(value: &Val<'_>, utc: bool) -> Option<i64> {
+    let number = match *value {
+        Val::Ts { micros, aware } => {
+            if !aware && !utc {
+                return None;
+            }
+            return Some((micros as f64 / 1e6).trunc() as i64);
+        }
+        Val::Date(days) => return utc.then_some(i64::from(days) * 86_400),
+        Val::Int(number) => number as f64,
+        Val::Float(number) => number,
+        Val::Dec { .. } => decimal_to_float(value)?,
+        Val::Str(text) => {
+            let text = strip(text);
+            let unsigned = text.trim_start_matches('-');
+            let one_point = unsigned.replacen('.', "", 1);
+            if !text.is_ascii() || one_point.is_empty() || !one_point.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            text.parse::<f64>().ok()?
+        }
+        Val::Null | Val::Bool(_) => return None,
+    };
+    if !number.is_finite() {
+        return None;
+    }
+    let seconds = if number.abs() >= 100_000_000_000.0 { number / 1000.0 } else { number };
+    let seconds = seconds.trunc();
+    (seconds.abs() < 9.0e18).then_some(seconds as i64)
+}
+
+fn decimal_to_float(value: &Val<'_>) -> Option<f64> {
+    match *value {
+        Val::Dec { value, scale } => format!("{value}e{}", -i32::from(scale)).parse().ok(),
+        _ => None,
+    }
+}
+
+/// (plain value, what is sent), None when absent or blank; the outer None hands the row back.
+#[allow(clippy::option_option)]
+fn user_value(
+    plan: &Plan,
+    field: &UserField,
+    value: &Val<'_>,
+    country: Option<&str>,
+) -> Option<Option<(Option<String>, String)>> {
+    if *value == Val::Null {
+        return Some(None);
+    }
+    if field.rule == Rule::Pushed {
+        return match value {
+            Val::Str(text) if !text.starts_with('!') => Some(Some((None, (*text).to_owned()))),
+            _ => None,
+        };
+    }
+    if let Val::Str(text) = value {
+        if blank(text)? {
+            return Some(None);
+        }
+        let stripped = strip(text);
+        if field.hashed && is_sha256_hex(stripped) {
+            return Some(Some((None, stripped.to_ascii_lowercase())));
+        }
+    }
+    let normalized = normalize::normalize(plan, field.rule, value, country)?;
+    let sent = if field.hashed { hex(&Sha256::digest(normalized.as_bytes())) } else { normalized.clone() };
+    Some(Some((Some(normalized), sent)))
+}
+
+/// A custom-data field's JSON, converted as `mapper._CUSTOM_CONVERTERS` converts it.
+fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match kind {
+        CustomType::Float => json::write_float(&mut out, to_float(value)?),
+        CustomType::Int => {
+            let number = match *value {
+                Val::Int(number) => number,
+                _ => {
+                    let number = to_float(value)?;
+                    if number.fract() != 0.0 || number.abs() > 1.8e19 {
+                        return None;
+                    }
+                    number as i128
+                }
+            };
+            if !(i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&number) {
+                return None;
+            }
+            json::write_int(&mut out, number);
+        }
+        CustomType::Str => json::write_str(&mut out, &text_value(value)?),
+        CustomType::Currency => {
+            let code = text_value(value)?.to_ascii_uppercase();
+            if code.len() != 3 || !plan.spec.currencies.contains(&code) {
+                return None;
+            }
+            json::write_str(&mut out, &code);
+        }
+        CustomType::ContentType | CustomType::DeliveryCategory => {
+            let text = text_value(value)?.to_ascii_lowercase();
+            let allowed = if kind == CustomType::ContentType {
+                &plan.spec.content_types
+            } else {
+                &plan.spec.delivery_categories
+            };
+            if !allowed.contains(&text) {
+                return None;
+            }
+            json::write_str(&mut out, &text);
+        }
+        CustomType::StrList => {
+            let items: Vec<Cow<'_, str>> = match value {
+                Val::Str(_) => {
+                    let text = text_value(value)?;
+                    if text.starts_with('[') {
+                        return None; // a JSON array: the reference parses it
+                    }
+                    text.split(',').map(strip).filter(|p| !p.is_empty()).map(|p| Cow::Owned(p.to_owned())).collect()
+                }
+                _ => vec![text_value(value)?],
+            };
+            out.push(b'[');
+            for (position, item) in items.iter().enumerate() {
+                if position > 0 {
+                    out.push(b',');
+                }
+                json::write_str(&mut out, item);
+            }
+            out.push(b']');
+        }
+        CustomType::Contents => return None,
+    }
+    Some(out)
+}
+
+/// `values.to_float`: numbers only here (text goes to the reference); finite.
+fn to_float(value: &Val<'_>) -> Option<f64> {
+    let number = match *value {
+        Val::Int(number) => number as f64,
+        Val::Float(number) => number,
+        Val::Dec { .. } => decimal_to_float(value)?,
+        _ => return None,
+    };
+    number.is_finite().then_some(number)
+}
+
+/// `values.to_json` for a custom property.
+fn json_value(value: &Val<'_>) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    match *value {
+        Val::Str(text) => json::write_str(&mut out, text),
+        Val::Int(number) => {
+            if (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&number) {
+                json::write_int(&mut out, number);
+            } else {
+                json::write_str(&mut out, &number.to_string());
+            }
+        }
+        Val::Bool(flag) => out.extend_from_slice(if flag { b"true" } else { b"false" }),
+        Val::Float(_) | Val::Dec { .. } => match to_float(value) {
+            Some(number) => json::write_float(&mut out, number),
+            None if matches!(value, Val::Float(_)) => out.extend_from_slice(b"null"),
+            None => return None,
+        },
+        Val::Date(days) => json::write_str(&mut out, &normalize::iso_date(days.into())),
+        Val::Ts { .. } | Val::Null => return None,
+    }
+    Some(out)
+}

@@ -1,0 +1,104 @@
+//! JSON written byte for byte as orjson writes it, so a native body equals the reference's.
+
+/// A string as orjson escapes it: `"`, `\` and control characters below U+0020 only.
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[start..i]);
+                out.extend_from_slice(format!("\\u{byte:04x}").as_bytes());
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+pub fn write_int(out: &mut Vec<u8>, value: i128) {
+    out.extend_from_slice(value.to_string().as_bytes());
+}
+
+/// A finite float as orjson prints it: Python's `repr` digits (shortest round trip, fixed notation
+/// from 1e-4 up to 1e16), with an exponent that is signed and never zero-padded (`1e+16`, `1e-7`).
+pub fn write_float(out: &mut Vec<u8>, value: f64) {
+    out.extend_from_slice(float_text(value).as_bytes());
+}
+
+pub fn float_text(value: f64) -> String {
+    if value == 0.0 {
+        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+    }
+    // `{:e}` gives the shortest round-trip digits: "-1.2345e17".
+    let scientific = format!("{value:e}");
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} always has an exponent");
+    let exponent: i32 = exponent.parse().expect("an integer exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exponent) {
+        let point = exponent + 1; // digits before the decimal point
+        let text = if point <= 0 {
+            format!("0.{}{}", "0".repeat((-point) as usize), digits)
+        } else if point as usize >= digits.len() {
+            format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
+        } else {
+            let (whole, fraction) = digits.split_at(point as usize);
+            format!("{whole}.{fraction}")
+        };
+        return format!("{sign}{text}");
+    }
+    let shown = if digits.len() == 1 { digits } else { format!("{}.{}", &digits[..1], &digits[1..]) };
+    let exp_sign = if exponent < 0 { '-' } else { '+' };
+    format!("{sign}{shown}e{exp_sign}{}", exponent.abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_orjson_prints_them() {
+        let cases = [
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (123456789012345680.0, "1.2345678901234568e+17"),
+            (1e-7, "1e-7"),
+            (0.0001, "0.0001"),
+            (100.0, "100.0"),
+            (12.5, "12.5"),
+            (1.5e300, "1.5e+300"),
+            (-0.0, "-0.0"),
+            (5e-324, "5e-324"),
+            (0.30000000000000004, "0.30000000000000004"),
+            (-2.5e-5, "-2.5e-5"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(float_text(value), text, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn strings_escape_as_orjson_escapes_them() {
+        let mut out = Vec::new();
+        write_str(&mut out, "a\u{0}\u{1f}\u{7f}\"\\/é\u{2028}\n");
+        assert_eq!(out, "\"a\\u0000\\u001f\u{7f}\\\"\\\\/é\u{2028}\\n\"".as_bytes());
+    }
+}

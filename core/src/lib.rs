@@ -1,0 +1,110 @@
+//! capi-sync's native core: a compiled mapping plan and an Arrow record batch in, events out.
+//!
+//! The Python mapper (`capi_sync.mappings.mapper`) is the reference: the core writes an event only
+//! where it can prove the reference writes the same bytes, and hands every other row back to it.
+
+mod engine;
+mod json;
+mod normalize;
+mod plan;
+mod value;
+
+use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::{Array, StructArray};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCapsule, PyList};
+
+/// A pipeline's mapping, compiled once per run (`capi_sync.native.compile_plan`).
+#[pyclass(frozen, module = "capi_sync._core")]
+struct Plan {
+    inner: plan::Plan,
+}
+
+#[pymethods]
+impl Plan {
+    #[new]
+    fn new(spec_json: &str) -> PyResult<Self> {
+        plan::Plan::from_json(spec_json).map(|inner| Self { inner }).map_err(PyValueError::new_err)
+    }
+
+    /// The customer-information keys in the order events carry them; bit i of a shape is key i.
+    #[getter]
+    fn user_order(&self) -> Vec<String> {
+        self.inner.user_order.clone()
+    }
+}
+
+/// What `build` returns for one record batch.
+#[pyclass(frozen, module = "capi_sync._core")]
+struct Built {
+    /// One byte per row: 1 where the core wrote the event, 0 where the reference maps the row.
+    #[pyo3(get)]
+    native: Py<PyBytes>,
+    /// Per row, its key as the reference writes it, or None where the reference must.
+    #[pyo3(get)]
+    row_keys: Py<PyList>,
+    /// The events the core wrote, in row order, each as its JSON.
+    #[pyo3(get)]
+    events: Py<PyList>,
+    /// Per event, the customer-information keys it carries (bits of `Plan.user_order`).
+    #[pyo3(get)]
+    shapes: Py<PyList>,
+}
+
+/// Columns of `batch` (anything with `__arrow_c_array__`: a pyarrow RecordBatch) the core reads.
+fn import_batch(batch: &Bound<'_, PyAny>) -> PyResult<StructArray> {
+    let capsules = batch.call_method0("__arrow_c_array__")?;
+    let (schema, array): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = capsules.extract()?;
+    // SAFETY: the Arrow PyCapsule interface hands out an FFI_ArrowSchema and an FFI_ArrowArray;
+    // the array is moved out of its capsule (its release callback is taken over), the schema is
+    // only borrowed while the capsule is alive.
+    let data = unsafe {
+        let array = FFI_ArrowArray::from_raw(array.pointer().cast::<FFI_ArrowArray>());
+        let schema = &*schema.pointer().cast::<FFI_ArrowSchema>();
+        from_ffi(array, schema)
+    }
+    .map_err(|e| PyTypeError::new_err(format!("not an Arrow record batch: {e}")))?;
+    Ok(StructArray::from(data))
+}
+
+/// Map every row of `batch` that the core can: see `Built`. Runs without the GIL, on every core.
+#[pyfunction]
+fn build(py: Python<'_>, plan: &Bound<'_, Plan>, batch: &Bound<'_, PyAny>, now: f64) -> PyResult<Built> {
+    let columns = import_batch(batch)?;
+    let rows = columns.len();
+    let plan = &plan.get().inner;
+    let readable = columns.columns().iter().map(|array| value::Column::new(array.clone())).collect();
+    let batch = engine::Batch { columns: readable, plan, now };
+    let outcomes = py.allow_threads(|| batch.build(rows));
+    let native: Vec<u8> = outcomes.iter().map(|o| u8::from(o.event.is_some())).collect();
+    let row_keys = PyList::new(py, outcomes.iter().map(|o| o.row_key.as_deref()))?;
+    let written: Vec<_> = outcomes.iter().filter(|o| o.event.is_some()).collect();
+    let events =
+        PyList::new(py, written.iter().map(|o| PyBytes::new(py, o.event.as_deref().unwrap_or_default())))?;
+    let shapes = PyList::new(py, written.iter().map(|o| o.shape))?;
+    Ok(Built {
+        native: PyBytes::new(py, &native).unbind(),
+        row_keys: row_keys.unbind(),
+        events: events.unbind(),
+        shapes: shapes.unbind(),
+    })
+}
+
+/// The event_id of a row without one (`mapper.derive_event_id`), for the tests.
+#[pyfunction]
+fn derive_event_id(pipeline: &str, row_key: &str) -> String {
+    engine::derive_event_id(pipeline, row_key)
+}
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // A debug build is correct but several times slower: benchmarks refuse it.
+    module.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    module.add_class::<Plan>()?;
+    module.add_class::<Built>()?;
+    module.add_function(wrap_pyfunction!(build, module)?)?;
+    module.add_function(wrap_pyfunction!(derive_event_id, module)?)?;
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The reference's normalization rules (`mappings/normalize.py`) on their ASCII domain.
+//!
+//! Every function returns the normalized value, or None when the value is outside what the core
+//! decides alone: non-ASCII text, a value the rule drops (its problem is the reference's to word),
+//! a form only the reference reads. The row then goes to the Python reference, whole.
+
+use crate::plan::{CompiledNanp, Plan, Rule};
+use crate::value::{civil_from_days, days_from_civil, Val};
+
+/// Python's `str.strip()` and the reference's `TRIMMED` agree on ASCII: these characters.
+pub fn is_trimmed(byte: u8) -> bool {
+    matches!(byte, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' ')
+}
+
+pub fn strip(text: &str) -> &str {
+    text.trim_matches(|c: char| c.is_ascii() && is_trimmed(c as u8))
+}
+
+/// A value as the reference's `str(value)` reads it, for the types where that is plain; None for
+/// non-ASCII text and for types whose text form the core does not reproduce.
+pub fn ascii_text<'a>(value: &Val<'a>) -> Option<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
+    match *value {
+        Val::Str(text) if text.is_ascii() => Some(Cow::Borrowed(text)),
+        Val::Int(number) => Some(Cow::Owned(number.to_string())),
+        Val::Bool(flag) => Some(Cow::Borrowed(if flag { "True" } else { "False" })),
+        Val::Date(days) => Some(Cow::Owned(iso_date(days.into()))),
+        _ => None,
+    }
+}
+
+pub fn iso_date(days: i64) -> String {
+    let (year, month, day) = civil_from_days(days);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// One customer-information value, normalized by `rule` (not yet hashed).
+pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>) -> Option<String> {
+    match (rule, value) {
+        (Rule::Zip, Val::Int(number)) if (0..100_000).contains(number) => {
+            return zip(&format!("{number:05}"), country);
+        }
+        (Rule::Zip, Val::Bool(_)) => return None, // Python formats a bool as the integer 1 or 0 there
+        (Rule::BirthDate, Val::Date(days)) => return birth_date_of_days(plan, (*days).into()),
+        (Rule::BirthDate, Val::Ts { micros, aware: false }) => {
+            return birth_date_of_days(plan, micros.div_euclid(86_400_000_000));
+        }
+        (Rule::BirthDate, Val::Ts { .. } | Val::Dec { .. } | Val::Float(_)) => return None,
+        (Rule::Phone, Val::Float(number)) if number.fract() == 0.0 && number.abs() < 1e15 => {
+            return phone(plan, &format!("{}", *number as i64), country);
+        }
+        _ => {}
+    }
+    let raw = ascii_text(value)?;
+    let text = strip(&raw);
+    match rule {
+        Rule::Email => email(text),
+        Rule::Name | Rule::City | Rule::State => {
+            let letters: String =
+                text.bytes().filter(u8::is_ascii_alphabetic).map(|b| b.to_ascii_lowercase() as char).collect();
+            if letters.is_empty() {
+                return None;
+            }
+            if rule != Rule::State {
+                return Some(letters);
+            }
+            let table = plan.spec.subdivisions.get(country.unwrap_or(""));
+            Some(table.and_then(|t| t.get(&letters)).cloned().unwrap_or(letters))
+        }
+        Rule::Gender => match text.to_ascii_lowercase().as_str() {
+            "m" | "male" | "man" => Some("m".into()),
+            "f" | "female" | "woman" => Some("f".into()),
+            _ => None,
+        },
+        Rule::BirthDate => birth_date(plan, text),
+        Rule::Zip => zip(text, country),
+        Rule::Country => {
+            let key: String =
+                text.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase() as char).collect();
+            plan.spec.countries.get(&key).cloned()
+        }
+        Rule::ExternalId => (!text.is_empty()).then(|| text.to_ascii_lowercase()),
+        Rule::Plain | Rule::Pushed => (!text.is_empty()).then(|| text.to_owned()),
+        Rule::IpAddress => is_canonical_ipv4(text).then(|| text.to_owned()),
+        Rule::IntegerId => (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned()),
+        Rule::Phone => phone(plan, text, country),
+    }
+}
+
+fn email(text: &str) -> Option<String> {
+    let lowered = text.to_ascii_lowercase();
+    let (local, domain) = lowered.rsplit_once('@')?;
+    if local.is_empty() || local.contains('@') || !domain.trim_matches('.').contains('.') {
+        return None;
+    }
+    if lowered.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return None; // a space, or a character Python does not print
+    }
+    Some(lowered)
+}
+
+fn zip(text: &str, country: Option<&str>) -> Option<String> {
+    let cleaned: String = text
+        .bytes()
+        .filter(|b| !is_trimmed(*b) && *b != b'-')
+        .map(|b| b.to_ascii_lowercase() as char)
+        .collect();
+    if cleaned.is_empty() || !cleaned.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    if cleaned.bytes().all(|b| b.is_ascii_digit()) {
+        let length = cleaned.len();
+        if country == Some("us") {
+            return Some(match length {
+                5.. => cleaned[..5].to_owned(),
+                3 | 4 => format!("{cleaned:0>5}"),
+                _ => cleaned,
+            });
+        }
+        if country.is_none() && (length == 5 || length == 9) {
+            return Some(cleaned[..5].to_owned());
+        }
+    }
+    Some(cleaned)
+}
+
+/// `YYYY-MM-DD` only, the shape warehouses export; every other form goes to the reference.
+fn birth_date(plan: &Plan, text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
+        return None;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = &text[range];
+        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten()
+    };
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let days = days_from_civil(year.into(), month, day)?;
+    birth_date_of_days(plan, days)
+}
+
+fn birth_date_of_days(plan: &Plan, days: i64) -> Option<String> {
+    let (year, month, day) = civil_from_days(days);
+    (1900..=plan.spec.current_year).contains(&year).then(|| format!("{year:04}{month:02}{day:02}"))
+}
+
+fn is_canonical_ipv4(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('.').collect();
+    parts.len() == 4
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_digit())
+                && !(part.starts_with('0') && *part != "0")
+                && part.parse::<u32>().is_ok_and(|n| n <= 255)
+        })
+}
+
+/// North American numbers, the way the reference's fast paths read them; the rest is its own.
+fn phone(plan: &Plan, text: &str, country: Option<&str>) -> Option<String> {
+    if text.contains(['x', 'X', '#']) || text.contains("(0)") {
+        return None; // an extension, or a trunk zero: the reference's regexes decide
+    }
+    let without_punctuation: String = text.chars().filter(|c| !" -().".contains(*c)).collect();
+    let digits = without_punctuation.trim_start_matches('+');
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let international = text.starts_with('+') || digits.starts_with("00");
+    let region = country
+        .or(plan.spec.default_phone_region.as_deref())
+        .filter(|r| !r.is_empty())
+        .map(str::to_ascii_uppercase);
+    match region {
+        Some(region) if !international => {
+            if region != "US" && region != "CA" || without_punctuation != digits {
+                return None;
+            }
+            let national = if digits.len() == 11 && digits.starts_with('1') { &digits[1..] } else { digits };
+            let shaped = national.len() == 10 && !national.starts_with(['0', '1']);
+            (shaped && nanp_is_valid(&plan.nanp, national)).then(|| format!("1{national}"))
+        }
+        _ => {
+            let significant = digits.trim_start_matches('0');
+            let shaped = significant.len() == 11
+                && significant.starts_with('1')
+                && !significant[1..].starts_with(['0', '1']);
+            (shaped && nanp_is_valid(&plan.nanp, &significant[1..])).then(|| significant.to_owned())
+        }
+    }
+}
+
+/// `phonenumbers.is_valid_number` for +1 and ten digits, from the library's own patterns.
+pub fn nanp_is_valid(rules: &[CompiledNanp], national: &str) -> bool {
+    let matches_all = |rule: &CompiledNanp| {
+        rule.general.as_ref().is_some_and(|g| g.is_match(national))
+            && rule.types.as_ref().is_some_and(|t| t.is_match(national))
+    };
+    for rule in rules {
+        match &rule.leading {
+            Some(leading) => {
+                if leading.is_match(national) {
+                    return matches_all(rule);
+                }
+            }
+            None => {
+                if matches_all(rule) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}

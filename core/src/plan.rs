@@ -1,0 +1,158 @@
+//! The pipeline's mapping as the core executes it, compiled once in Python (`capi_sync.native`).
+//!
+//! Tables (countries, subdivisions, currencies, North American phone patterns) come from the
+//! Python reference at compile time, so both paths read one copy of the rules.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde::Deserialize;
+
+/// Where a field's value comes from: a column of the batch, or a constant.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum Source {
+    Column { column: usize },
+    Constant { constant: Constant },
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum Constant {
+    Null(()),
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    Email,
+    Phone,
+    Name,
+    City,
+    Gender,
+    BirthDate,
+    State,
+    Zip,
+    Country,
+    ExternalId,
+    IpAddress,
+    IntegerId,
+    Plain,
+    /// A digest (or `!rule`) the warehouse computed: sent as it is.
+    Pushed,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct UserField {
+    pub key: String,
+    pub source: Source,
+    pub rule: Rule,
+    pub hashed: bool,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomType {
+    Float,
+    Int,
+    Str,
+    Currency,
+    StrList,
+    ContentType,
+    DeliveryCategory,
+    /// Read by the reference only: a row holding one is handed back.
+    Contents,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct CustomField {
+    pub key: String,
+    pub source: Source,
+    #[serde(rename = "type")]
+    pub kind: CustomType,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct Property {
+    pub key: String,
+    pub source: Source,
+}
+
+#[derive(Deserialize, Debug, Clone)]
+pub struct NanpRule {
+    pub leading: Option<String>,
+    pub general: Option<String>,
+    pub types: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct PlanSpec {
+    pub pipeline: String,
+    pub key_columns: Vec<usize>,
+    pub event_name: Source,
+    pub event_time: Source,
+    pub event_id: Option<Source>,
+    pub action_source: Option<Source>,
+    pub default_action_source: Option<String>,
+    pub urls: Vec<(String, Source)>,
+    pub renames: HashMap<String, String>,
+    pub country: Option<UserField>,
+    pub user: Vec<UserField>,
+    pub custom: Vec<CustomField>,
+    pub properties: Vec<Property>,
+    pub utc: bool,
+    pub fbc_from_fbclid: bool,
+    pub strong_key_required: bool,
+    pub default_phone_region: Option<String>,
+    pub current_year: i64,
+    pub action_sources: Vec<String>,
+    pub strong_keys: Vec<String>,
+    pub weak_key_sets: Vec<Vec<String>>,
+    pub currencies: Vec<String>,
+    pub content_types: Vec<String>,
+    pub delivery_categories: Vec<String>,
+    pub countries: HashMap<String, String>,
+    pub subdivisions: HashMap<String, HashMap<String, String>>,
+    pub nanp: Vec<NanpRule>,
+    pub max_age_seconds: i64,
+    pub max_age_seconds_physical_store: i64,
+    pub max_future_seconds: i64,
+}
+
+pub struct CompiledNanp {
+    pub leading: Option<Regex>,
+    /// None: no pattern admits ten digits, so nothing matches.
+    pub general: Option<Regex>,
+    pub types: Option<Regex>,
+}
+
+pub struct Plan {
+    pub spec: PlanSpec,
+    pub nanp: Vec<CompiledNanp>,
+    /// Customer-information keys in the order an event carries them: country first.
+    pub user_order: Vec<String>,
+}
+
+impl Plan {
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let spec: PlanSpec = serde_json::from_str(text).map_err(|e| format!("invalid plan: {e}"))?;
+        let anchored = |pattern: &str, whole: bool| {
+            let text = if whole { format!("^(?:{pattern})$") } else { format!("^(?:{pattern})") };
+            Regex::new(&text).map_err(|e| format!("invalid phone pattern {pattern:?}: {e}"))
+        };
+        let mut nanp = Vec::new();
+        for rule in &spec.nanp {
+            nanp.push(CompiledNanp {
+                leading: rule.leading.as_deref().map(|p| anchored(p, false)).transpose()?,
+                general: rule.general.as_deref().map(|p| anchored(p, true)).transpose()?,
+                types: rule.types.as_deref().map(|p| anchored(p, true)).transpose()?,
+            });
+        }
+        let user_order = spec.country.iter().chain(spec.user.iter()).map(|f| f.key.clone()).collect();
+        Ok(Self { spec, nanp, user_order })
+    }
+}

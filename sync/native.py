@@ -1,0 +1,263 @@
+"""The native core (`core/`, built into `capi_sync._core`): Arrow record batches in, events out.
+
+The Python mapper stays the reference. `compile_plan` turns a pipeline's mapping into the plan the
+core executes, or says why it cannot (then the whole run uses the reference). Per row, the core
+writes an event only where it can prove the reference writes the same bytes; every other row (a
+rejection, a dropped value, text outside ASCII, a form only the reference reads) comes back and
+the reference maps it. The rules' tables (countries, subdivisions, currencies, North American
+phone patterns) travel in the plan from the reference's own modules: one copy of each rule.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import pycountry
+
+from capi_sync.mappings import normalize, pushdown, validate
+from capi_sync.mappings.fields import (
+    ACTION_SOURCES,
+    CONTENT_TYPES,
+    CUSTOM_DATA_TYPES,
+    DELIVERY_CATEGORIES,
+    HASHED_USER_FIELDS,
+    STRONG_USER_FIELDS,
+    WEAK_USER_FIELD_SETS,
+)
+from capi_sync.mappings.mapper import MappedRow
+from capi_sync.mappings.sources import resolve_column
+from capi_sync.mappings.spec import Column, Constant
+
+try:
+    from capi_sync import _core
+except ImportError:  # built without a Rust toolchain: the reference maps every row
+    _core = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    import pyarrow as pa
+
+    from capi_sync.config import PipelineConfig
+    from capi_sync.mappings.mapper import EventMapper
+    from capi_sync.mappings.spec import FieldSource
+
+ENGINE_VARIABLE = "CAPI_SYNC_ENGINE"  # `python` maps every row with the reference
+
+
+def available() -> bool:
+    """Whether the core is built into this installation (and not switched off)."""
+    return _core is not None and os.environ.get(ENGINE_VARIABLE, "").lower() != "python"
+
+
+def engine() -> str:
+    """What maps rows here, as `capi-sync --version` says it."""
+    if _core is None:
+        return "pure Python (the native core is not built)"
+    if not available():
+        return f"pure Python ({ENGINE_VARIABLE}=python)"
+    return f"native core {_core.__version__} ({_core.build_profile} build)"
+
+
+class Unsupported(Exception):
+    """The plan cannot express this mapping: the run uses the reference, and says why."""
+
+
+_RULES = {
+    normalize.email: "email",
+    normalize.phone: "phone",
+    normalize.gender: "gender",
+    normalize.birth_date: "birth_date",
+    normalize.city: "city",
+    normalize.state: "state",
+    normalize.zip_code: "zip",
+    normalize.country_code: "country",
+    normalize.external_id: "external_id",
+    normalize.ip_address: "ip_address",
+    normalize.integer_id: "integer_id",
+    normalize.plain: "plain",
+}
+_SERVER_TEXT = ("event_source_url", "referrer_url", "messaging_channel")
+_SERVER_READ = frozenset({"event_name", "event_time", "event_id", "action_source", *_SERVER_TEXT})
+
+
+@dataclass(frozen=True)
+class NativePlan:
+    """A compiled plan and what Python needs around it."""
+
+    plan: Any  # _core.Plan
+    user_order: tuple[str, ...]
+    key_indexes: tuple[int, ...]
+    used: tuple[int, ...]  # the columns the mapping reads: the reference gets only these
+
+
+def compile_plan(pipeline: PipelineConfig, columns: Sequence[str], mapper: EventMapper) -> NativePlan:
+    """The plan for this pipeline against the query's columns; raises `Unsupported` with the reason."""
+    if _core is None:
+        raise Unsupported("the native core is not built")
+    settings, options = pipeline.settings, mapper.options
+    if pipeline.preset is not None:
+        raise Unsupported(f"preset '{pipeline.preset}' (its derived values are the reference's)")
+    if settings.consent_column is not None:
+        raise Unsupported("consent_column")
+    if settings.url_redaction != "none":
+        raise Unsupported("url_redaction")
+    if not settings.hashing_required:
+        raise Unsupported("hashing_required: false")
+    mapping = pipeline.mapping
+    if pipeline.pushdown:
+        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
+    if mapping.app_data:
+        raise Unsupported("app_data")
+    server = mapping.server_event
+    if extra := sorted(set(server) - _SERVER_READ):
+        raise Unsupported(f"server_event.{extra[0]}")
+
+    def source(value: FieldSource, where: str) -> dict[str, Any]:
+        if isinstance(value, Constant):
+            constant = value.value
+            if constant is not None and not isinstance(constant, str | int | float | bool):
+                raise Unsupported(f"{where}: a constant of type {type(constant).__name__}")
+            if isinstance(constant, int) and not isinstance(constant, bool) and not -(2**63) <= constant < 2**63:
+                raise Unsupported(f"{where}: a constant beyond 64 bits")
+            return {"constant": constant}
+        name = value.column if isinstance(value, Column) else value
+        if not isinstance(name, str):
+            raise Unsupported(f"{where}: a {type(value).__name__.lower()} source")
+        index = resolve_column(name, columns)
+        if index is None:
+            raise Unsupported(f"{where}: '{name}' is a path into a nested value")
+        return {"column": index}
+
+    def user_field(key: str, value: FieldSource) -> dict[str, Any]:
+        if key in options.pushed_keys:
+            rule = "pushed"
+        else:
+            rule = _RULES.get(mapper.normalizer_of(key))  # type: ignore[arg-type]
+            if key in ("fn", "ln"):
+                rule = "name"
+            if rule is None:
+                raise Unsupported(f"customer_info.{key}: its rule")
+        hashed = key in HASHED_USER_FIELDS and (key != "external_id" or settings.hash_external_id)
+        return {"key": key, "source": source(value, f"customer_info.{key}"), "rule": rule, "hashed": hashed}
+
+    user = dict(mapping.customer_info)
+    country = user.pop("country", None)
+    custom = []
+    for key, value in mapping.custom_data.items():
+        custom.append({"key": key, "source": source(value, f"custom_data.{key}"), "type": CUSTOM_DATA_TYPES[key]})
+    spec = {
+        "pipeline": pipeline.name,
+        "key_columns": list(mapper.key_indexes),
+        "event_name": source(server["event_name"], "server_event.event_name"),
+        "event_time": source(server["event_time"], "server_event.event_time"),
+        "event_id": source(server["event_id"], "server_event.event_id") if "event_id" in server else None,
+        "action_source": (
+            source(server["action_source"], "server_event.action_source") if "action_source" in server else None
+        ),
+        "default_action_source": options.action_source,
+        "urls": [[name, source(server[name], f"server_event.{name}")] for name in _SERVER_TEXT if name in server],
+        "renames": dict(options.event_renames),
+        "country": user_field("country", country) if country is not None else None,
+        "user": [user_field(key, value) for key, value in user.items()],
+        "custom": custom,
+        "properties": [
+            {"key": key, "source": source(value, f"custom_properties.{key}")}
+            for key, value in mapping.custom_properties.items()
+        ],
+        "utc": options.timezone == "UTC",
+        "fbc_from_fbclid": options.fbc_from_fbclid,
+        "strong_key_required": options.strong_match_key_required,
+        "default_phone_region": options.default_phone_region,
+        "current_year": normalize._current_year(),
+        "action_sources": list(ACTION_SOURCES),
+        "strong_keys": sorted(STRONG_USER_FIELDS),
+        "weak_key_sets": [sorted(weak) for weak in WEAK_USER_FIELD_SETS],
+        "currencies": sorted(currency.alpha_3 for currency in pycountry.currencies),
+        "content_types": sorted(CONTENT_TYPES),
+        "delivery_categories": sorted(DELIVERY_CATEGORIES),
+        "countries": normalize._country_table(),
+        "subdivisions": normalize._subdivision_table(),
+        "nanp": [
+            {
+                "leading": leading.pattern if leading is not None else None,
+                "general": None if general.pattern == "(?!)" else general.pattern,
+                "types": None if types.pattern == "(?!)" else types.pattern,
+            }
+            for leading, general, types in normalize._nanp_rules()
+        ],
+        "max_age_seconds": validate.MAX_AGE_SECONDS,
+        "max_age_seconds_physical_store": validate.MAX_AGE_SECONDS_PHYSICAL_STORE,
+        "max_future_seconds": validate.MAX_FUTURE_SECONDS,
+    }
+    try:
+        plan = _core.Plan(orjson.dumps(spec).decode())
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    used = mapper.columns_used if mapper.columns_used is not None else range(len(columns))
+    return NativePlan(plan, tuple(plan.user_order), tuple(mapper.key_indexes), tuple(used))
+
+
+def readable(schema: pa.Schema, used: Sequence[int]) -> str | None:
+    """None when the core reads the `used` columns of `schema` as Python reads them; else the
+    first that it does not (the run then reads rows the reference's way)."""
+    import pyarrow as pa  # noqa: PLC0415 (a dependency of the Arrow path only)
+
+    for field in (schema.field(index) for index in used):
+        kind = field.type
+        if pa.types.is_timestamp(kind) and kind.unit != "ns":
+            continue
+        if (
+            pa.types.is_null(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_integer(kind)
+            or pa.types.is_float32(kind)
+            or pa.types.is_float64(kind)
+            or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind)
+            or pa.types.is_string_view(kind)
+            or pa.types.is_date32(kind)
+            or pa.types.is_decimal128(kind)
+        ):
+            continue
+        return f"column '{field.name}' is {kind}"
+    return None
+
+
+def map_batch(
+    native: NativePlan, mapper: EventMapper, batch: pa.RecordBatch, now: float | None = None
+) -> Iterator[MappedRow]:
+    """Every row of `batch`, in order, as the reference would map it: written by the core where it
+    could, by the reference elsewhere. Events written by the core are JSON bytes."""
+    assert _core is not None
+    now = mapper.now() if now is None else now
+    built = _core.build(native.plan, batch, now)
+    flags, row_keys, events, shapes = built.native, built.row_keys, iter(built.events), iter(built.shapes)
+    key_columns = [batch.column(index).to_pylist() for index in native.key_indexes]
+    keys = list(zip(*key_columns, strict=True))
+    shape_keys: dict[int, tuple[str, ...]] = {}
+    order = native.user_order
+    rows: list[Any] | None = None
+    for position, flag in enumerate(flags):
+        if flag:
+            shape = next(shapes)
+            user_keys = shape_keys.get(shape)
+            if user_keys is None:
+                user_keys = shape_keys[shape] = tuple(k for i, k in enumerate(order) if shape >> i & 1)
+            yield MappedRow(row_keys[position], next(events), (), keys[position], user_keys=user_keys)
+            continue
+        if rows is None:  # the reference reads Python values, as the row path would hand them over
+            rows = _rows_of(batch, native.used)
+        yield mapper.map_row(rows[position], now)
+
+
+def _rows_of(batch: pa.RecordBatch, used: Sequence[int]) -> list[tuple[Any, ...]]:
+    """The batch as row tuples, with values in the columns the mapping reads (None elsewhere)."""
+    unread = [None] * batch.num_rows
+    columns = [unread] * batch.num_columns
+    for index in used:
+        columns[index] = batch.column(index).to_pylist()
+    return list(zip(*columns, strict=True))
