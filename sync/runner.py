@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from capi_sync import native
 from capi_sync.batching import Batch
-from capi_sync.building import make_client, mapper_for, quality_notes, quiet_gc
+from capi_sync.building import effective_mapping, make_client, mapper_for, quality_notes, quiet_gc
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
@@ -42,7 +43,6 @@ from capi_sync.mappings.mapper import (
 )
 from capi_sync.mappings.spec import GROUPS, column_of
 from capi_sync.mappings.validate import Problem, max_age_seconds
-from capi_sync import native
 from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import AGED_OUT_REASON, BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
@@ -58,13 +58,14 @@ from capi_sync.windows import (
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pyarrow as pa
+
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column, Projection
     from capi_sync.connectors.meta import MetaClient
     from capi_sync.connectors.packing import Packing
-    from capi_sync.native import NativePlan
-    import pyarrow as pa
     from capi_sync.connectors.retry import RetryPolicy
+    from capi_sync.native import NativePlan
 
 Progress = Callable[[RunReport], None]
 TRANSIENT_RULE = "meta_unavailable"  # rows Meta could not take (retry budget spent): pending, retried
@@ -202,7 +203,9 @@ def _native_plan(
     if not native.available() or not hasattr(source, "arrow_batches"):
         return None, None
     try:
-        plan = native.compile_plan(pipeline, columns, mapper)
+        plan = native.compile_plan(
+            effective_mapping(pipeline), mapper.options, columns, mapper, preset=pipeline.preset
+        )
     except native.Unsupported as exc:
         return None, f"the native core does not map {exc} yet: rows were mapped in Python"
     unreadable = native.readable(source.arrow_schema(query), plan.used)  # type: ignore[attr-defined]
@@ -339,7 +342,7 @@ def session(
         workers, serial_rows = plan_workers(options.workers or pipeline.workers)
         retry = options.retry or project.destination_of(pipeline).retry_policy()
         parallel = None
-        if workers > 1:
+        if workers > 1 and prepared.native is None:  # the core uses every core from this process
             delivery = Delivery(
                 make_client=partial(make_client, project, pipeline),
                 retry=retry,

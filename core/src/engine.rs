@@ -42,7 +42,11 @@ impl Batch<'_> {
                     Some((event, shape)) => (Some(event), shape),
                     None => (None, 0),
                 };
-                RowOut { event, row_key, shape }
+                RowOut {
+                    event,
+                    row_key,
+                    shape,
+                }
             })
             .collect()
     }
@@ -115,11 +119,16 @@ impl Batch<'_> {
         } else {
             json::write_str(&mut out, &given);
         }
-        let action_source: Cow<'_, str> = match spec.action_source.as_ref().map(|s| self.get(s, row)) {
-            Some(Val::Null) | None => Cow::Borrowed(spec.default_action_source.as_deref()?),
-            Some(value) => Cow::Owned(text_value(&value)?.to_ascii_lowercase()),
-        };
-        if !spec.action_sources.iter().any(|known| *known == action_source) {
+        let action_source: Cow<'_, str> =
+            match spec.action_source.as_ref().map(|s| self.get(s, row)) {
+                Some(Val::Null) | None => Cow::Borrowed(spec.default_action_source.as_deref()?),
+                Some(value) => Cow::Owned(text_value(&value)?.to_ascii_lowercase()),
+            };
+        if !spec
+            .action_sources
+            .iter()
+            .any(|known| *known == action_source)
+        {
             return None;
         }
         out.extend_from_slice(b",\"action_source\":");
@@ -150,7 +159,8 @@ impl Batch<'_> {
         let fields = spec.country.iter().chain(spec.user.iter());
         for (index, field) in fields.enumerate() {
             let value = self.get(&field.source, row);
-            let Some((plain, sent)) = user_value(self.plan, field, &value, country.as_deref())? else {
+            let Some((plain, sent)) = user_value(self.plan, field, &value, country.as_deref())?
+            else {
                 continue; // absent or blank
             };
             if index == 0 && spec.country.is_some() {
@@ -173,7 +183,11 @@ impl Batch<'_> {
             if value == Val::Null || matches!(value, Val::Str(text) if blank(text)?) {
                 continue;
             }
-            set(&mut custom, &field.key, custom_value(self.plan, field.kind, &value)?);
+            set(
+                &mut custom,
+                &field.key,
+                custom_value(self.plan, field.kind, &value)?,
+            );
         }
         for property in &spec.properties {
             let value = self.get(&property.source, row);
@@ -196,9 +210,16 @@ impl Batch<'_> {
         out.push(b'}');
         // what `validate_event` and the fbclid rule would say: any problem is the reference's
         let has = |key: &str| {
-            self.plan.user_order.iter().position(|k| k == key).is_some_and(|i| shape & (1 << i) != 0)
+            self.plan
+                .user_order
+                .iter()
+                .position(|k| k == key)
+                .is_some_and(|i| shape & (1 << i) != 0)
         };
-        if spec.fbc_from_fbclid && !has("fbc") && source_url.as_deref().is_some_and(|u| u.contains("fbclid=")) {
+        if spec.fbc_from_fbclid
+            && !has("fbc")
+            && source_url.as_deref().is_some_and(|u| u.contains("fbclid="))
+        {
             return None;
         }
         let age = self.now - event_time as f64;
@@ -207,7 +228,9 @@ impl Batch<'_> {
         } else {
             spec.max_age_seconds
         };
-        if (age > spec.max_age_seconds as f64 && age > max_age as f64) || -age > spec.max_future_seconds as f64 {
+        if (age > spec.max_age_seconds as f64 && age > max_age as f64)
+            || -age > spec.max_future_seconds as f64
+        {
             return None;
         }
         match action_source.as_ref() {
@@ -218,7 +241,10 @@ impl Batch<'_> {
         if shape == 0 || !self.strong_enough(shape) {
             return None;
         }
-        if name == "Purchase" && !(custom.iter().any(|(k, _)| *k == "value") && custom.iter().any(|(k, _)| *k == "currency")) {
+        if name == "Purchase"
+            && !(custom.iter().any(|(k, _)| *k == "value")
+                && custom.iter().any(|(k, _)| *k == "currency"))
+        {
             return None;
         }
         Some((out, shape))
@@ -238,7 +264,11 @@ impl Batch<'_> {
         if keys.iter().any(|k| spec.strong_keys.iter().any(|s| s == k)) {
             return true;
         }
-        if spec.weak_key_sets.iter().any(|weak| keys.iter().all(|k| weak.iter().any(|w| w == k))) {
+        if spec
+            .weak_key_sets
+            .iter()
+            .any(|weak| keys.iter().all(|k| weak.iter().any(|w| w == k)))
+        {
             return false;
         }
         !spec.strong_key_required
@@ -307,7 +337,10 @@ fn unix_seconds(value: &Val<'_>, utc: bool) -> Option<i64> {
             let text = strip(text);
             let unsigned = text.trim_start_matches('-');
             let one_point = unsigned.replacen('.', "", 1);
-            if !text.is_ascii() || one_point.is_empty() || !one_point.bytes().all(|b| b.is_ascii_digit()) {
+            if !text.is_ascii()
+                || one_point.is_empty()
+                || !one_point.bytes().all(|b| b.is_ascii_digit())
+            {
                 return None;
             }
             text.parse::<f64>().ok()?
@@ -317,7 +350,11 @@ fn unix_seconds(value: &Val<'_>, utc: bool) -> Option<i64> {
     if !number.is_finite() {
         return None;
     }
-    let seconds = if number.abs() >= 100_000_000_000.0 { number / 1000.0 } else { number };
+    let seconds = if number.abs() >= 100_000_000_000.0 {
+        number / 1000.0
+    } else {
+        number
+    };
     let seconds = seconds.trunc();
     (seconds.abs() < 9.0e18).then_some(seconds as i64)
 }
@@ -356,7 +393,11 @@ fn user_value(
         }
     }
     let normalized = normalize::normalize(plan, field.rule, value, country)?;
-    let sent = if field.hashed { hex(&Sha256::digest(normalized.as_bytes())) } else { normalized.clone() };
+    let sent = if field.hashed {
+        hex(&Sha256::digest(normalized.as_bytes()))
+    } else {
+        normalized.clone()
+    };
     Some(Some((Some(normalized), sent)))
 }
 
@@ -408,7 +449,11 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
                     if text.starts_with('[') {
                         return None; // a JSON array: the reference parses it
                     }
-                    text.split(',').map(strip).filter(|p| !p.is_empty()).map(|p| Cow::Owned(p.to_owned())).collect()
+                    text.split(',')
+                        .map(strip)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| Cow::Owned(p.to_owned()))
+                        .collect()
                 }
                 _ => vec![text_value(value)?],
             };
@@ -421,9 +466,88 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
             }
             out.push(b']');
         }
-        CustomType::Contents => return None,
+        CustomType::Contents => contents(plan, value, &mut out)?,
     }
     Some(out)
+}
+
+/// `mapper._contents` on a JSON array of objects; any other shape is the reference's to reject.
+fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
+    let Val::Str(text) = value else { return None };
+    let text = strip(text);
+    if !text.is_ascii() || !text.starts_with('[') {
+        return None;
+    }
+    let items: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(text).ok()?;
+    out.push(b'[');
+    for (position, item) in items.iter().enumerate() {
+        if position > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"id\":");
+        match item.get("id")? {
+            serde_json::Value::String(id) => json::write_str(out, id),
+            serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
+                json::write_str(out, &n.to_string())
+            }
+            serde_json::Value::Bool(flag) => {
+                json::write_str(out, if *flag { "True" } else { "False" })
+            }
+            _ => return None,
+        }
+        if let Some(quantity) = item.get("quantity").filter(|q| !q.is_null()) {
+            out.extend_from_slice(b",\"quantity\":");
+            json::write_int(out, json_int(quantity)?);
+        }
+        if let Some(price) = item.get("item_price").filter(|p| !p.is_null()) {
+            out.extend_from_slice(b",\"item_price\":");
+            json::write_float(out, json_float(price)?);
+        }
+        if let Some(category) = item.get("delivery_category").filter(|c| !c.is_null()) {
+            let serde_json::Value::String(category) = category else {
+                return None;
+            };
+            let category = strip(category).to_ascii_lowercase();
+            if !category.is_ascii() || !plan.spec.delivery_categories.contains(&category) {
+                return None;
+            }
+            out.extend_from_slice(b",\"delivery_category\":");
+            json::write_str(out, &category);
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    Some(())
+}
+
+/// `values.to_int` of a parsed JSON number (64 bits; an integral float counts).
+fn json_int(value: &serde_json::Value) -> Option<i128> {
+    let serde_json::Value::Number(number) = value else {
+        return None;
+    };
+    if let Some(n) = number.as_i64() {
+        return Some(n.into());
+    }
+    if let Some(n) = number.as_u64() {
+        return Some(n.into());
+    }
+    let float = number.as_f64()?;
+    (float.is_finite() && float.fract() == 0.0 && float.abs() < 9.0e18).then_some(float as i128)
+}
+
+/// `values.to_float` of a parsed JSON number.
+fn json_float(value: &serde_json::Value) -> Option<f64> {
+    let serde_json::Value::Number(number) = value else {
+        return None;
+    };
+    if number.is_f64() {
+        return number.as_f64().filter(|f| f.is_finite());
+    }
+    // an integer: Python's float(int) rounds to nearest, as `as f64` does
+    number
+        .as_i64()
+        .map(|n| n as f64)
+        .or_else(|| number.as_u64().map(|n| n as f64))
 }
 
 /// `values.to_float`: numbers only here (text goes to the reference); finite.

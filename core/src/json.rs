@@ -42,11 +42,17 @@ pub fn write_float(out: &mut Vec<u8>, value: f64) {
 
 pub fn float_text(value: f64) -> String {
     if value == 0.0 {
-        return if value.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if value.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     // `{:e}` gives the shortest round-trip digits: "-1.2345e17".
     let scientific = format!("{value:e}");
-    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} always has an exponent");
+    let (mantissa, exponent) = scientific
+        .split_once('e')
+        .expect("{:e} always has an exponent");
     let exponent: i32 = exponent.parse().expect("an integer exponent");
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
         Some(rest) => ("-", rest),
@@ -65,7 +71,11 @@ pub fn float_text(value: f64) -> String {
         };
         return format!("{sign}{text}");
     }
-    let shown = if digits.len() == 1 { digits } else { format!("{}.{}", &digits[..1], &digits[1..]) };
+    let shown = if digits.len() == 1 {
+        digits
+    } else {
+        format!("{}.{}", &digits[..1], &digits[1..])
+    };
     let exp_sign = if exponent < 0 { '-' } else { '+' };
     format!("{sign}{shown}e{exp_sign}{}", exponent.abs())
 }
@@ -99,6 +109,9 @@ mod tests {
     fn strings_escape_as_orjson_escapes_them() {
         let mut out = Vec::new();
         write_str(&mut out, "a\u{0}\u{1f}\u{7f}\"\\/é\u{2028}\n");
-        assert_eq!(out, "\"a\\u0000\\u001f\u{7f}\\\"\\\\/é\u{2028}\\n\"".as_bytes());
+        assert_eq!(
+            out,
+            "\"a\\u0000\\u001f\u{7f}\\\"\\\\/é\u{2028}\\n\"".as_bytes()
+        );
     }
 }

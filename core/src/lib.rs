@@ -25,7 +25,9 @@ struct Plan {
 impl Plan {
     #[new]
     fn new(spec_json: &str) -> PyResult<Self> {
-        plan::Plan::from_json(spec_json).map(|inner| Self { inner }).map_err(PyValueError::new_err)
+        plan::Plan::from_json(spec_json)
+            .map(|inner| Self { inner })
+            .map_err(PyValueError::new_err)
     }
 
     /// The customer-information keys in the order events carry them; bit i of a shape is key i.
@@ -70,18 +72,38 @@ fn import_batch(batch: &Bound<'_, PyAny>) -> PyResult<StructArray> {
 
 /// Map every row of `batch` that the core can: see `Built`. Runs without the GIL, on every core.
 #[pyfunction]
-fn build(py: Python<'_>, plan: &Bound<'_, Plan>, batch: &Bound<'_, PyAny>, now: f64) -> PyResult<Built> {
+fn build(
+    py: Python<'_>,
+    plan: &Bound<'_, Plan>,
+    batch: &Bound<'_, PyAny>,
+    now: f64,
+) -> PyResult<Built> {
     let columns = import_batch(batch)?;
     let rows = columns.len();
     let plan = &plan.get().inner;
-    let readable = columns.columns().iter().map(|array| value::Column::new(array.clone())).collect();
-    let batch = engine::Batch { columns: readable, plan, now };
+    let readable = columns
+        .columns()
+        .iter()
+        .map(|array| value::Column::new(array.clone()))
+        .collect();
+    let batch = engine::Batch {
+        columns: readable,
+        plan,
+        now,
+    };
     let outcomes = py.allow_threads(|| batch.build(rows));
-    let native: Vec<u8> = outcomes.iter().map(|o| u8::from(o.event.is_some())).collect();
+    let native: Vec<u8> = outcomes
+        .iter()
+        .map(|o| u8::from(o.event.is_some()))
+        .collect();
     let row_keys = PyList::new(py, outcomes.iter().map(|o| o.row_key.as_deref()))?;
     let written: Vec<_> = outcomes.iter().filter(|o| o.event.is_some()).collect();
-    let events =
-        PyList::new(py, written.iter().map(|o| PyBytes::new(py, o.event.as_deref().unwrap_or_default())))?;
+    let events = PyList::new(
+        py,
+        written
+            .iter()
+            .map(|o| PyBytes::new(py, o.event.as_deref().unwrap_or_default())),
+    )?;
     let shapes = PyList::new(py, written.iter().map(|o| o.shape))?;
     Ok(Built {
         native: PyBytes::new(py, &native).unbind(),
@@ -101,7 +123,14 @@ fn derive_event_id(pipeline: &str, row_key: &str) -> String {
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // A debug build is correct but several times slower: benchmarks refuse it.
-    module.add("build_profile", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    module.add(
+        "build_profile",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     module.add_class::<Plan>()?;
     module.add_class::<Built>()?;
     module.add_function(wrap_pyfunction!(build, module)?)?;

@@ -9,7 +9,10 @@ use crate::value::{civil_from_days, days_from_civil, Val};
 
 /// Python's `str.strip()` and the reference's `TRIMMED` agree on ASCII: these characters.
 pub fn is_trimmed(byte: u8) -> bool {
-    matches!(byte, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' ')
+    matches!(
+        byte,
+        b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' '
+    )
 }
 
 pub fn strip(text: &str) -> &str {
@@ -39,14 +42,25 @@ pub fn is_sha256_hex(text: &str) -> bool {
 }
 
 /// One customer-information value, normalized by `rule` (not yet hashed).
-pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>) -> Option<String> {
+pub fn normalize(
+    plan: &Plan,
+    rule: Rule,
+    value: &Val<'_>,
+    country: Option<&str>,
+) -> Option<String> {
     match (rule, value) {
         (Rule::Zip, Val::Int(number)) if (0..100_000).contains(number) => {
             return zip(&format!("{number:05}"), country);
         }
         (Rule::Zip, Val::Bool(_)) => return None, // Python formats a bool as the integer 1 or 0 there
         (Rule::BirthDate, Val::Date(days)) => return birth_date_of_days(plan, (*days).into()),
-        (Rule::BirthDate, Val::Ts { micros, aware: false }) => {
+        (
+            Rule::BirthDate,
+            Val::Ts {
+                micros,
+                aware: false,
+            },
+        ) => {
             return birth_date_of_days(plan, micros.div_euclid(86_400_000_000));
         }
         (Rule::BirthDate, Val::Ts { .. } | Val::Dec { .. } | Val::Float(_)) => return None,
@@ -60,8 +74,11 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
     match rule {
         Rule::Email => email(text),
         Rule::Name | Rule::City | Rule::State => {
-            let letters: String =
-                text.bytes().filter(u8::is_ascii_alphabetic).map(|b| b.to_ascii_lowercase() as char).collect();
+            let letters: String = text
+                .bytes()
+                .filter(u8::is_ascii_alphabetic)
+                .map(|b| b.to_ascii_lowercase() as char)
+                .collect();
             if letters.is_empty() {
                 return None;
             }
@@ -69,7 +86,12 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
                 return Some(letters);
             }
             let table = plan.spec.subdivisions.get(country.unwrap_or(""));
-            Some(table.and_then(|t| t.get(&letters)).cloned().unwrap_or(letters))
+            Some(
+                table
+                    .and_then(|t| t.get(&letters))
+                    .cloned()
+                    .unwrap_or(letters),
+            )
         }
         Rule::Gender => match text.to_ascii_lowercase().as_str() {
             "m" | "male" | "man" => Some("m".into()),
@@ -79,14 +101,19 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
         Rule::BirthDate => birth_date(plan, text),
         Rule::Zip => zip(text, country),
         Rule::Country => {
-            let key: String =
-                text.bytes().filter(u8::is_ascii_alphanumeric).map(|b| b.to_ascii_lowercase() as char).collect();
+            let key: String = text
+                .bytes()
+                .filter(u8::is_ascii_alphanumeric)
+                .map(|b| b.to_ascii_lowercase() as char)
+                .collect();
             plan.spec.countries.get(&key).cloned()
         }
         Rule::ExternalId => (!text.is_empty()).then(|| text.to_ascii_lowercase()),
         Rule::Plain | Rule::Pushed => (!text.is_empty()).then(|| text.to_owned()),
         Rule::IpAddress => is_canonical_ipv4(text).then(|| text.to_owned()),
-        Rule::IntegerId => (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned()),
+        Rule::IntegerId => {
+            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned())
+        }
         Rule::Phone => phone(plan, text, country),
     }
 }
@@ -136,7 +163,10 @@ fn birth_date(plan: &Plan, text: &str) -> Option<String> {
     }
     let digits = |range: std::ops::Range<usize>| -> Option<u32> {
         let part = &text[range];
-        part.bytes().all(|b| b.is_ascii_digit()).then(|| part.parse().ok()).flatten()
+        part.bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
     };
     let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
     let days = days_from_civil(year.into(), month, day)?;
@@ -145,7 +175,9 @@ fn birth_date(plan: &Plan, text: &str) -> Option<String> {
 
 fn birth_date_of_days(plan: &Plan, days: i64) -> Option<String> {
     let (year, month, day) = civil_from_days(days);
-    (1900..=plan.spec.current_year).contains(&year).then(|| format!("{year:04}{month:02}{day:02}"))
+    (1900..=plan.spec.current_year)
+        .contains(&year)
+        .then(|| format!("{year:04}{month:02}{day:02}"))
 }
 
 fn is_canonical_ipv4(text: &str) -> bool {
@@ -179,7 +211,11 @@ fn phone(plan: &Plan, text: &str, country: Option<&str>) -> Option<String> {
             if region != "US" && region != "CA" || without_punctuation != digits {
                 return None;
             }
-            let national = if digits.len() == 11 && digits.starts_with('1') { &digits[1..] } else { digits };
+            let national = if digits.len() == 11 && digits.starts_with('1') {
+                &digits[1..]
+            } else {
+                digits
+            };
             let shaped = national.len() == 10 && !national.starts_with(['0', '1']);
             (shaped && nanp_is_valid(&plan.nanp, national)).then(|| format!("1{national}"))
         }

@@ -139,20 +139,46 @@ pub struct Plan {
 
 impl Plan {
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let spec: PlanSpec = serde_json::from_str(text).map_err(|e| format!("invalid plan: {e}"))?;
+        let spec: PlanSpec =
+            serde_json::from_str(text).map_err(|e| format!("invalid plan: {e}"))?;
         let anchored = |pattern: &str, whole: bool| {
-            let text = if whole { format!("^(?:{pattern})$") } else { format!("^(?:{pattern})") };
+            let text = if whole {
+                format!("^(?:{pattern})$")
+            } else {
+                format!("^(?:{pattern})")
+            };
             Regex::new(&text).map_err(|e| format!("invalid phone pattern {pattern:?}: {e}"))
         };
         let mut nanp = Vec::new();
         for rule in &spec.nanp {
             nanp.push(CompiledNanp {
-                leading: rule.leading.as_deref().map(|p| anchored(p, false)).transpose()?,
-                general: rule.general.as_deref().map(|p| anchored(p, true)).transpose()?,
-                types: rule.types.as_deref().map(|p| anchored(p, true)).transpose()?,
+                leading: rule
+                    .leading
+                    .as_deref()
+                    .map(|p| anchored(p, false))
+                    .transpose()?,
+                general: rule
+                    .general
+                    .as_deref()
+                    .map(|p| anchored(p, true))
+                    .transpose()?,
+                types: rule
+                    .types
+                    .as_deref()
+                    .map(|p| anchored(p, true))
+                    .transpose()?,
             });
         }
-        let user_order = spec.country.iter().chain(spec.user.iter()).map(|f| f.key.clone()).collect();
-        Ok(Self { spec, nanp, user_order })
+        let user_order = spec
+            .country
+            .iter()
+            .chain(spec.user.iter())
+            .map(|f| f.key.clone())
+            .collect();
+        Ok(Self {
+            spec,
+            nanp,
+            user_order,
+        })
     }
 }

@@ -2,9 +2,9 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
-    Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampSecondType, UInt16Type, UInt32Type,
-    UInt64Type, UInt8Type,
+    Date32Type, Decimal128Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type,
+    Int8Type, TimestampMicrosecondType, TimestampMillisecondType, TimestampSecondType, UInt16Type,
+    UInt32Type, UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef};
 use arrow_schema::{DataType, TimeUnit};
@@ -20,9 +20,15 @@ pub enum Val<'a> {
     /// Days since 1970-01-01 (`datetime.date`).
     Date(i32),
     /// Microseconds since the epoch; `aware` when the column carries a time zone.
-    Ts { micros: i64, aware: bool },
+    Ts {
+        micros: i64,
+        aware: bool,
+    },
     /// A DECIMAL: `value` / 10^`scale` (`decimal.Decimal`).
-    Dec { value: i128, scale: i8 },
+    Dec {
+        value: i128,
+        scale: i8,
+    },
 }
 
 /// Whether the core reads this Arrow type exactly as Python reads the same column.
@@ -46,7 +52,10 @@ pub fn supported(data_type: &DataType) -> bool {
             | DataType::Utf8View
             | DataType::Date32
             | DataType::Decimal128(_, _)
-            | DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond | TimeUnit::Microsecond, _)
+            | DataType::Timestamp(
+                TimeUnit::Second | TimeUnit::Millisecond | TimeUnit::Microsecond,
+                _
+            )
     )
 }
 
@@ -81,18 +90,21 @@ impl Column {
             DataType::LargeUtf8 => Val::Str(array.as_string::<i64>().value(row)),
             DataType::Utf8View => Val::Str(array.as_string_view().value(row)),
             DataType::Date32 => Val::Date(array.as_primitive::<Date32Type>().value(row)),
-            DataType::Decimal128(_, scale) => {
-                Val::Dec { value: array.as_primitive::<Decimal128Type>().value(row), scale: *scale }
-            }
+            DataType::Decimal128(_, scale) => Val::Dec {
+                value: array.as_primitive::<Decimal128Type>().value(row),
+                scale: *scale,
+            },
             DataType::Timestamp(unit, zone) => {
                 let aware = zone.is_some();
                 let micros = match unit {
-                    TimeUnit::Second => {
-                        array.as_primitive::<TimestampSecondType>().value(row).checked_mul(1_000_000)
-                    }
-                    TimeUnit::Millisecond => {
-                        array.as_primitive::<TimestampMillisecondType>().value(row).checked_mul(1_000)
-                    }
+                    TimeUnit::Second => array
+                        .as_primitive::<TimestampSecondType>()
+                        .value(row)
+                        .checked_mul(1_000_000),
+                    TimeUnit::Millisecond => array
+                        .as_primitive::<TimestampMillisecondType>()
+                        .value(row)
+                        .checked_mul(1_000),
                     _ => Some(array.as_primitive::<TimestampMicrosecondType>().value(row)),
                 };
                 match micros {

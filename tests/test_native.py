@@ -1,0 +1,309 @@
+"""The native core writes exactly the bytes the Python reference writes, or hands the row back.
+
+Each test maps the same Arrow record batch twice: through `native.map_batch` (the core, with the
+reference for the rows it declines) and through the reference alone (`EventMapper.map_row` on the
+batch's Python values). Events the core wrote must equal `orjson.dumps` of the reference's event,
+byte for byte, with the same row key, key values and customer-information keys; every other
+outcome must be the reference's own. The shared vector files run through both paths too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from hashlib import sha256
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from capi_sync import native
+from capi_sync.mappings.mapper import MapperOptions, compile_mapping
+from capi_sync.mappings.spec import MappingSpec
+from tests.test_vectors import VECTORS, Vector, check
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="the native core is not built here")
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.UTC).timestamp()
+
+
+def both_paths(mapping: dict[str, Any], batch: pa.RecordBatch, **options: Any) -> tuple[int, list[Any]]:
+    """Map `batch` both ways and compare; (rows the core wrote, the reference's outcomes)."""
+    spec = MappingSpec.model_validate(mapping)
+    settings_ = MapperOptions(pipeline="differential", primary_key=("id",), **options)
+    columns = batch.schema.names
+    mapper = compile_mapping(spec, settings_, columns, clock=lambda: NOW)
+    plan = native.compile_plan(spec, settings_, columns, mapper)
+    rows = list(zip(*(column.to_pylist() for column in batch.columns), strict=True))
+    written, outcomes = 0, []
+    for got, row in zip(native.map_batch(plan, mapper, batch), rows, strict=True):
+        want = mapper.map_row(row, NOW)
+        outcomes.append(want)
+        if isinstance(got.event, bytes):
+            written += 1
+            assert want.event is not None, (row, want)
+            assert not want.problems, (row, want)
+            assert got.event == orjson.dumps(want.event), row
+            assert got.user_keys == tuple(want.event["user_data"]), row
+            assert (got.row_key, got.key) == (want.row_key, want.key), row
+        else:
+            assert got == want, row
+    return written, outcomes
+
+
+BASE = {
+    "server_event": {
+        "event_name": "name",
+        "event_time": "ts",
+        "event_id": "eid",
+        "action_source": "source",
+        "event_source_url": "url",
+    },
+    "customer_info": {
+        "country": "country", "em": "em", "ph": "ph", "fn": "fn", "ln": "ln", "ge": "ge", "db": "db",
+        "ct": "ct", "st": "st", "zp": "zp", "external_id": "ext", "client_ip_address": "ip",
+        "client_user_agent": "ua", "fbp": "fbp", "lead_id": "lead",
+    },
+    "custom_data": {
+        "value": "amount", "currency": "currency", "content_ids": "ids", "num_items": "n",
+        "content_type": "ctype", "order_id": "eid", "contents": "items",
+    },
+    "custom_properties": {"tier": "tier", "flag": {"value": True}},
+}  # fmt: skip
+
+ASCII = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127), max_size=20)
+HOSTILE = st.sampled_from(
+    ["\x1c", "A\x1c", "Σ", "İ", "\u0345", "\u0378", "é", "Ａ", "\u200b", "\ufeff", " ", "", "ǅ", "ß", "١٢٣"]
+)
+
+
+Cell = tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]
+
+
+def texts(good: list[str], bad: list[str]) -> Cell:
+    """(values the reference takes as they are, values it drops or that split Python and Rust)."""
+    real = st.sampled_from(good + bad)
+    mangled = st.builds(
+        lambda a, b, c: a + b + c, st.sampled_from(["", " ", "\t", "\x1f", "É"]), real, HOSTILE
+    )
+    return st.one_of(st.sampled_from(good), st.none()), st.one_of(
+        st.sampled_from(bad or good), real.map(str.upper), mangled, ASCII, HOSTILE
+    )
+
+
+COLUMNS: dict[str, tuple[pa.DataType, Cell]] = {
+    "name": (pa.string(), texts(["Purchase", "Product Added", "add_to_cart", "Lead"], ["purchase ", "x"])),
+    "eid": (pa.string(), texts(["order-1", "A7"], ["  "])),
+    "source": (pa.string(), texts(["website", "email", "physical_store"], ["WEBSITE", "app", "nope"])),
+    "url": (pa.string(), texts(["https://a.example/thanks"], ["https://shop.example/p?fbclid=abc", ""])),
+    "country": (pa.string(), texts(["US", "us", "United States", "CA", "DE"], ["Narnia", "U.S.A."])),
+    "em": (pa.string(), texts(["John_Smith@Gmail.com ", "a@b.co"], ["not-an-email", "a b@c.de", "x@y"])),
+    "ph": (pa.string(), texts(["(650) 555-1212", "+1 650 555 1212", "1-800-555-0199"],
+                              ["6505551212", "+44 20 7946 0958", "555-0100", "0016505551212", "650 555 1212 x12"])),
+    "fn": (pa.string(), texts(["John", "Mary-Ann", "O'Brien"], ["123"])),
+    "ln": (pa.string(), texts(["Smith", "van der Berg"], [])),
+    "ge": (pa.string(), texts(["m", "Female", "woman"], ["x"])),
+    "db": (pa.string(), texts(["1990-12-31"], ["1990-02-30", "12/31/1990", "1850-01-01", "2099-01-01"])),
+    "ct": (pa.string(), texts(["New York", "San Francisco"], [])),
+    "st": (pa.string(), texts(["California", "CA", "Calif.", "New York", "Ontario"], ["Bayern"])),
+    "zp": (pa.string(), texts(["10001", "94035-1234", "2134"], ["SW1A 1AA", "12345-6789-1234"])),
+    "ext": (pa.string(), texts(["C-17", "cust 9"], [])),
+    "ip": (pa.string(), texts(["203.0.113.7"], ["2001:db8::1", "999.1.1.1", "01.2.3.4"])),
+    "ua": (pa.string(), texts(["Mozilla/5.0 (Macintosh)", "curl/8"], [])),
+    "fbp": (pa.string(), texts(["fb.1.1700000000000.1234567890"], [])),
+    "lead": (pa.string(), texts(["123456789012345"], ["abc"])),
+    "currency": (pa.string(), texts(["usd", "EUR"], ["XYZ", "us"])),
+    "ids": (pa.string(), texts(["a,b", " a , ,b ", "sku-1"], ["[1,2]"])),
+    "ctype": (pa.string(), texts(["product", "Product_Group"], ["other"])),
+    "tier": (pa.string(), texts(["gold", "silver"], [])),
+    "items": (pa.string(), texts(
+        ['[{"id": "sku-1", "quantity": 1, "price": 9.99}]', '[{"id": 7, "quantity": 2.0, "item_price": 3}]',
+         ' [{"id": "a", "item_price": 0.1, "delivery_category": "Curbside"}, {"id": "b"}] ', "[]"],
+        ['[{"id": null}]', '[{"id": 1.5}]', '[{"id": "x", "quantity": "3"}]', '{"id": "x"}', "[1]",
+         '[{"id": "x", "item_price": 1e400}]', '[{"id": "x", "quantity": true}]', "sku-1,sku-2",
+         '[{"id": "x", "delivery_category": "moon"}]', '[{"id": "\\ud800"}]'],
+    )),
+}  # fmt: skip
+MOMENTS = st.integers(min_value=int(NOW) - 9 * 86_400, max_value=int(NOW) + 120)
+TYPED: dict[str, list[tuple[pa.DataType, st.SearchStrategy[Any]]]] = {
+    "ts": [
+        (pa.timestamp("us"), MOMENTS.map(lambda s: dt.datetime(1970, 1, 1) + dt.timedelta(seconds=s, microseconds=7))),
+        (pa.timestamp("us", tz="UTC"), MOMENTS.map(lambda s: dt.datetime.fromtimestamp(s, dt.UTC))),
+        (pa.int64(), st.one_of(MOMENTS, MOMENTS.map(lambda s: s * 1000 + 999))),
+        (pa.float64(), MOMENTS.map(lambda s: s + 0.75)),
+        (pa.string(), st.one_of(MOMENTS.map(str), MOMENTS.map(lambda s: f" {s}.5 "), st.just("2026-11-19T10:00:00"))),
+        (pa.date32(), st.dates(min_value=dt.date(2026, 11, 12), max_value=dt.date(2026, 11, 21))),
+    ],
+    "amount": [
+        (pa.float64(), st.floats(min_value=0, max_value=1e6)),
+        (pa.float64(), st.floats(allow_nan=True, allow_infinity=True)),
+        (pa.decimal128(12, 2), st.decimals(min_value=-(10**9), max_value=10**9, places=2)),
+        (pa.int64(), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+        (pa.string(), st.sampled_from(["12.50", "abc", " 7 "])),
+    ],
+    "n": [
+        (pa.int32(), st.integers(min_value=0, max_value=100)),
+        (pa.int32(), st.integers(min_value=-(2**31), max_value=2**31 - 1)),
+        (pa.float64(), st.floats()),
+        (pa.bool_(), st.booleans()),
+    ],
+    "zp_int": [(pa.int64(), st.integers(min_value=-5, max_value=10**10))],
+}  # fmt: skip
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> pa.RecordBatch:
+    size = draw(st.integers(min_value=1, max_value=12))
+    id_type = draw(st.sampled_from([pa.int64(), pa.string()]))
+    ids = list(range(size)) if id_type == pa.int64() else [f"row-{i}" for i in range(size)]
+    if draw(st.integers(0, 9)) == 0:
+        ids[0] = None
+    arrays, names = [pa.array(ids, id_type)], ["id"]
+    mess = draw(st.sampled_from([0, 5, 30, 100]))  # percent of cells drawn from the bad values
+    for name, (kind, (good, bad)) in COLUMNS.items():
+        cells = [draw(bad if draw(st.integers(0, 99)) < mess else good) for _ in range(size)]
+        arrays.append(pa.array(cells, kind))
+        names.append(name)
+    for name, choices in TYPED.items():
+        kind, values = (
+            choices[0] if mess == 0 else draw(st.sampled_from(choices))
+        )  # the first: the usual type
+        cells = draw(
+            st.lists(values if mess == 0 else st.one_of(st.none(), values), min_size=size, max_size=size)
+        )
+        arrays.append(pa.array(cells, kind))
+        names.append(name)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+SETTINGS = st.fixed_dictionaries(
+    {
+        "action_source": st.sampled_from([None, "website", "email"]),
+        "default_phone_region": st.sampled_from([None, "US", "GB"]),
+        "strong_match_key_required": st.booleans(),
+        "hash_external_id": st.booleans(),
+        "timezone": st.sampled_from(["UTC", "UTC", "Europe/Paris"]),
+        "fbc_from_fbclid": st.booleans(),
+    }
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=batches(), options=SETTINGS, zip_from_int=st.booleans())
+def test_the_core_writes_what_the_reference_writes(
+    batch: pa.RecordBatch, options: dict[str, Any], zip_from_int: bool
+) -> None:
+    mapping = {**BASE, "customer_info": dict(BASE["customer_info"])}
+    if zip_from_int:
+        mapping["customer_info"]["zp"] = "zp_int"
+    both_paths(mapping, batch, **options)
+
+
+def one_row(**columns: tuple[pa.DataType, Any]) -> pa.RecordBatch:
+    names = ["id", *columns]
+    arrays = [pa.array([1], pa.int64())] + [pa.array([value], kind) for kind, value in columns.values()]
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+GOOD = {
+    "name": (pa.string(), "Purchase"),
+    "ts": (pa.timestamp("us"), dt.datetime(2026, 11, 20, 10, 0)),
+    "em": (pa.string(), "John_Smith@Gmail.com "),
+    "amount": (pa.decimal128(10, 2), Decimal("129.90")),
+    "currency": (pa.string(), "usd"),
+}
+SMALL = {
+    "server_event": {"event_name": "name", "event_time": "ts", "action_source": {"value": "email"}},
+    "customer_info": {"em": "em", "fn": "fn"},
+    "custom_data": {"value": "amount", "currency": "currency"},
+    "custom_properties": {"extra": "extra"},
+}
+
+
+@pytest.mark.parametrize(
+    "fn",
+    ["\x1c", "A\x1c", "Σ", "İ", "\u0345", "\u0378", "ǅ", "John\u200b", "\ufeffJohn", "Ａnn", "Jo hn"],
+)
+def test_characters_where_python_and_rust_differ(fn: str) -> None:
+    """Python and Rust disagree on these (case, strip, letters): the core must never guess."""
+    _, (outcome,) = both_paths(SMALL, one_row(**GOOD, fn=(pa.string(), fn), extra=(pa.int64(), 1)))
+    assert outcome.event is not None  # a good event either way: fn is dropped or kept, never wrong
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (pa.float64(), 1e16), (pa.float64(), 1e-7), (pa.float64(), 0.1 + 0.2), (pa.float64(), -0.0),
+        (pa.float64(), float("nan")), (pa.float64(), float("inf")), (pa.float32(), 0.1),
+        (pa.decimal128(20, 4), Decimal("-12.5000")), (pa.uint64(), 2**64 - 1), (pa.int8(), -3),
+        (pa.bool_(), False), (pa.date32(), dt.date(999, 1, 2)), (pa.string(), 'quote " \\ \n \x00 é'),
+        (pa.large_string(), "large"), (pa.string_view(), "view"), (pa.null(), None),
+    ],
+)  # fmt: skip
+def test_property_values_of_every_type(kind: pa.DataType, value: Any) -> None:
+    written, _ = both_paths(SMALL, one_row(**GOOD, fn=(pa.string(), "Ann"), extra=(kind, value)))
+    assert written == 1  # each of these is the core's to write
+
+
+def test_an_ordinary_row_is_written_by_the_core() -> None:
+    """Guards the guard: a core that handed every row back would pass the comparisons above."""
+    written, _ = both_paths(SMALL, one_row(**GOOD, fn=(pa.string(), "Ann"), extra=(pa.string(), "x")))
+    assert written == 1
+
+
+# --- the shared vector files ---------------------------------------------------------------------
+
+VECTOR_MAPPING = {
+    "server_event": {"event_name": {"value": "Lead"}, "event_time": {"value": int(NOW) - 60},
+                     "action_source": {"value": "email"}},
+    # a strong key, so that each vector's event passes the matching floor whatever its value does
+    "customer_info": {"fbp": {"value": "fb.1.1700000000000.1"}},
+}  # fmt: skip
+
+
+def test_the_vectors_through_the_core() -> None:
+    """Every vector through both paths (equal bytes), and its expectation holds; most are the core's."""
+    written = 0
+    for vector in VECTORS:
+        written += vector_row(vector)
+    assert written > len(VECTORS) // 3, f"the core wrote only {written} of {len(VECTORS)} vectors"
+
+
+def vector_row(vector: Vector) -> int:
+    customer_info = {**VECTOR_MAPPING["customer_info"], vector.key: "value"}
+    if vector.key != "country":
+        customer_info = {"country": "country", **customer_info}
+    mapping = {**VECTOR_MAPPING, "customer_info": customer_info}
+    value = vector.input
+    kind = pa.int64() if isinstance(value, int) and not isinstance(value, bool) else pa.string()
+    batch = one_row(
+        value=(kind, value if kind == pa.int64() else str(value)), country=(pa.string(), vector.country)
+    )
+    written, (outcome,) = both_paths(
+        mapping, batch, default_phone_region=vector.region, date_order=vector.date_order
+    )
+    assert outcome.event is not None, vector
+    dropped = [p for p in outcome.problems if p.field == f"customer_info.{vector.key}"]
+    check(vector, outcome.event["user_data"].get(vector.key), dropped[0].rule if dropped else None)
+    return written
+
+
+def test_vector_check_is_live() -> None:
+    """`check` itself fails on a wrong digest (so the loop above can fail)."""
+    vector = Vector("em", 0, "a@b.co", None, None, None, "a@b.co", None)
+    check(vector, sha256(b"a@b.co").hexdigest(), None)
+    with pytest.raises(AssertionError):
+        check(vector, sha256(b"x").hexdigest(), None)
+
+
+@example(text="\x1c")
+@example(text="İstanbul")
+@given(text=st.text(max_size=12))
+def test_any_city_text(text: str) -> None:
+    both_paths(
+        SMALL | {"customer_info": {"em": "em", "ct": "fn"}},
+        one_row(**GOOD, fn=(pa.string(), text), extra=(pa.null(), None)),
+    )
