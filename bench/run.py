@@ -376,7 +376,7 @@ def wheel_modules(folder: Path, *, compile_modules: bool) -> Path:
     started = time.perf_counter()
     env = {
         **os.environ,
-        "CAPI_SYNC_COMPILE": "1" if compile_modules else "0",
+        "CAPI_SYNC_PURE": "0" if compile_modules else "1",
         "PIP_ROOT_USER_ACTION": "ignore",
     }
     pip = [sys.executable, "-m", "pip", "-q"]
@@ -393,7 +393,7 @@ def wheel_modules(folder: Path, *, compile_modules: bool) -> Path:
 
 def build_kind(env: dict[str, str]) -> str:
     """Asked of a child: importing capi-sync here would charge its memory to every run measured."""
-    probe = "import capi_sync; print('compiled' if capi_sync.compiled() else 'source')"
+    probe = "import capi_sync; print(capi_sync.engine().split(' (')[0])"
     return subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     ).stdout.strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -167,21 +168,33 @@ class DuckDBSource(DBAPISource):
     ) -> Iterator[pa.RecordBatch]:
         """`stream`'s rows as Arrow record batches of `chunk_size` rows: DuckDB hands them out as
         columns, so no Python object is made for a value the core reads."""
-        cursor = self._execute(*self.sql(query, window, project), "the query failed")
+        sql, params = self.sql(query, window, project)
+        reader = self._arrow_reader(sql, params, chunk_size)
         self._streaming()
         try:
-            with warnings.catch_warnings():
-                # DuckDB says a DB-API result copies its rows into Arrow once more: it is the
-                # batch in flight, not the table (1M bench rows peaked no higher than `stream`).
-                warnings.simplefilter("ignore", UserWarning)
-                reader = cursor.to_arrow_reader(chunk_size)
             for batch in reader:
                 yield batch
                 del batch
         except self._errors as exc:
             raise SourceError(f"{self._label} failed while reading: {self._explain(exc)}") from exc
         finally:
-            self._release(cursor)
+            reader.close()
+
+    def _arrow_reader(self, sql: str, params: list[Any], chunk_size: int) -> pa.RecordBatchReader:
+        """A relation's reader streams; a DB-API result's would first copy every row into Arrow."""
+        with contextlib.suppress(duckdb.Error):
+            self._connection.abort()  # the describe or count before it left a result open
+        if self._raised:  # the sort runs with the user's threads again, as `_execute` does
+            self._connection.execute("set threads = ?", [self._threads])
+            self._raised = False
+        while True:
+            try:
+                return self._connection.sql(sql, params=params).to_arrow_reader(chunk_size)
+            except duckdb.OutOfMemoryException as exc:  # the sort, before any row: retried as `_execute` does
+                if not self._grow_memory_limit():
+                    raise SourceError(f"DuckDB: the query failed: {self._explain(exc)}") from exc
+            except duckdb.Error as exc:
+                raise SourceError(f"DuckDB: the query failed: {first_line(exc)}") from exc
 
     def _streaming(self) -> None:
         with _open_files_lock:

@@ -54,13 +54,14 @@ if TYPE_CHECKING:
     from capi_sync.state import RunStatus, StateStore
 
 
-def compiled() -> bool:
-    """Whether rows are mapped by modules mypyc compiled (a wheel, see setup.py) or by Python source.
+def engine() -> str:
+    """What maps rows in this installation: the native core (with its build), or pure Python.
 
-    Both behave the same; the bench and `capi-sync --version` say which ran, since speed differs.
+    Both write the same events; the bench and `capi-sync --version` say which ran, since speed differs.
     """
-    spec = importlib.util.find_spec("capi_sync.mappings.mapper")
-    return spec is not None and not (spec.origin or "").endswith(".py")
+    from capi_sync import native  # noqa: PLC0415 (imports the mapping: only when asked)
+
+    return native.engine()
 
 
 def __getattr__(name: str) -> Any:
@@ -93,7 +94,7 @@ __all__ = [
     "StateError",
     "StateStore",
     "__version__",
-    "compiled",
+    "engine",
     "load_config",
     "run_pipeline",
 ]

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from capi_sync.config import PipelineConfig, ProjectConfig
+    from capi_sync.mappings.spec import MappingSpec
 
 
 def mapper_for(
@@ -51,9 +52,8 @@ def mapper_for(
         warn_missing_standard_fields=settings.missing_standard_fields == "warn",
     )
     preset_options = pipeline.preset_options.model_dump()
-    mapping = pipeline.mapping
-    if pipeline.pushdown:  # each hashed key reads the digest its pushed-down column holds
-        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
+    mapping = effective_mapping(pipeline)
+    if pipeline.pushdown:
         options = replace(
             options,
             pushed_keys=frozenset(pushdown.pushed_keys(mapping, hash_external_id=settings.hash_external_id)),
@@ -66,6 +66,14 @@ def mapper_for(
         derived=derived_values(pipeline.preset, preset_options),
         preset=commanders_act(preset_options) if pipeline.preset == "commanders_act" else None,
     )
+
+
+def effective_mapping(pipeline: PipelineConfig) -> MappingSpec:
+    """The mapping as rows are read: with pushdown, each hashed key reads the digest its
+    pushed-down column holds."""
+    if not pipeline.pushdown:
+        return pipeline.mapping
+    return pushdown.pushed_spec(pipeline.mapping, hash_external_id=pipeline.settings.hash_external_id)
 
 
 def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:

@@ -24,7 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from capi_sync import __version__, compiled
+from capi_sync import __version__, engine
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
 from capi_sync.building import make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
@@ -129,7 +129,7 @@ def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(
     __version__,
     prog_name="capi-sync",
-    message="%(prog)s %(version)s (" + ("mapping compiled with mypyc" if compiled() else "pure Python") + ")",
+    message="%(prog)s %(version)s (" + engine() + ")",
 )
 def cli() -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""

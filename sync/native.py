@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pycountry
 
-from capi_sync.mappings import normalize, pushdown, validate
+from capi_sync.mappings import normalize, validate
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
     CONTENT_TYPES,
@@ -41,9 +41,8 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
-    from capi_sync.config import PipelineConfig
-    from capi_sync.mappings.mapper import EventMapper
-    from capi_sync.mappings.spec import FieldSource
+    from capi_sync.mappings.mapper import EventMapper, MapperOptions
+    from capi_sync.mappings.spec import FieldSource, MappingSpec
 
 ENGINE_VARIABLE = "CAPI_SYNC_ENGINE"  # `python` maps every row with the reference
 
@@ -94,22 +93,26 @@ class NativePlan:
     used: tuple[int, ...]  # the columns the mapping reads: the reference gets only these
 
 
-def compile_plan(pipeline: PipelineConfig, columns: Sequence[str], mapper: EventMapper) -> NativePlan:
-    """The plan for this pipeline against the query's columns; raises `Unsupported` with the reason."""
+def compile_plan(
+    mapping: MappingSpec,
+    options: MapperOptions,
+    columns: Sequence[str],
+    mapper: EventMapper,
+    *,
+    preset: str | None = None,
+) -> NativePlan:
+    """The plan for `mapping` (as the mapper reads it: pushed keys already swapped in) against
+    the query's columns; raises `Unsupported` with the reason."""
     if _core is None:
         raise Unsupported("the native core is not built")
-    settings, options = pipeline.settings, mapper.options
-    if pipeline.preset is not None:
-        raise Unsupported(f"preset '{pipeline.preset}' (its derived values are the reference's)")
-    if settings.consent_column is not None:
+    if preset is not None:
+        raise Unsupported(f"preset '{preset}' (its derived values are the reference's)")
+    if options.consent_column is not None:
         raise Unsupported("consent_column")
-    if settings.url_redaction != "none":
+    if options.url_redaction != "none":
         raise Unsupported("url_redaction")
-    if not settings.hashing_required:
+    if not options.hashing_required:
         raise Unsupported("hashing_required: false")
-    mapping = pipeline.mapping
-    if pipeline.pushdown:
-        mapping = pushdown.pushed_spec(mapping, hash_external_id=settings.hash_external_id)
     if mapping.app_data:
         raise Unsupported("app_data")
     server = mapping.server_event
@@ -121,7 +124,11 @@ def compile_plan(pipeline: PipelineConfig, columns: Sequence[str], mapper: Event
             constant = value.value
             if constant is not None and not isinstance(constant, str | int | float | bool):
                 raise Unsupported(f"{where}: a constant of type {type(constant).__name__}")
-            if isinstance(constant, int) and not isinstance(constant, bool) and not -(2**63) <= constant < 2**63:
+            if (
+                isinstance(constant, int)
+                and not isinstance(constant, bool)
+                and not -(2**63) <= constant < 2**63
+            ):
                 raise Unsupported(f"{where}: a constant beyond 64 bits")
             return {"constant": constant}
         name = value.column if isinstance(value, Column) else value
@@ -141,25 +148,31 @@ def compile_plan(pipeline: PipelineConfig, columns: Sequence[str], mapper: Event
                 rule = "name"
             if rule is None:
                 raise Unsupported(f"customer_info.{key}: its rule")
-        hashed = key in HASHED_USER_FIELDS and (key != "external_id" or settings.hash_external_id)
+        hashed = key in HASHED_USER_FIELDS and (key != "external_id" or options.hash_external_id)
         return {"key": key, "source": source(value, f"customer_info.{key}"), "rule": rule, "hashed": hashed}
 
     user = dict(mapping.customer_info)
     country = user.pop("country", None)
     custom = []
     for key, value in mapping.custom_data.items():
-        custom.append({"key": key, "source": source(value, f"custom_data.{key}"), "type": CUSTOM_DATA_TYPES[key]})
+        custom.append(
+            {"key": key, "source": source(value, f"custom_data.{key}"), "type": CUSTOM_DATA_TYPES[key]}
+        )
     spec = {
-        "pipeline": pipeline.name,
+        "pipeline": options.pipeline,
         "key_columns": list(mapper.key_indexes),
         "event_name": source(server["event_name"], "server_event.event_name"),
         "event_time": source(server["event_time"], "server_event.event_time"),
         "event_id": source(server["event_id"], "server_event.event_id") if "event_id" in server else None,
         "action_source": (
-            source(server["action_source"], "server_event.action_source") if "action_source" in server else None
+            source(server["action_source"], "server_event.action_source")
+            if "action_source" in server
+            else None
         ),
         "default_action_source": options.action_source,
-        "urls": [[name, source(server[name], f"server_event.{name}")] for name in _SERVER_TEXT if name in server],
+        "urls": [
+            [name, source(server[name], f"server_event.{name}")] for name in _SERVER_TEXT if name in server
+        ],
         "renames": dict(options.event_renames),
         "country": user_field("country", country) if country is not None else None,
         "user": [user_field(key, value) for key, value in user.items()],

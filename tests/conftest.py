@@ -41,14 +41,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     threading.Thread(target=exit_if_stuck, name="exit-watchdog", daemon=True).start()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """The suite's run against the compiled wheel (test_compiled.py) must not test the source."""
-    if os.environ.get("CAPI_SYNC_TEST_COMPILED"):
-        import capi_sync
-
-        assert capi_sync.compiled(), "CAPI_SYNC_TEST_COMPILED is set, but the modules run from source"
-
-
 @pytest.fixture
 def graph() -> Iterator[FakeGraph]:
     with FakeGraph(token=TOKEN) as fake:

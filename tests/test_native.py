@@ -307,3 +307,40 @@ def test_any_city_text(text: str) -> None:
         SMALL | {"customer_info": {"em": "em", "ct": "fn"}},
         one_row(**GOOD, fn=(pa.string(), text), extra=(pa.null(), None)),
     )
+
+
+# --- the quick start, both ways ------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def quick_start(tmp: Any, engine: str | None) -> tuple[bytes, str]:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != native.ENGINE_VARIABLE}
+    if engine:
+        env[native.ENGINE_VARIABLE] = engine
+    env["CAPI_SYNC_STATE"] = f"sqlite:///{tmp / 'state.db'}"
+    output = tmp / f"{engine or 'native'}.jsonl"
+    cli = [sys.executable, "-m", "capi_sync"]
+    run = subprocess.run(
+        [*cli, "run", "purchases", "--dry-run", "--output", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    version = subprocess.run([*cli, "--version"], env=env, capture_output=True, text=True, check=True)
+    return output.read_bytes(), version.stdout
+
+
+def test_the_quick_start_writes_the_same_events_on_the_pure_python_path(tmp_path: Any) -> None:
+    native_events, native_version = quick_start(tmp_path, None)
+    pure_events, pure_version = quick_start(tmp_path, "python")
+    assert native_events == pure_events
+    assert native_events.count(b"\n") > 3
+    assert "native core" in native_version
+    assert "release build" in native_version
+    assert "pure Python" in pure_version
