@@ -59,6 +59,12 @@ def outcome(project: Path, graph: FakeGraph) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes map rows only on the pure-Python path; the native core maps in-process."""
+    monkeypatch.setenv("CAPI_SYNC_ENGINE", "python")
+
+
 def dry_delivery(config: ProjectConfig) -> parallel.Delivery:
     """Workers that build each request and send nothing."""
     pipeline = config.pipeline("purchases")
