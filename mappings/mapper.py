@@ -20,7 +20,6 @@ import pycountry
 
 from capi_sync.errors import ConfigError
 from capi_sync.mappings import normalize, urls, values
-from capi_sync.mappings.normalize import Normalizer
 from capi_sync.mappings.events import rename
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
@@ -161,7 +160,7 @@ class EventMapper:
         """The clock events are checked against (too old, in the future)."""
         return self._clock()
 
-    def normalizer_of(self, key: str) -> Normalizer:
+    def normalizer_of(self, key: str) -> normalize.Normalizer:
         """The rule a customer-information key is normalized by (settings bound to it aside)."""
         found = self._normalizers[key]
         return found.func if isinstance(found, partial) else found
