@@ -11,6 +11,7 @@ phone patterns) travel in the plan from the reference's own modules: one copy of
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,11 @@ def compile_plan(
     the query's columns; raises `Unsupported` with the reason."""
     if _core is None:
         raise Unsupported("the native core is not built")
+    if _core.unicode_version != unicodedata.unidata_version:
+        raise Unsupported(
+            f"text under this Python's Unicode {unicodedata.unidata_version} (the core's tables are"
+            f" {_core.unicode_version}: run core/scripts/generate_unicode.py and rebuild)"
+        )
     if preset is not None:
         raise Unsupported(f"preset '{preset}' (its derived values are the reference's)")
     if options.consent_column is not None:

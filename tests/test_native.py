@@ -236,7 +236,7 @@ def test_characters_where_python_and_rust_differ(fn: str) -> None:
 @pytest.mark.parametrize(
     ("kind", "value"),
     [
-        (pa.float64(), 1e16), (pa.float64(), 1e-7), (pa.float64(), 0.1 + 0.2), (pa.float64(), -0.0),
+        (pa.float64(), 1e16), (pa.float64(), 1e-7), (pa.float64(), 6.103515625e-05), (pa.float64(), 1e-5), (pa.float64(), 0.1 + 0.2), (pa.float64(), -0.0),
         (pa.float64(), float("nan")), (pa.float64(), float("inf")), (pa.float32(), 0.1),
         (pa.decimal128(20, 4), Decimal("-12.5000")), (pa.uint64(), 2**64 - 1), (pa.int8(), -3),
         (pa.bool_(), False), (pa.date32(), dt.date(999, 1, 2)), (pa.string(), 'quote " \\ \n \x00 é'),
@@ -344,3 +344,32 @@ def test_the_quick_start_writes_the_same_events_on_the_pure_python_path(tmp_path
     assert "native core" in native_version
     assert "release build" in native_version
     assert "pure Python" in pure_version
+
+
+def test_the_cores_unicode_tables_are_this_pythons() -> None:
+    """The core reads text with tables generated from CPython's unicodedata; stale ones would
+    lowercase or strip differently, so they must be what the script writes today."""
+    import importlib.util
+    import unicodedata
+
+    from capi_sync import _core
+
+    assert _core.unicode_version == unicodedata.unidata_version
+    script = REPO / "core" / "scripts" / "generate_unicode.py"
+    spec = importlib.util.spec_from_file_location("generate_unicode", script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.generate() == (REPO / "core" / "src" / "unicode_tables.rs").read_text(encoding="utf-8")
+
+
+@settings(max_examples=300, deadline=None)
+@example(value=6.103515625e-05)
+@example(value=1e-5)
+@example(value=9.999999999999998e15)
+@given(value=st.floats(allow_nan=False, allow_infinity=False))
+def test_any_float_prints_as_orjson_prints_it(value: float) -> None:
+    """Found by hypothesis: orjson writes 1e-5 as 0.00001, where Python's repr says 1e-05."""
+    written, _ = both_paths(SMALL, one_row(**GOOD, fn=(pa.string(), "Ann"), extra=(pa.float64(), value)))
+    assert written == 1

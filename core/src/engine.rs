@@ -7,7 +7,8 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::json;
-use crate::normalize::{self, ascii_text, is_sha256_hex, is_trimmed, strip};
+use crate::normalize::{self, is_sha256_hex, python_str};
+use crate::text;
 use crate::plan::{Constant, CustomType, Plan, Rule, Source, UserField};
 use crate::value::{Column, Val};
 
@@ -96,7 +97,7 @@ impl Batch<'_> {
         let name = if spec.renames.is_empty() {
             name
         } else {
-            match spec.renames.get(&name_key(&name)) {
+            match spec.renames.get(&name_key(&name)?) {
                 Some(renamed) => Cow::Owned(renamed.clone()),
                 None => name,
             }
@@ -122,7 +123,7 @@ impl Batch<'_> {
         let action_source: Cow<'_, str> =
             match spec.action_source.as_ref().map(|s| self.get(s, row)) {
                 Some(Val::Null) | None => Cow::Borrowed(spec.default_action_source.as_deref()?),
-                Some(value) => Cow::Owned(text_value(&value)?.to_ascii_lowercase()),
+                Some(value) => Cow::Owned(text::lower(&text_value(&value)?)?.into_owned()),
             };
         if !spec
             .action_sources
@@ -283,25 +284,23 @@ fn set<'p>(custom: &mut Vec<(&'p str, Vec<u8>)>, key: &'p str, value: Vec<u8>) {
     }
 }
 
-/// Blank as the reference's `_is_empty` says; None for non-ASCII text, whose blankness is its own.
-fn blank(text: &str) -> Option<bool> {
-    text.is_ascii().then(|| text.bytes().all(is_trimmed))
+/// Blank as the reference's `_is_empty` says: nothing but `TRIMMED` characters.
+fn blank(value: &str) -> Option<bool> {
+    Some(text::strip_trimmed(value).is_empty())
 }
 
 /// `values.to_text` where the core writes exactly what Python writes.
 fn text_value<'a>(value: &Val<'a>) -> Option<Cow<'a, str>> {
-    match ascii_text(value)? {
-        Cow::Borrowed(text) => Some(Cow::Borrowed(strip(text))),
-        Cow::Owned(text) => Some(Cow::Owned(strip(&text).to_owned())),
+    match python_str(value)? {
+        Cow::Borrowed(found) => Some(Cow::Borrowed(text::strip_space(found))),
+        Cow::Owned(found) => Some(Cow::Owned(text::strip_space(&found).to_owned())),
     }
 }
 
-/// `events.name_key` on ASCII: lowercase, without whitespace, `_` or `-`.
-fn name_key(name: &str) -> String {
-    name.bytes()
-        .filter(|b| !is_trimmed(*b) && *b != b'_' && *b != b'-')
-        .map(|b| b.to_ascii_lowercase() as char)
-        .collect()
+/// `events.name_key`: lowercase, without whitespace, `_` or `-`.
+fn name_key(name: &str) -> Option<String> {
+    let kept: String = name.chars().filter(|c| !text::is_space_char(*c) && *c != '_' && *c != '-').collect();
+    Some(text::lower(&kept)?.into_owned())
 }
 
 pub fn derive_event_id(pipeline: &str, row_key: &str) -> String {
@@ -333,8 +332,8 @@ fn unix_seconds(value: &Val<'_>, utc: bool) -> Option<i64> {
         Val::Int(number) => number as f64,
         Val::Float(number) => number,
         Val::Dec { .. } => decimal_to_float(value)?,
-        Val::Str(text) => {
-            let text = strip(text);
+        Val::Str(raw) => {
+            let text = text::strip_space(raw);
             let unsigned = text.trim_start_matches('-');
             let one_point = unsigned.replacen('.', "", 1);
             if !text.is_ascii()
@@ -387,7 +386,7 @@ fn user_value(
         if blank(text)? {
             return Some(None);
         }
-        let stripped = strip(text);
+        let stripped = text::strip_trimmed(text);
         if field.hashed && is_sha256_hex(stripped) {
             return Some(Some((None, stripped.to_ascii_lowercase())));
         }
@@ -424,14 +423,18 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
         }
         CustomType::Str => json::write_str(&mut out, &text_value(value)?),
         CustomType::Currency => {
-            let code = text_value(value)?.to_ascii_uppercase();
+            let code = text_value(value)?;
+            if !code.is_ascii() {
+                return None; // Python's str.upper is not the core's
+            }
+            let code = code.to_ascii_uppercase();
             if code.len() != 3 || !plan.spec.currencies.contains(&code) {
                 return None;
             }
             json::write_str(&mut out, &code);
         }
         CustomType::ContentType | CustomType::DeliveryCategory => {
-            let text = text_value(value)?.to_ascii_lowercase();
+            let text = text::lower(&text_value(value)?)?.into_owned();
             let allowed = if kind == CustomType::ContentType {
                 &plan.spec.content_types
             } else {
@@ -445,12 +448,13 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
         CustomType::StrList => {
             let items: Vec<Cow<'_, str>> = match value {
                 Val::Str(_) => {
-                    let text = text_value(value)?;
-                    if text.starts_with('[') {
+                    let joined = text_value(value)?;
+                    if joined.starts_with('[') {
                         return None; // a JSON array: the reference parses it
                     }
-                    text.split(',')
-                        .map(strip)
+                    joined
+                        .split(',')
+                        .map(text::strip_space)
                         .filter(|p| !p.is_empty())
                         .map(|p| Cow::Owned(p.to_owned()))
                         .collect()
@@ -473,12 +477,12 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
 
 /// `mapper._contents` on a JSON array of objects; any other shape is the reference's to reject.
 fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
-    let Val::Str(text) = value else { return None };
-    let text = strip(text);
-    if !text.is_ascii() || !text.starts_with('[') {
+    let Val::Str(raw) = value else { return None };
+    let raw = text::strip_space(raw);
+    if !raw.starts_with('[') {
         return None;
     }
-    let items: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(text).ok()?;
+    let items: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(raw).ok()?;
     out.push(b'[');
     for (position, item) in items.iter().enumerate() {
         if position > 0 {
@@ -507,8 +511,8 @@ fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
             let serde_json::Value::String(category) = category else {
                 return None;
             };
-            let category = strip(category).to_ascii_lowercase();
-            if !category.is_ascii() || !plan.spec.delivery_categories.contains(&category) {
+            let category = text::lower(text::strip_space(category))?.into_owned();
+            if !plan.spec.delivery_categories.contains(&category) {
                 return None;
             }
             out.extend_from_slice(b",\"delivery_category\":");

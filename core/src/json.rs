@@ -34,8 +34,9 @@ pub fn write_int(out: &mut Vec<u8>, value: i128) {
     out.extend_from_slice(value.to_string().as_bytes());
 }
 
-/// A finite float as orjson prints it: Python's `repr` digits (shortest round trip, fixed notation
-/// from 1e-4 up to 1e16), with an exponent that is signed and never zero-padded (`1e+16`, `1e-7`).
+/// A finite float as orjson prints it: the shortest round-trip digits, in fixed notation from 1e-5
+/// up to 1e16 (Python's `repr` switches at 1e-4), else with an exponent that is signed and never
+/// zero-padded (`1e+16`, `1e-6`).
 pub fn write_float(out: &mut Vec<u8>, value: f64) {
     out.extend_from_slice(float_text(value).as_bytes());
 }
@@ -59,7 +60,7 @@ pub fn float_text(value: f64) -> String {
         None => ("", mantissa),
     };
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
-    if (-4..16).contains(&exponent) {
+    if (-5..16).contains(&exponent) {
         let point = exponent + 1; // digits before the decimal point
         let text = if point <= 0 {
             format!("0.{}{}", "0".repeat((-point) as usize), digits)
@@ -98,7 +99,10 @@ mod tests {
             (-0.0, "-0.0"),
             (5e-324, "5e-324"),
             (0.30000000000000004, "0.30000000000000004"),
-            (-2.5e-5, "-2.5e-5"),
+            (-2.5e-5, "-0.000025"),
+            (6.103515625e-05, "0.00006103515625"),
+            (1e-5, "0.00001"),
+            (1.5e-6, "1.5e-6"),
         ];
         for (value, text) in cases {
             assert_eq!(float_text(value), text, "{value:?}");

@@ -7,6 +7,8 @@ mod engine;
 mod json;
 mod normalize;
 mod plan;
+mod text;
+mod unicode_tables;
 mod value;
 
 use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
@@ -131,6 +133,8 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
             "release"
         },
     )?;
+    // The Unicode of the CPython whose tables the core carries (core/scripts/generate_unicode.py).
+    module.add("unicode_version", unicode_tables::UNICODE_VERSION)?;
     module.add_class::<Plan>()?;
     module.add_class::<Built>()?;
     module.add_function(wrap_pyfunction!(build, module)?)?;

@@ -1,30 +1,20 @@
-//! The reference's normalization rules (`mappings/normalize.py`) on their ASCII domain.
+//! The reference's normalization rules (`mappings/normalize.py`), with Python's text semantics.
 //!
 //! Every function returns the normalized value, or None when the value is outside what the core
-//! decides alone: non-ASCII text, a value the rule drops (its problem is the reference's to word),
-//! a form only the reference reads. The row then goes to the Python reference, whole.
+//! decides alone: a value the rule drops (its problem is the reference's to word), a form only the
+//! reference reads, text Python's Unicode does not know. The row then goes to the reference, whole.
+
+use std::borrow::Cow;
 
 use crate::plan::{CompiledNanp, Plan, Rule};
+use crate::text;
 use crate::value::{civil_from_days, days_from_civil, Val};
 
-/// Python's `str.strip()` and the reference's `TRIMMED` agree on ASCII: these characters.
-pub fn is_trimmed(byte: u8) -> bool {
-    matches!(
-        byte,
-        b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | b' '
-    )
-}
-
-pub fn strip(text: &str) -> &str {
-    text.trim_matches(|c: char| c.is_ascii() && is_trimmed(c as u8))
-}
-
-/// A value as the reference's `str(value)` reads it, for the types where that is plain; None for
-/// non-ASCII text and for types whose text form the core does not reproduce.
-pub fn ascii_text<'a>(value: &Val<'a>) -> Option<std::borrow::Cow<'a, str>> {
-    use std::borrow::Cow;
+/// A value as Python's `str(value)` writes it, for the types where that is plain; None for types
+/// whose text form the core does not reproduce (floats, decimals, timestamps).
+pub fn python_str<'a>(value: &Val<'a>) -> Option<Cow<'a, str>> {
     match *value {
-        Val::Str(text) if text.is_ascii() => Some(Cow::Borrowed(text)),
+        Val::Str(text) => Some(Cow::Borrowed(text)),
         Val::Int(number) => Some(Cow::Owned(number.to_string())),
         Val::Bool(flag) => Some(Cow::Borrowed(if flag { "True" } else { "False" })),
         Val::Date(days) => Some(Cow::Owned(iso_date(days.into()))),
@@ -42,25 +32,14 @@ pub fn is_sha256_hex(text: &str) -> bool {
 }
 
 /// One customer-information value, normalized by `rule` (not yet hashed).
-pub fn normalize(
-    plan: &Plan,
-    rule: Rule,
-    value: &Val<'_>,
-    country: Option<&str>,
-) -> Option<String> {
+pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>) -> Option<String> {
     match (rule, value) {
         (Rule::Zip, Val::Int(number)) if (0..100_000).contains(number) => {
             return zip(&format!("{number:05}"), country);
         }
         (Rule::Zip, Val::Bool(_)) => return None, // Python formats a bool as the integer 1 or 0 there
         (Rule::BirthDate, Val::Date(days)) => return birth_date_of_days(plan, (*days).into()),
-        (
-            Rule::BirthDate,
-            Val::Ts {
-                micros,
-                aware: false,
-            },
-        ) => {
+        (Rule::BirthDate, Val::Ts { micros, aware: false }) => {
             return birth_date_of_days(plan, micros.div_euclid(86_400_000_000));
         }
         (Rule::BirthDate, Val::Ts { .. } | Val::Dec { .. } | Val::Float(_)) => return None,
@@ -69,74 +48,63 @@ pub fn normalize(
         }
         _ => {}
     }
-    let raw = ascii_text(value)?;
-    let text = strip(&raw);
+    let raw = python_str(value)?;
+    if matches!(rule, Rule::ExternalId | Rule::Plain | Rule::Pushed) {
+        let opaque = text::opaque_text(&raw)?;
+        let out = if rule == Rule::ExternalId { text::lower(&opaque)?.into_owned() } else { opaque.into_owned() };
+        return (!out.is_empty()).then_some(out);
+    }
+    let text = text::text(&raw)?;
     match rule {
-        Rule::Email => email(text),
-        Rule::Name | Rule::City | Rule::State => {
-            let letters: String = text
-                .bytes()
-                .filter(u8::is_ascii_alphabetic)
-                .map(|b| b.to_ascii_lowercase() as char)
-                .collect();
+        Rule::Email => email(&text::lower(&text)?),
+        Rule::Name | Rule::City => Some(text::letters(&text)?).filter(|l| !l.is_empty()),
+        Rule::State => {
+            let letters = text::letters(&text)?;
             if letters.is_empty() {
                 return None;
             }
-            if rule != Rule::State {
-                return Some(letters);
-            }
+            let key = text::fold_accents(&letters)?;
             let table = plan.spec.subdivisions.get(country.unwrap_or(""));
-            Some(
-                table
-                    .and_then(|t| t.get(&letters))
-                    .cloned()
-                    .unwrap_or(letters),
-            )
+            Some(table.and_then(|t| t.get(key.as_ref())).cloned().unwrap_or(letters))
         }
-        Rule::Gender => match text.to_ascii_lowercase().as_str() {
+        Rule::Gender => match text::lower(&text)?.as_ref() {
             "m" | "male" | "man" => Some("m".into()),
             "f" | "female" | "woman" => Some("f".into()),
             _ => None,
         },
-        Rule::BirthDate => birth_date(plan, text),
-        Rule::Zip => zip(text, country),
+        Rule::BirthDate => birth_date(plan, &text::ascii_digits(&text)),
+        Rule::Zip => zip(&text::ascii_digits(&text), country),
         Rule::Country => {
-            let key: String = text
-                .bytes()
-                .filter(u8::is_ascii_alphanumeric)
-                .map(|b| b.to_ascii_lowercase() as char)
-                .collect();
+            let lowered = text::lower(&text)?;
+            let key: String = text::fold_accents(&lowered)?.chars().filter(|c| text::is_alnum(*c)).collect();
             plan.spec.countries.get(&key).cloned()
         }
-        Rule::ExternalId => (!text.is_empty()).then(|| text.to_ascii_lowercase()),
-        Rule::Plain | Rule::Pushed => (!text.is_empty()).then(|| text.to_owned()),
-        Rule::IpAddress => is_canonical_ipv4(text).then(|| text.to_owned()),
+        Rule::IpAddress => is_canonical_ipv4(&text).then(|| text.into_owned()),
         Rule::IntegerId => {
-            (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.to_owned())
+            let digits = text::ascii_digits(&text);
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.into_owned())
         }
-        Rule::Phone => phone(plan, text, country),
+        Rule::Phone => phone(plan, &text::ascii_digits(&text), country),
+        Rule::ExternalId | Rule::Plain | Rule::Pushed => unreachable!("handled above"),
     }
 }
 
+/// `text` is already trimmed and lowercased.
 fn email(text: &str) -> Option<String> {
-    let lowered = text.to_ascii_lowercase();
-    let (local, domain) = lowered.rsplit_once('@')?;
+    let (local, domain) = text.rsplit_once('@')?;
     if local.is_empty() || local.contains('@') || !domain.trim_matches('.').contains('.') {
         return None;
     }
-    if lowered.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return None; // a space, or a character Python does not print
+    if text.chars().any(|c| c == ' ' || !text::is_printable(c)) {
+        return None;
     }
-    Some(lowered)
+    Some(text.to_owned())
 }
 
 fn zip(text: &str, country: Option<&str>) -> Option<String> {
-    let cleaned: String = text
-        .bytes()
-        .filter(|b| !is_trimmed(*b) && *b != b'-')
-        .map(|b| b.to_ascii_lowercase() as char)
-        .collect();
-    if cleaned.is_empty() || !cleaned.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let lowered = text::lower(text)?;
+    let cleaned: String = lowered.chars().filter(|c| *c != '-' && !text::is_trimmed(*c)).collect();
+    if cleaned.is_empty() || !cleaned.chars().all(text::is_alnum) {
         return None;
     }
     if cleaned.bytes().all(|b| b.is_ascii_digit()) {
