@@ -54,6 +54,15 @@ class Batch:
         self.delivered_keys.append(row_key)
         self.key_values.append(key_values)
 
+    def add_events(
+        self, row_keys: list[str], cursors: list[Any], events: list[Any], key_values: list[tuple[Any, ...]]
+    ) -> None:
+        """A block of rows that all became events (the native core's), in bulk."""
+        if not row_keys:
+            return
+        self.events.extend(events)
+        self.add_sent_events(row_keys, cursors, key_values)
+
     def add_sent_events(
         self, row_keys: list[str], cursors: list[Any], key_values: list[tuple[Any, ...]]
     ) -> None:

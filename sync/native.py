@@ -246,31 +246,56 @@ def readable(schema: pa.Schema, used: Sequence[int]) -> str | None:
     return None
 
 
+class Built:
+    """One record batch through the core: its events, row keys and key values, in row order.
+
+    `all_native` says every row became an event the core wrote; then the lists line up with the
+    rows and the runner takes them as blocks. Otherwise `mapped_rows` gives each row's outcome,
+    the reference mapping the rows the core handed back.
+    """
+
+    def __init__(self, native: NativePlan, mapper: EventMapper, batch: pa.RecordBatch, now: float) -> None:
+        assert _core is not None
+        built = _core.build(native.plan, batch, now)
+        self._native, self._mapper, self._batch, self._now = native, mapper, batch, now
+        self.flags: bytes = built.native
+        self.row_keys: list[str | None] = built.row_keys
+        self.events: list[bytes] = built.events
+        self.shapes: list[int] = built.shapes
+        key_columns = [batch.column(index).to_pylist() for index in native.key_indexes]
+        self.key_values: list[tuple[Any, ...]] = list(zip(*key_columns, strict=True))
+        self.all_native = len(self.events) == batch.num_rows
+        self._shape_keys: dict[int, tuple[str, ...]] = {}
+
+    def user_keys(self, shape: int) -> tuple[str, ...]:
+        """The customer-information keys of a shape, in the order the event carries them."""
+        found = self._shape_keys.get(shape)
+        if found is None:
+            order = self._native.user_order
+            found = self._shape_keys[shape] = tuple(k for i, k in enumerate(order) if shape >> i & 1)
+        return found
+
+    def mapped_rows(self) -> Iterator[MappedRow]:
+        """Every row, in order, as the reference would map it (events the core wrote are bytes)."""
+        events, shapes = iter(self.events), iter(self.shapes)
+        rows: list[Any] | None = None
+        for position, flag in enumerate(self.flags):
+            if flag:
+                user_keys = self.user_keys(next(shapes))
+                row_key = self.row_keys[position]
+                yield MappedRow(row_key, next(events), (), self.key_values[position], user_keys=user_keys)  # type: ignore[arg-type]
+                continue
+            if rows is None:  # the reference reads Python values, as the row path would hand them over
+                rows = _rows_of(self._batch, self._native.used)
+            yield self._mapper.map_row(rows[position], self._now)
+
+
 def map_batch(
     native: NativePlan, mapper: EventMapper, batch: pa.RecordBatch, now: float | None = None
 ) -> Iterator[MappedRow]:
     """Every row of `batch`, in order, as the reference would map it: written by the core where it
     could, by the reference elsewhere. Events written by the core are JSON bytes."""
-    assert _core is not None
-    now = mapper.now() if now is None else now
-    built = _core.build(native.plan, batch, now)
-    flags, row_keys, events, shapes = built.native, built.row_keys, iter(built.events), iter(built.shapes)
-    key_columns = [batch.column(index).to_pylist() for index in native.key_indexes]
-    keys = list(zip(*key_columns, strict=True))
-    shape_keys: dict[int, tuple[str, ...]] = {}
-    order = native.user_order
-    rows: list[Any] | None = None
-    for position, flag in enumerate(flags):
-        if flag:
-            shape = next(shapes)
-            user_keys = shape_keys.get(shape)
-            if user_keys is None:
-                user_keys = shape_keys[shape] = tuple(k for i, k in enumerate(order) if shape >> i & 1)
-            yield MappedRow(row_keys[position], next(events), (), keys[position], user_keys=user_keys)
-            continue
-        if rows is None:  # the reference reads Python values, as the row path would hand them over
-            rows = _rows_of(batch, native.used)
-        yield mapper.map_row(rows[position], now)
+    return Built(native, mapper, batch, mapper.now() if now is None else now).mapped_rows()
 
 
 def _rows_of(batch: pa.RecordBatch, used: Sequence[int]) -> list[tuple[Any, ...]]:

@@ -8,8 +8,8 @@ use sha2::{Digest, Sha256};
 
 use crate::json;
 use crate::normalize::{self, is_sha256_hex, python_str};
-use crate::text;
 use crate::plan::{Constant, CustomType, Plan, Rule, Source, UserField};
+use crate::text;
 use crate::value::{Column, Val};
 
 /// What became of one row.
@@ -173,7 +173,10 @@ impl Batch<'_> {
             first = false;
             json::write_str(&mut out, &field.key);
             out.push(b':');
-            json::write_str(&mut out, &sent);
+            match &sent {
+                Sent::Text(text) => json::write_str(&mut out, text),
+                Sent::Digest(digest) => json::write_hex_str(&mut out, digest),
+            }
             shape |= 1 << index;
         }
         out.push(b'}');
@@ -299,7 +302,10 @@ fn text_value<'a>(value: &Val<'a>) -> Option<Cow<'a, str>> {
 
 /// `events.name_key`: lowercase, without whitespace, `_` or `-`.
 fn name_key(name: &str) -> Option<String> {
-    let kept: String = name.chars().filter(|c| !text::is_space_char(*c) && *c != '_' && *c != '-').collect();
+    let kept: String = name
+        .chars()
+        .filter(|c| !text::is_space_char(*c) && *c != '_' && *c != '-')
+        .collect();
     Some(text::lower(&kept)?.into_owned())
 }
 
@@ -365,6 +371,12 @@ fn decimal_to_float(value: &Val<'_>) -> Option<f64> {
     }
 }
 
+/// What a customer-information key sends.
+enum Sent {
+    Text(String),
+    Digest([u8; 32]),
+}
+
 /// (plain value, what is sent), None when absent or blank; the outer None hands the row back.
 #[allow(clippy::option_option)]
 fn user_value(
@@ -372,13 +384,15 @@ fn user_value(
     field: &UserField,
     value: &Val<'_>,
     country: Option<&str>,
-) -> Option<Option<(Option<String>, String)>> {
+) -> Option<Option<(Option<String>, Sent)>> {
     if *value == Val::Null {
         return Some(None);
     }
     if field.rule == Rule::Pushed {
         return match value {
-            Val::Str(text) if !text.starts_with('!') => Some(Some((None, (*text).to_owned()))),
+            Val::Str(text) if !text.starts_with('!') => {
+                Some(Some((None, Sent::Text((*text).to_owned()))))
+            }
             _ => None,
         };
     }
@@ -388,16 +402,17 @@ fn user_value(
         }
         let stripped = text::strip_trimmed(text);
         if field.hashed && is_sha256_hex(stripped) {
-            return Some(Some((None, stripped.to_ascii_lowercase())));
+            return Some(Some((None, Sent::Text(stripped.to_ascii_lowercase()))));
         }
     }
     let normalized = normalize::normalize(plan, field.rule, value, country)?;
-    let sent = if field.hashed {
-        hex(&Sha256::digest(normalized.as_bytes()))
-    } else {
-        normalized.clone()
-    };
-    Some(Some((Some(normalized), sent)))
+    if field.hashed {
+        let digest: [u8; 32] = Sha256::digest(normalized.as_bytes()).into();
+        // only the country's plain value is read again (by the keys after it)
+        let plain = (field.rule == Rule::Country).then_some(normalized);
+        return Some(Some((plain, Sent::Digest(digest))));
+    }
+    Some(Some((Some(normalized.clone()), Sent::Text(normalized))))
 }
 
 /// A custom-data field's JSON, converted as `mapper._CUSTOM_CONVERTERS` converts it.
@@ -428,7 +443,7 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
                 return None; // Python's str.upper is not the core's
             }
             let code = code.to_ascii_uppercase();
-            if code.len() != 3 || !plan.spec.currencies.contains(&code) {
+            if code.len() != 3 || !plan.spec.currencies.contains(code.as_str()) {
                 return None;
             }
             json::write_str(&mut out, &code);
@@ -440,7 +455,7 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
             } else {
                 &plan.spec.delivery_categories
             };
-            if !allowed.contains(&text) {
+            if !allowed.contains(text.as_str()) {
                 return None;
             }
             json::write_str(&mut out, &text);
@@ -475,6 +490,16 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
     Some(out)
 }
 
+/// The fields of a `contents` item the reference reads (null reads as absent, as `dict.get` does;
+/// a key written twice fails to parse and the row goes to the reference).
+#[derive(serde::Deserialize)]
+struct ContentItem {
+    id: Option<serde_json::Value>,
+    quantity: Option<serde_json::Value>,
+    item_price: Option<serde_json::Value>,
+    delivery_category: Option<serde_json::Value>,
+}
+
 /// `mapper._contents` on a JSON array of objects; any other shape is the reference's to reject.
 fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
     let Val::Str(raw) = value else { return None };
@@ -482,14 +507,14 @@ fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
     if !raw.starts_with('[') {
         return None;
     }
-    let items: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(raw).ok()?;
+    let items: Vec<ContentItem> = serde_json::from_str(raw).ok()?;
     out.push(b'[');
     for (position, item) in items.iter().enumerate() {
         if position > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"id\":");
-        match item.get("id")? {
+        match item.id.as_ref()? {
             serde_json::Value::String(id) => json::write_str(out, id),
             serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => {
                 json::write_str(out, &n.to_string())
@@ -499,20 +524,20 @@ fn contents(plan: &Plan, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
             }
             _ => return None,
         }
-        if let Some(quantity) = item.get("quantity").filter(|q| !q.is_null()) {
+        if let Some(quantity) = item.quantity.as_ref() {
             out.extend_from_slice(b",\"quantity\":");
             json::write_int(out, json_int(quantity)?);
         }
-        if let Some(price) = item.get("item_price").filter(|p| !p.is_null()) {
+        if let Some(price) = item.item_price.as_ref() {
             out.extend_from_slice(b",\"item_price\":");
             json::write_float(out, json_float(price)?);
         }
-        if let Some(category) = item.get("delivery_category").filter(|c| !c.is_null()) {
+        if let Some(category) = item.delivery_category.as_ref() {
             let serde_json::Value::String(category) = category else {
                 return None;
             };
             let category = text::lower(text::strip_space(category))?.into_owned();
-            if !plan.spec.delivery_categories.contains(&category) {
+            if !plan.spec.delivery_categories.contains(category.as_str()) {
                 return None;
             }
             out.extend_from_slice(b",\"delivery_category\":");

@@ -4,6 +4,11 @@
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.extend_from_slice(bytes); // the usual string: nothing to escape
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
         let escape: &[u8] = match byte {
@@ -118,4 +123,15 @@ mod tests {
             "\"a\\u0000\\u001f\u{7f}\\\"\\\\/é\u{2028}\\n\"".as_bytes()
         );
     }
+}
+
+/// A SHA-256 digest as a JSON string of lowercase hex (nothing in it needs escaping).
+pub fn write_hex_str(out: &mut Vec<u8>, digest: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'"'; 66];
+    for (i, byte) in digest.iter().enumerate() {
+        text[1 + 2 * i] = DIGITS[(byte >> 4) as usize];
+        text[2 + 2 * i] = DIGITS[(byte & 15) as usize];
+    }
+    out.extend_from_slice(&text);
 }

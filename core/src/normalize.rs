@@ -32,14 +32,25 @@ pub fn is_sha256_hex(text: &str) -> bool {
 }
 
 /// One customer-information value, normalized by `rule` (not yet hashed).
-pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>) -> Option<String> {
+pub fn normalize(
+    plan: &Plan,
+    rule: Rule,
+    value: &Val<'_>,
+    country: Option<&str>,
+) -> Option<String> {
     match (rule, value) {
         (Rule::Zip, Val::Int(number)) if (0..100_000).contains(number) => {
             return zip(&format!("{number:05}"), country);
         }
         (Rule::Zip, Val::Bool(_)) => return None, // Python formats a bool as the integer 1 or 0 there
         (Rule::BirthDate, Val::Date(days)) => return birth_date_of_days(plan, (*days).into()),
-        (Rule::BirthDate, Val::Ts { micros, aware: false }) => {
+        (
+            Rule::BirthDate,
+            Val::Ts {
+                micros,
+                aware: false,
+            },
+        ) => {
             return birth_date_of_days(plan, micros.div_euclid(86_400_000_000));
         }
         (Rule::BirthDate, Val::Ts { .. } | Val::Dec { .. } | Val::Float(_)) => return None,
@@ -51,7 +62,11 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
     let raw = python_str(value)?;
     if matches!(rule, Rule::ExternalId | Rule::Plain | Rule::Pushed) {
         let opaque = text::opaque_text(&raw)?;
-        let out = if rule == Rule::ExternalId { text::lower(&opaque)?.into_owned() } else { opaque.into_owned() };
+        let out = if rule == Rule::ExternalId {
+            text::lower(&opaque)?.into_owned()
+        } else {
+            opaque.into_owned()
+        };
         return (!out.is_empty()).then_some(out);
     }
     let text = text::text(&raw)?;
@@ -65,7 +80,12 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
             }
             let key = text::fold_accents(&letters)?;
             let table = plan.spec.subdivisions.get(country.unwrap_or(""));
-            Some(table.and_then(|t| t.get(key.as_ref())).cloned().unwrap_or(letters))
+            Some(
+                table
+                    .and_then(|t| t.get(key.as_ref()))
+                    .cloned()
+                    .unwrap_or(letters),
+            )
         }
         Rule::Gender => match text::lower(&text)?.as_ref() {
             "m" | "male" | "man" => Some("m".into()),
@@ -76,13 +96,17 @@ pub fn normalize(plan: &Plan, rule: Rule, value: &Val<'_>, country: Option<&str>
         Rule::Zip => zip(&text::ascii_digits(&text), country),
         Rule::Country => {
             let lowered = text::lower(&text)?;
-            let key: String = text::fold_accents(&lowered)?.chars().filter(|c| text::is_alnum(*c)).collect();
+            let key: String = text::fold_accents(&lowered)?
+                .chars()
+                .filter(|c| text::is_alnum(*c))
+                .collect();
             plan.spec.countries.get(&key).cloned()
         }
         Rule::IpAddress => is_canonical_ipv4(&text).then(|| text.into_owned()),
         Rule::IntegerId => {
             let digits = text::ascii_digits(&text);
-            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.into_owned())
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.into_owned())
         }
         Rule::Phone => phone(plan, &text::ascii_digits(&text), country),
         Rule::ExternalId | Rule::Plain | Rule::Pushed => unreachable!("handled above"),
@@ -103,7 +127,10 @@ fn email(text: &str) -> Option<String> {
 
 fn zip(text: &str, country: Option<&str>) -> Option<String> {
     let lowered = text::lower(text)?;
-    let cleaned: String = lowered.chars().filter(|c| *c != '-' && !text::is_trimmed(*c)).collect();
+    let cleaned: String = lowered
+        .chars()
+        .filter(|c| *c != '-' && !text::is_trimmed(*c))
+        .collect();
     if cleaned.is_empty() || !cleaned.chars().all(text::is_alnum) {
         return None;
     }

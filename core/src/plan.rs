@@ -3,7 +3,7 @@
 //! Tables (countries, subdivisions, currencies, North American phone patterns) come from the
 //! Python reference at compile time, so both paths read one copy of the rules.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 use serde::Deserialize;
@@ -109,12 +109,12 @@ pub struct PlanSpec {
     pub strong_key_required: bool,
     pub default_phone_region: Option<String>,
     pub current_year: i64,
-    pub action_sources: Vec<String>,
+    pub action_sources: HashSet<String>,
     pub strong_keys: Vec<String>,
     pub weak_key_sets: Vec<Vec<String>>,
-    pub currencies: Vec<String>,
-    pub content_types: Vec<String>,
-    pub delivery_categories: Vec<String>,
+    pub currencies: HashSet<String>,
+    pub content_types: HashSet<String>,
+    pub delivery_categories: HashSet<String>,
     pub countries: HashMap<String, String>,
     pub subdivisions: HashMap<String, HashMap<String, String>>,
     pub nanp: Vec<NanpRule>,

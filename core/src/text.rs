@@ -52,13 +52,26 @@ fn is_space(ch: char) -> bool {
     within(tables::SPACE, ch)
 }
 
+/// Neither end can be stripped: an ASCII character that is neither whitespace nor a separator.
+fn ends_kept(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let kept = |b: u8| b > b' ' && b < 0x7f;
+    !bytes.is_empty() && kept(bytes[0]) && kept(bytes[bytes.len() - 1])
+}
+
 /// `text.strip(TRIMMED)`.
 pub fn strip_trimmed(text: &str) -> &str {
+    if ends_kept(text) {
+        return text;
+    }
     text.trim_matches(is_trimmed)
 }
 
 /// `text.strip()`.
 pub fn strip_space(text: &str) -> &str {
+    if ends_kept(text) {
+        return text;
+    }
     text.trim_matches(is_space)
 }
 
@@ -68,7 +81,8 @@ pub fn is_space_char(ch: char) -> bool {
 
 /// Every code point is one Python's Unicode assigns: normalization is then the same in both.
 fn known(text: &str) -> bool {
-    text.chars().all(|ch| ch.is_ascii() || within(tables::ASSIGNED, ch))
+    text.chars()
+        .all(|ch| ch.is_ascii() || within(tables::ASSIGNED, ch))
 }
 
 /// `unicodedata.normalize("NFKC", text)`.
@@ -152,7 +166,13 @@ pub fn ascii_digits(text: &str) -> Cow<'_, str> {
 pub fn letters(text: &str) -> Option<String> {
     let lowered = lower(text)?;
     if lowered.is_ascii() {
-        return Some(lowered.bytes().filter(u8::is_ascii_alphabetic).map(char::from).collect());
+        return Some(
+            lowered
+                .bytes()
+                .filter(u8::is_ascii_alphabetic)
+                .map(char::from)
+                .collect(),
+        );
     }
     let mut kept = String::with_capacity(lowered.len());
     let mut after_letter = false;
@@ -160,7 +180,8 @@ pub fn letters(text: &str) -> Option<String> {
         if is_alpha(ch) {
             kept.push(ch);
             after_letter = true;
-        } else if after_letter && within(tables::MARK, ch) && !within(tables::NOT_LETTER_MARKS, ch) {
+        } else if after_letter && within(tables::MARK, ch) && !within(tables::NOT_LETTER_MARKS, ch)
+        {
             kept.push(ch);
         } else {
             after_letter = false;
@@ -174,7 +195,13 @@ pub fn fold_accents(text: &str) -> Option<Cow<'_, str>> {
     if text.is_ascii() {
         return Some(Cow::Borrowed(text));
     }
-    known(text).then(|| Cow::Owned(text.nfkd().filter(|&ch| canonical_combining_class(ch) == 0).collect()))
+    known(text).then(|| {
+        Cow::Owned(
+            text.nfkd()
+                .filter(|&ch| canonical_combining_class(ch) == 0)
+                .collect(),
+        )
+    })
 }
 
 #[cfg(test)]
