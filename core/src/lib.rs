@@ -8,6 +8,7 @@ mod json;
 mod normalize;
 mod plan;
 mod text;
+#[rustfmt::skip] // generated: core/scripts/generate_unicode.py writes it
 mod unicode_tables;
 mod value;
 
