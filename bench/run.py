@@ -1,15 +1,15 @@
 """End-to-end benchmark: a messy DuckDB (or PostgreSQL) table -> `capi-sync run` -> a local Graph API.
 
-    python bench/run.py --rows 200000                 # capi-sync and Meta's SDK on the same rows
-    python bench/run.py --rows 1000000 --skip-sdk     # peak memory on a large table
+    python bench/run.py --rows 200000                 # native core, pure Python and Meta's SDK, same rows
+    python bench/run.py --rows 1000000 --engines native --skip-sdk   # peak memory on a large table
     python bench/run.py --rows 100000 --warehouse postgres --skip-sdk
     python bench/run.py --rows 200000 --repeat 3      # alternating runs, medians: this machine is noisy
 
 Every figure is measured on real processes: the Graph stand-in runs in its own process, capi-sync
-and the SDK reference run as child processes: CPU time and the largest process's peak RSS come from
-wait4(), and the peak of all processes together (workers included) is sampled from /proc. The CPU
-split (the run's own process, its workers, the Graph stand-in) reads /proc too: the stand-in's is
-exact (it idles between runs), the run's own is its last 0.1 s sample, the workers' the rest.
+(`CAPI_SYNC_ENGINE=native` or `python`) and the SDK reference run as child processes: CPU time and
+the largest process's peak RSS come from wait4(), and the peak of all processes together is sampled
+from /proc. The CPU split (the run's own process, its children, the Graph stand-in) reads /proc too.
+A debug build of the native core is refused: it measures nothing worth printing.
 Linux charges a child the parent's peak RSS at exec time, so the parent stays small: the dataset is
 built, and copied into PostgreSQL, by child processes too.
 """
@@ -246,7 +246,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--warehouse", choices=["duckdb", "postgres"], default="duckdb")
     parser.add_argument(
-        "--workers", help="capi-sync --workers N (mapping processes); default: the setting's auto."
+        "--engines",
+        default="native,python",
+        help="Comma-separated: `native` (the core) and/or `python` (the pure reference path).",
     )
     parser.add_argument(
         "--pushdown", action="store_true", help="Hash customer information in the warehouse (pushdown: true)."
@@ -257,13 +259,6 @@ def main() -> None:
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="Run each path N times, alternating; print medians."
-    )
-    parser.add_argument(
-        "--build",
-        choices=["installed", "wheel", "both"],
-        default="installed",
-        help="Run the installed capi-sync (an editable install is Python source), the wheel built from"
-        " this checkout (mypyc-compiled, as `pip install .` gets it), or both, alternating.",
     )
     parser.add_argument("--keep", action="store_true", help="Keep the working folder.")
     parser.add_argument("--make-dataset", metavar="PATH", help=argparse.SUPPRESS)
@@ -277,6 +272,9 @@ def main() -> None:
         copy_to_postgres(*args.copy_to_postgres)
         return
 
+    engines = [engine.strip() for engine in args.engines.split(",") if engine.strip()]
+    if "native" in engines:
+        refuse_a_debug_core()
     folder = Path(tempfile.mkdtemp(prefix="capi-sync-bench-"))
     database = folder / "bench.duckdb"
     started = time.perf_counter()
@@ -297,20 +295,20 @@ def main() -> None:
             PIPELINE.format(warehouse=warehouse, graph_url=graph_url, pushdown=str(args.pushdown).lower())
         )
         command = [str(CAPI_SYNC), "run", "conversions", "-f", str(folder / "pipelines.yaml")]
-        command += ["--workers", args.workers] if args.workers else []
-        builds = builds_to_run(args.build, folder)
         # Runs alternate (ours, the SDK's, ours...) so that a slow stretch of a shared machine
         # weighs on both paths alike; each of ours starts from an empty state (a first run).
         for attempt in range(args.repeat):
             env = {**os.environ, "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}.db'}"}
-            for number, modules in enumerate(builds):
-                build_env = {**env, "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}-{number}.db'}"}
-                if modules is not None:
-                    build_env["PYTHONPATH"] = str(modules)
+            for engine in engines:
+                build_env = {
+                    **env,
+                    "CAPI_SYNC_STATE": f"sqlite:///{folder / f'state-{attempt}-{engine}.db'}",
+                    "CAPI_SYNC_ENGINE": engine,
+                }
                 label = (
-                    f"capi-sync ({args.warehouse}, workers: {args.workers or 'auto'}"
+                    f"capi-sync ({args.warehouse}"
                     + (", pushdown" if args.pushdown else "")
-                    + f", {build_kind(build_env)})"
+                    + f", {engine_of(build_env)})"
                 )
                 ours.append(
                     run_measured(label, command, args.rows, cwd=folder, env=build_env, stand_in=stand_in)
@@ -326,7 +324,7 @@ def main() -> None:
 
     print(
         "\n| path | rows | events/s | CPU µs/event | peak RSS MB | all processes MB | wall s"
-        " | CPU s: run / workers / stand-in |"
+        " | CPU s: run / children / stand-in |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in [*ours, *sdks]:
@@ -347,51 +345,29 @@ def main() -> None:
                     f" {max(r.peak_rss_mb for r in runs):.0f} MB"
                 )
     if sdks:
-        first = [r for r in ours if r.label == ours[0].label]  # the first build's, one per SDK run
-        ratios = [mine.per_second / theirs.per_second for mine, theirs in zip(first, sdks, strict=True)]
-        pairs = f" (median of {len(ratios)} pairs: {', '.join(f'{x:.1f}' for x in ratios)})"
-        print(
-            f"\n{first[0].label} / SDK: {statistics.median(ratios):.1f}x events per second"
-            + (pairs if len(ratios) > 1 else "")
-        )
+        for label in dict.fromkeys(r.label for r in ours):
+            mine = [r for r in ours if r.label == label]  # one per SDK run, alternating
+            ratios = [m.per_second / theirs.per_second for m, theirs in zip(mine, sdks, strict=True)]
+            pairs = f" (median of {len(ratios)} pairs: {', '.join(f'{x:.1f}' for x in ratios)})"
+            print(
+                f"\n{label} / SDK: {statistics.median(ratios):.1f}x events per second"
+                + (pairs if len(ratios) > 1 else "")
+            )
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def builds_to_run(build: str, folder: Path) -> list[Path | None]:
-    """PYTHONPATH folders to run capi-sync from; None runs the installed one as it is.
-
-    `both` builds the same checkout twice, pure and compiled, so only compiling differs.
-    """
-    if build == "installed":
-        return [None]
-    compiled = wheel_modules(folder / "compiled", compile_modules=True)
-    if build == "wheel":
-        return [compiled]
-    return [wheel_modules(folder / "pure", compile_modules=False), compiled]
+def refuse_a_debug_core() -> None:
+    """A debug build of the core is correct but several times slower: never measure it."""
+    probe = "from capi_sync import _core; print(_core.build_profile)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        sys.exit("the native core is not built here: run with --engines python, or install with cargo")
+    if found.stdout.strip() != "release":
+        sys.exit(f"the native core is a {found.stdout.strip()} build: reinstall (pip install -e .) first")
 
 
-def wheel_modules(folder: Path, *, compile_modules: bool) -> Path:
-    """Build this checkout's wheel (setup.py compiles it with mypyc) and unpack it for PYTHONPATH."""
-    started = time.perf_counter()
-    env = {
-        **os.environ,
-        "CAPI_SYNC_PURE": "0" if compile_modules else "1",
-        "PIP_ROOT_USER_ACTION": "ignore",
-    }
-    pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(folder), str(HERE.parent)], env=env, check=True)
-    (wheel,) = folder.glob("capi_sync-*.whl")
-    subprocess.run(
-        [*pip, "install", "--no-deps", "--target", str(folder / "site"), str(wheel)], env=env, check=True
-    )
-    print(
-        f"wheel ({'compiled' if compile_modules else 'pure'}) built in {time.perf_counter() - started:.0f}s"
-    )
-    return folder / "site"
-
-
-def build_kind(env: dict[str, str]) -> str:
+def engine_of(env: dict[str, str]) -> str:
     """Asked of a child: importing capi-sync here would charge its memory to every run measured."""
     probe = "import capi_sync; print(capi_sync.engine().split(' (')[0])"
     return subprocess.run(

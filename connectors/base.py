@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 from capi_sync.errors import SourceError
 from capi_sync.windows import kind_of_type
-
-if TYPE_CHECKING:
-    from capi_sync.connectors.packing import Packing
 
 Chunk = Sequence[Sequence[Any]]
 Projection = Callable[[str], str]  # wraps a windowed, sorted SELECT in one that keeps its order
@@ -81,15 +78,6 @@ class Source(Protocol):
         ...
 
     def prepare_for_pushdown(self) -> None: ...
-
-    def packing(
-        self, columns: Sequence[Column], used: Sequence[int] | None, main: Sequence[int]
-    ) -> Packing | None:
-        """How to read rows as one text each (see `packing`), or None to read them value by value.
-
-        `used` are the positions the mapping reads (all when None), `main` those the run needs itself.
-        """
-        ...
 
     def close(self) -> None: ...
 
@@ -224,11 +212,6 @@ class ClosingSource:
 
     def prepare_for_pushdown(self) -> None:
         """Adjust session settings for hash pushdown's wider rows; most warehouses need nothing."""
-
-    def packing(
-        self, columns: Sequence[Column], used: Sequence[int] | None, main: Sequence[int]
-    ) -> Packing | None:
-        return None
 
     def close(self) -> None:
         raise NotImplementedError

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from capi_sync.connectors.base import Column, DBAPISource, describe_sql, first_line
-from capi_sync.connectors.packing import Packing, duckdb_packing
+from capi_sync.connectors.base import DBAPISource, describe_sql, first_line
 from capi_sync.errors import SourceError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator
 
     import pyarrow as pa
 
@@ -142,19 +141,6 @@ class DuckDBSource(DBAPISource):
         # Hashing is most of the read, and it comes after the sort: every core takes part then
         # (200k bench rows: 2.8 -> 1.8 s; the sort itself keeps `threads`, which pins less memory).
         self._stream_threads = max(self._threads, os.cpu_count() or 1)
-
-    def packing(
-        self, columns: Sequence[Column], used: Sequence[int] | None, main: Sequence[int]
-    ) -> Packing | None:
-        try:  # the JSON functions ship inside DuckDB's wheels; a build without them reads value by value
-            self._connection.execute("select json_array(1)")
-        except duckdb.Error:
-            return None
-        packing = duckdb_packing([(c.name, c.type_name) for c in columns], used, main, self._quote)
-        if packing is not None:
-            # The packed row is a SELECT over the sorted window, which keeps its order only so.
-            self._execute("set preserve_insertion_order = true", [], "keeping the window's order")
-        return packing
 
     def arrow_schema(self, query: str) -> pa.Schema:
         """The Arrow schema `query`'s rows arrive in (no row is read)."""

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# Imported on first use: a worker process (`workers`) imports only what building and sending
-# need, not the state store's SQLAlchemy or the warehouse drivers.
+# Imported on first use: `import capi_sync` stays cheap, and the warehouse drivers load only when used.
 _EXPORTS = {
     "PipelineConfig": "capi_sync.config",
     "ProjectConfig": "capi_sync.config",

@@ -13,12 +13,11 @@ from capi_sync.report import MatchQuality
 
 if TYPE_CHECKING:
     from capi_sync.mappings.mapper import Rejection
-    from capi_sync.parallel import Built
 
 
 @dataclass
 class Batch:
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any] | bytes] = field(default_factory=list)  # bytes: JSON the core wrote
     delivered_keys: list[str] = field(default_factory=list)
     key_values: list[tuple[Any, ...]] = field(default_factory=list)  # per event, typed
     rejections: list[Rejection] = field(default_factory=list)
@@ -27,7 +26,6 @@ class Batch:
     handled: list[tuple[str, Any]] = field(default_factory=list)  # (row key, cursor value), read order
     committed: bool = False  # set once its transaction is written; a second commit is a no-op
     advances_cursor: bool = True  # False for rows re-read by key to retry them
-    built: Built | None = None  # built and sent by a worker process: `events` stays empty
     # Counted into the run's report when the batch commits, never before: a run that fails
     # reports only what it settled, the same figures `capi-sync runs` shows.
     quality: MatchQuality = field(default_factory=MatchQuality)
@@ -43,13 +41,13 @@ class Batch:
         self.handled.append((row_key, cursor))
 
     def add_event(
-        self, row_key: str, cursor: Any, event: dict[str, Any], key_values: tuple[Any, ...]
+        self, row_key: str, cursor: Any, event: dict[str, Any] | bytes, key_values: tuple[Any, ...]
     ) -> None:
         self.events.append(event)
         self.add_sent_event(row_key, cursor, key_values)
 
     def add_sent_event(self, row_key: str, cursor: Any, key_values: tuple[Any, ...]) -> None:
-        """An event sent elsewhere (by a worker process): its row is settled with the batch."""
+        """An event whose row is settled with the batch (`add_event` adds the event itself)."""
         self.add_row(row_key, cursor)
         self.delivered_keys.append(row_key)
         self.key_values.append(key_values)
@@ -66,7 +64,7 @@ class Batch:
     def add_sent_events(
         self, row_keys: list[str], cursors: list[Any], key_values: list[tuple[Any, ...]]
     ) -> None:
-        """A block of events a worker sent, none rejected: `add_sent_event` for each, in bulk."""
+        """`add_sent_event` for each of a block of rows, none rejected, in bulk."""
         if not row_keys:
             return
         self.rows += len(row_keys)

@@ -1,15 +1,8 @@
-"""What a pipeline's config builds: its compiled mapping and its Meta client (and a quiet GC).
-
-The run builds both here, and so does each worker process (`workers`), which imports this
-module and what it needs, not the warehouse drivers, the state store or the CLI.
-"""
+"""What a pipeline's config builds: its compiled mapping and its Meta client."""
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -21,7 +14,7 @@ from capi_sync.mappings.mapper import EventMapper, MapperOptions, compile_mappin
 from capi_sync.mappings.presets import commanders_act, derived_values
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.mappings.spec import MappingSpec
@@ -90,71 +83,6 @@ def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
         partner_agent=f"capi-sync/{__version__}",
         app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,
     )
-
-
-FULL_COLLECTION_EVERY = 10.0  # seconds
-
-
-@contextmanager
-def quiet_gc(full_every: float = FULL_COLLECTION_EVERY) -> Iterator[None]:
-    """Events are short-lived trees of dicts: the default collector would walk them every 700
-    allocations. Freeze what is already loaded and collect young objects far less often.
-
-    At these thresholds a full collection would in effect never come, so a thread runs one on a
-    clock: cyclic garbage that outlived two young collections (a failed request's exception chain,
-    alive through its backoff pause) otherwise stayed until the run ended, and memory crept about
-    1 MB/s while the Graph API was unreachable.
-    """
-    _QUIET_GC.enter(full_every)
-    try:
-        yield
-    finally:
-        _QUIET_GC.leave()
-
-
-class _QuietGC:
-    """The collector's settings are process-wide and the scheduler's runs overlap on its threads:
-    the first run in changes them, the last one out puts them back."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._runs = 0
-        self._previous = gc.get_threshold()
-        self._stop = threading.Event()
-        self._collector: threading.Thread | None = None
-
-    def enter(self, full_every: float) -> None:
-        with self._lock:
-            self._runs += 1
-            if self._runs > 1:
-                return
-            self._previous = gc.get_threshold()
-            gc.freeze()
-            gc.set_threshold(100_000, 50, 100)
-            self._stop = threading.Event()
-            self._collector = threading.Thread(
-                target=_collect_until, args=(self._stop, full_every), name="capi-gc", daemon=True
-            )
-            self._collector.start()
-
-    def leave(self) -> None:
-        with self._lock:
-            self._runs -= 1
-            if self._runs or self._collector is None:
-                return
-            self._stop.set()
-            self._collector.join()
-            self._collector = None
-            gc.set_threshold(*self._previous)
-            gc.unfreeze()
-
-
-_QUIET_GC = _QuietGC()
-
-
-def _collect_until(stop: threading.Event, every: float) -> None:
-    while not stop.wait(every):
-        gc.collect()
 
 
 def quality_notes(pipeline: PipelineConfig) -> list[str]:

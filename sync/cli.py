@@ -152,7 +152,8 @@ class WorkersParam(click.ParamType):
 workers_option = click.option(
     "--workers",
     type=WorkersParam(),
-    help="Build and send events on N processes, or `auto` (default: the pipeline's `workers`).",
+    hidden=True,
+    help="Deprecated and ignored: one process maps (on every core) and sends.",
 )
 
 
@@ -414,7 +415,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
         window = Window(order_by=prepared.key_columns)
         for chunk in prepared.stream(source, window, rows):
             for row in chunk[:rows]:
-                mapped = mapper.map_row(prepared.unpack(row))
+                mapped = mapper.map_row(row)
                 if mapped.event is None:
                     reasons = "\n".join(str(p) for p in mapped.problems)
                     table.add_row(mapped.row_key, styled(("rejected", "red")), reasons)

@@ -256,9 +256,8 @@ class PipelineConfig(BaseModel):
     schedule: str | None = None
     timezone: str = "UTC"  # naive timestamps (cursor, event_time, schedule) are in this zone
     chunk_size: int = Field(5_000, ge=1)  # 10,000 ran no faster and held 20 MB more
-    # Processes that map rows (CPU-bound work): "auto" starts one per core (up to 4) once a run has
-    # read AUTO_WORKERS_AFTER rows and uses them once they are up, so small runs never pay for them
-    # and no run waits for them; 1 maps in the run's own process.
+    # Deprecated and ignored: worker processes are gone; the native core maps on every core from
+    # the run's one process. Still accepted so that existing pipelines files load.
     workers: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     # Normalize and hash customer information in the warehouse's SQL: plain PII never leaves it.
     pushdown: bool = False

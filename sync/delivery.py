@@ -1,7 +1,6 @@
 """Sending one batch: transient errors retried, an invalid batch bisected down to the refused events.
 
-It runs on the run's sender threads, or inside a worker process that built the batch itself
-(`workers`); either way the outcome comes back as a `Sent` and is committed in read order.
+It runs on the run's sender threads; the outcome comes back as a `Sent` and is committed in read order.
 """
 
 from __future__ import annotations

@@ -60,10 +60,6 @@ class SetupError(SourceError):
     file, bad credentials, SQL that does not compile. Configuration or setup, so exit 2."""
 
 
-class WorkerError(CapiSyncError):
-    """A mapping worker process died (killed, out of memory): the run stops where it was committed."""
-
-
 class StateError(CapiSyncError):
     """The state store could not be read or written."""
 

@@ -8,19 +8,17 @@ first row not yet settled, and re-sent rows carry the same `event_id`.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from capi_sync import native
 from capi_sync.batching import Batch
-from capi_sync.building import effective_mapping, make_client, mapper_for, quality_notes, quiet_gc
+from capi_sync.building import effective_mapping, make_client, mapper_for, quality_notes
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
@@ -32,7 +30,6 @@ from capi_sync.errors import (
     MetaTooLargeError,
     SetupError,
     SourceError,
-    WorkerError,
 )
 from capi_sync.mappings import pushdown
 from capi_sync.mappings.mapper import (
@@ -41,9 +38,8 @@ from capi_sync.mappings.mapper import (
     Rejection,
     resolve_column,
 )
-from capi_sync.mappings.spec import GROUPS, column_of
+from capi_sync.mappings.spec import GROUPS
 from capi_sync.mappings.validate import Problem, max_age_seconds
-from capi_sync.parallel import NOT_SENT, Built, Delivery, ParallelMapper, plan_workers
 from capi_sync.report import RunReport
 from capi_sync.state import AGED_OUT_REASON, BatchCommit, CursorState, RejectedRow, RunStatus, StateStore
 from capi_sync.windows import (
@@ -63,7 +59,6 @@ if TYPE_CHECKING:
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column, Projection
     from capi_sync.connectors.meta import MetaClient
-    from capi_sync.connectors.packing import Packing
     from capi_sync.connectors.retry import RetryPolicy
     from capi_sync.native import NativePlan
 
@@ -85,7 +80,7 @@ class RunOptions:
     retry_only: bool = False  # `capi-sync retry`: only re-send rejected rows, no incremental read
     retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
     stop: threading.Event | None = None  # once set: finish the batches in flight, then stop
-    workers: int | Literal["auto"] | None = None  # processes that build and send; default: the pipeline's
+    workers: int | Literal["auto"] | None = None  # deprecated and ignored: one process maps and sends
 
 
 class StopRequested(KeyboardInterrupt):
@@ -103,18 +98,11 @@ class Prepared:
     # projection over the sorted window. Read through `stream` and `sql`, which never drop it.
     query: str
     project: Projection | None = None
-    packing: Packing | None = None  # rows read as one text each: `stream` yields them so
     native: NativePlan | None = None  # set when the native core maps this run's Arrow batches
     engine_note: str | None = None  # why the reference maps every row, where the core could run
 
     def index(self, column: str | None) -> int | None:
         return _column(column, self.columns)
-
-    def read_index(self, index: int | None) -> int | None:
-        """Where result column `index` sits in a row as `stream` yields it."""
-        if index is None or self.packing is None:
-            return index
-        return self.packing.read_index(index)
 
     def kind(self, column: str | None) -> str | None:
         index = self.index(column)
@@ -125,27 +113,15 @@ class Prepared:
         return tuple(self.columns[i] for i in self.mapper.key_indexes)
 
     def stream(self, source: Source, window: Window, chunk_size: int) -> Iterator[Chunk]:
-        """Rows as read: packed when `packing` is set (`unpack` gives the query's row back)."""
-        return source.stream(self.query, window, chunk_size, self._projection)
+        """Rows as read, in the query's column order."""
+        return source.stream(self.query, window, chunk_size, self.project)
 
     def batches(self, source: Source, window: Window, chunk_size: int) -> Iterator[pa.RecordBatch]:
         """Rows as Arrow record batches, for the native core."""
         return source.arrow_batches(self.query, window, chunk_size, self.project)  # type: ignore[attr-defined]
 
-    def unpack(self, row: Sequence[Any]) -> Sequence[Any]:
-        return row if self.packing is None else self.packing.unpack(row)
-
     def sql(self, source: Source, window: Window) -> tuple[str, list[Any]]:
-        return source.sql(self.query, window, self._projection)
-
-    @property
-    def _projection(self) -> Projection | None:
-        project, packing = self.project, self.packing
-        if packing is None:
-            return project
-        if project is None:
-            return packing.project
-        return lambda windowed: packing.project(project(windowed))
+        return source.sql(self.query, window, self.project)
 
 
 @contextmanager
@@ -170,30 +146,17 @@ def prepare(pipeline: PipelineConfig, source: Source) -> Prepared:
         described = source.describe(pushed.whole)  # the generated SQL runs once here, before a row is read
     columns = [column.name for column in described]
     mapper = mapper_for(pipeline, columns)
-    main: set[int] = set()  # the columns the run reads itself: whichever cursor it advances
     for setting, name in (("cursor", pipeline.cursor), ("backfill_column", pipeline.backfill_column)):
-        if name is None:
-            continue
-        if (index := _column(name, columns)) is None:
+        if name is not None and _column(name, columns) is None:
             raise ConfigError(
                 [
                     f"pipeline '{pipeline.name}': {setting}: column '{name}' is not"
                     f" returned by the query (columns: {', '.join(columns)})"
                 ]
             )
-        main.add(index)
-    # A backfill without backfill_column advances over event_time's column (see `backfill_column`).
-    event_time = column_of(pipeline.mapping.server_event.get("event_time", ""))
-    if (index := _column(event_time, columns)) is not None:
-        main.add(index)
     kinds = {column.name: column.kind for column in described}
     plan, note = _native_plan(pipeline, source, query, columns, mapper)
-    if plan is not None:
-        return Prepared(mapper, columns, kinds, query, project, native=plan)
-    # Pushdown's rows are mostly digests, which cost the driver little as they are; packed, the same
-    # 200k bench rows ran no faster and the run's peak grew from 257 to 320 MB.
-    packing = None if pipeline.pushdown else source.packing(described, mapper.columns_used, sorted(main))
-    return Prepared(mapper, columns, kinds, query, project, packing, engine_note=note)
+    return Prepared(mapper, columns, kinds, query, project, native=plan, engine_note=note)
 
 
 def _native_plan(
@@ -331,7 +294,6 @@ def session(
     if not options.dry_run:
         _check_sendable(project, pipeline)
     with ExitStack() as stack:
-        stack.enter_context(quiet_gc())
         with setup_stage(pipeline):
             source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
             prepared = prepare(pipeline, source)
@@ -339,28 +301,9 @@ def session(
         if not options.dry_run:
             stack.enter_context(store.lock(lock_name or pipeline.name))
         output = stack.enter_context(_open_output(options.output))
-        workers, serial_rows = plan_workers(options.workers or pipeline.workers)
         retry = options.retry or project.destination_of(pipeline).retry_policy()
-        parallel = None
-        if workers > 1 and prepared.native is None:  # the core uses every core from this process
-            delivery = Delivery(
-                make_client=partial(make_client, project, pipeline),
-                retry=retry,
-                in_flight=1 if options.dry_run else pipeline.settings.max_in_flight,
-                dry_run=options.dry_run,
-                keep_lines=options.output is not None,
-            )
-            parallel = ParallelMapper(
-                pipeline,
-                prepared.columns,
-                workers,
-                delivery,
-                block_rows=pipeline.settings.batch_size,
-                after=serial_rows,
-                columns_used=prepared.mapper.columns_used,
-                packing=prepared.packing,
-            )
-            stack.callback(parallel.close)
+        if prepared.engine_note:
+            report.notes.append(prepared.engine_note)
         if not options.dry_run:
             report.run_id = store.start_run(pipeline.name, kind)
         run = _Run(
@@ -374,7 +317,6 @@ def session(
             output=output,
             progress=progress,
             retry=retry,
-            parallel=parallel,
         )
         try:
             yield run
@@ -441,11 +383,9 @@ class _Run:
     cursor_name: str = ""
     cursor_index: int | None = None
     settle_floor: Callable[[Any], Any] = lambda value: value  # oldest cursor value whose keys we keep
-    parallel: ParallelMapper | None = None  # set when rows are mapped on worker processes
     pending_keys: set[str] = field(default_factory=set)  # pending rows being retried by this run
     key_hashes: set[int] = field(default_factory=set)  # row keys read by this run, to count repeats
     last_key: str | None = None  # the key of the last row committed, to count neighbours that repeat it
-    rows_mapped: int = 0  # in this process, across the run's reads
 
     def __post_init__(self) -> None:
         self.mapper = self.prepared.mapper
@@ -540,7 +480,7 @@ class _Run:
                 yield row, None
             del chunk  # see `_rows`
 
-    def _pump(self, batches: Iterator[Batch | None]) -> None:
+    def _pump(self, batches: Iterator[Batch]) -> None:
         """Build batches on this thread while up to `in_flight` requests run; commit in read order.
 
         A batch is committed only when it and every batch before it were settled, so the cursor
@@ -551,10 +491,6 @@ class _Run:
         with ThreadPoolExecutor(in_flight, thread_name_prefix="capi-send") as pool:
             try:
                 for batch in batches:
-                    if batch is None:  # workers send from here on: what is in flight settles first
-                        while pending:
-                            self._commit_oldest(pending)
-                        continue
                     pending.append((batch, pool.submit(self._send, batch)))
                     while pending and (len(pending) >= in_flight or pending[0][1].done()):
                         self._commit_oldest(pending)
@@ -562,11 +498,7 @@ class _Run:
                     self._commit_oldest(pending)
             except KeyboardInterrupt:
                 self.abort.set()
-                if self.parallel is not None:
-                    self.parallel.stop_sending()
                 self._drain(pending)
-                if self.parallel is not None and not pending:  # then the blocks the workers hold
-                    self._drain_workers(self.parallel)
                 raise
             except CapiSyncError:
                 self._drain(pending)
@@ -585,56 +517,23 @@ class _Run:
             except (CapiSyncError, KeyboardInterrupt):
                 break
 
-    def _drain_workers(self, parallel: ParallelMapper) -> None:
-        """Wait for the workers' requests on the wire and commit them in order, up to the first
-        block that was not sent; what is not committed is read again by the next run."""
-        advances = self.cursor_index is not None
-        for built in parallel.drain():
-            batch = self._built_batch(built, advances)
-            try:
-                self._commit(batch, _settled(self._send, batch))
-            except (CapiSyncError, KeyboardInterrupt):
-                return
-
     def _commit_oldest(self, pending: deque[tuple[Batch, Future[Sent]]]) -> None:
         """The batch leaves the queue only once committed, so an interrupt cannot skip it."""
         self._commit(*pending[0])
         pending.popleft()
 
-    def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any] | Built | None]:
-        """Rows become events here, in read order: on this process, or built and sent by workers."""
-        map_row, parallel = self.mapper.map_row, self.parallel
-        if (packing := self.prepared.packing) is not None:
-            unpack, map_unpacked = packing.unpack, map_row
-            map_row = lambda row: map_unpacked(unpack(row))  # noqa: E731
+    def _mapped(self, rows: Iterator[tuple[Any, Any]]) -> Iterator[tuple[MappedRow, Any]]:
+        """Rows become events here, in read order, by the Python reference."""
+        map_row = self.mapper.map_row
         for row, cursor in rows:
-            if parallel is not None and self.rows_mapped >= parallel.after and parallel.ready():
-                if self.rows_mapped:
-                    yield None  # requests leave in read order: the ones in flight settle first
-                yield from parallel.settle_in_order(itertools.chain([(row, cursor)], rows))
-                return
-            self.rows_mapped += 1
             yield map_row(row), cursor
 
     def _batches(
-        self, mapped_rows: Iterator[tuple[MappedRow, Any] | Built | None], *, advances_cursor: bool
-    ) -> Iterator[Batch | None]:
-        """Batches in read order; None where workers take over (everything before it settles first)."""
+        self, mapped_rows: Iterator[tuple[MappedRow, Any]], *, advances_cursor: bool
+    ) -> Iterator[Batch]:
+        """Batches in read order, each of at most `batch_size` events."""
         batch = Batch(advances_cursor=advances_cursor)
-        for item in mapped_rows:
-            if item is None:
-                if batch.rows:
-                    yield batch
-                    batch = Batch(advances_cursor=advances_cursor)
-                yield None
-                continue
-            if item.__class__ is Built:  # a worker built and sent it: one block is one batch
-                if batch.rows:
-                    yield batch
-                yield self._built_batch(item, advances_cursor)  # type: ignore[arg-type]
-                batch = Batch(advances_cursor=advances_cursor)
-                continue
-            mapped, cursor = item  # type: ignore[misc]
+        for mapped, cursor in mapped_rows:
             self._add(batch, mapped, cursor)
             if len(batch.events) >= self.batch_size:
                 yield batch
@@ -642,40 +541,19 @@ class _Run:
         if batch.rows:
             yield batch
 
-    def _built_batch(self, built: Built, advances_cursor: bool) -> Batch:
-        batch = Batch(advances_cursor=advances_cursor, built=built)
-        settled, cursors = built.settled, built.cursors
-        if not settled.others:  # every row became an event with nothing dropped: the usual block
-            batch.add_sent_events(settled.row_keys, cursors, settled.key_values)
-        else:
-            as_mapped, others = tuple.__new__, settled.others
-            for position, cursor in enumerate(cursors):
-                if (fields := others.get(position)) is not None:
-                    self._add(batch, as_mapped(MappedRow, fields), cursor)
-                else:
-                    batch.add_sent_event(settled.row_keys[position], cursor, settled.key_values[position])
-        batch.quality.add_shapes(settled.shapes)
-        return batch
-
     def _add(self, batch: Batch, mapped: MappedRow, cursor: Any) -> None:
         """One row's outcome into its batch and the run's report."""
         if mapped.skipped is not None:  # held back by rule (consent): settled, never sent
             batch.add_row(mapped.row_key, cursor)
             batch.no_consent += 1
             return
-        if mapped.event is None and mapped.user_keys is None:
+        if mapped.event is None:
             rejection = Rejection(self.pipeline.name, mapped.row_key, mapped.problems, mapped.key)
             batch.add_rejection(cursor, rejection)
             return
-        if mapped.event is None:  # built and sent by a worker: only its keys came back
-            batch.add_sent_event(mapped.row_key, cursor, mapped.key)
-            user_keys: Any = mapped.user_keys
-        elif mapped.event.__class__ is bytes:  # written by the native core, keys alongside
-            batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)  # type: ignore[arg-type]
-            user_keys = mapped.user_keys
-        else:
-            batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
-            user_keys = mapped.event["user_data"].keys()
+        batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
+        event: Any = mapped.event  # JSON bytes from the native core come with their keys
+        user_keys = mapped.user_keys if event.__class__ is bytes else event["user_data"].keys()
         batch.quality.add_event(user_keys)
         if mapped.problems:
             batch.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
@@ -684,8 +562,7 @@ class _Run:
         """Rows in cursor order, minus those already settled at or before the stored cursor value."""
         limit, stop = self.options.limit, self.options.stop
         last, settled = self.state.value, self.state.settled
-        index = self.prepared.read_index(self.cursor_index)
-        unpack = self.prepared.unpack
+        index = self.cursor_index
         chunks = self.prepared.stream(self.source, window, self.pipeline.chunk_size)
         for chunk in chunks:
             for row in chunk:
@@ -694,7 +571,7 @@ class _Run:
                     if guard.past_end(cursor):
                         return
                     continue
-                if settled and cursor <= last and self.mapper.row_key(unpack(row)) in settled:
+                if settled and cursor <= last and self.mapper.row_key(row) in settled:
                     self.report.rows_skipped += 1
                     self.report.rows_read += 1
                     continue
@@ -745,7 +622,6 @@ class _Run:
                         batch.quality.shapes[built.user_keys(shape)] += count
                     batch.quality.events += end - position
                     report.rows_fetched += end - position
-                    self.rows_mapped += end - position
                     position = end
                     if len(batch.events) >= size:
                         yield batch
@@ -768,7 +644,6 @@ class _Run:
                             yield batch
                         return
                     report.rows_fetched += 1
-                    self.rows_mapped += 1
                     self._add(batch, mapped, cursor)
                     if len(batch.events) >= size:
                         yield batch
@@ -783,14 +658,6 @@ class _Run:
 
     def _send(self, batch: Batch) -> Sent:
         """Runs on a sender thread: one request (or a bisection), retried within the budget."""
-        if (built := batch.built) is not None:  # a worker process built (and sent) it
-            if built.error is not None:
-                raise built.error
-            if built.sent is None:
-                raise WorkerError(NOT_SENT)
-            if self.output is not None:
-                self.output.write(built.lines)
-            return built.sent
         if self.options.dry_run and self.output is not None:
             self.output.write(event_lines(batch.events))
         return self.sender.send(batch.events)  # in a dry run: the exact requests, built and dropped

@@ -90,11 +90,11 @@ def test_an_interrupt_never_commits_past_a_batch_still_in_flight(tmp_path: Path,
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_waits_for_the_workers_requests_on_the_wire_and_commits_them(
+def test_an_interrupt_waits_for_the_native_cores_requests_on_the_wire_and_commits_them(
     tmp_path: Path, graph: FakeGraph, sig: signal.Signals
 ) -> None:
-    """With worker processes building and sending, Ctrl-C or SIGTERM must not abandon a request
-    Meta is still answering: it is awaited, and committed in order like the run's own."""
+    """With the native core building batches, Ctrl-C or SIGTERM must not abandon a request Meta is
+    still answering: it is awaited, and committed in order."""
     make_orders(tmp_path / "shop.duckdb", 2500)
     write_pipelines(tmp_path, graph.url)
     held = threading.Event()
@@ -106,7 +106,7 @@ def test_an_interrupt_waits_for_the_workers_requests_on_the_wire_and_commits_the
         return False
 
     with meta_on_hold(graph, holds=first_block):
-        process = start_run(tmp_path, "--workers", "2")
+        process = start_run(tmp_path)
         assert held.wait(60)  # the first block's request is on the wire, unanswered
         process.send_signal(sig)
         time.sleep(1.0)  # the run must still be waiting for it

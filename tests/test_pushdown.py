@@ -110,7 +110,7 @@ def mapped_users(path: Path) -> tuple[dict[int, tuple[dict[str, Any], dict[str, 
         from capi_sync.connectors.base import Window
 
         for chunk in prepared.stream(source, Window(order_by=("id",)), 1000):
-            for row in map(prepared.unpack, chunk):
+            for row in chunk:
                 dropped: list[Any] = []
                 user = prepared.mapper._user_data(row, [], dropped)
                 rules = {problem.field.split(".", 1)[1]: problem.rule for problem in dropped}
@@ -412,8 +412,8 @@ def test_duckdb_hashes_after_the_sort_on_every_core_and_keeps_cursor_order(
         for chunk in prepared.stream(source, window, 5000):
             with source._connection.cursor() as other:
                 threads_while_streaming.add(other.execute("select current_setting('threads')").fetchone()[0])
-            cursor_at, id_at = prepared.read_index(prepared.index("updated_at")), prepared.index("id")
-            keys += [(row[cursor_at], prepared.unpack(row)[id_at]) for row in chunk]
+            cursor_at, id_at = prepared.index("updated_at"), prepared.index("id")
+            keys += [(row[cursor_at], row[id_at]) for row in chunk]
         source.describe("select 1")
         threads_after = source._connection.execute("select current_setting('threads')").fetchone()[0]
     assert len(keys) == count

@@ -46,12 +46,9 @@ def second_batch_requests(graph: FakeGraph) -> int:
     return sum(1 for r in graph.requests if any(in_second_batch(e) for e in r.body["data"]))
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])  # sent by this process, or by a worker
-def test_a_batch_meta_cannot_take_is_kept_and_sent_next_run(
-    project: Path, graph: FakeGraph, workers: str
-) -> None:
+def test_a_batch_meta_cannot_take_is_kept_and_sent_next_run(project: Path, graph: FakeGraph) -> None:
     graph.script = unavailable_for_second_batch
-    assert cli("run", "purchases", "--workers", workers) == 1
+    assert cli("run", "purchases") == 1
     with store_of(project) as store:
         kept = store.list_rejected("purchases")
         assert store.load_cursor("purchases").value is not None

@@ -259,7 +259,7 @@ def pushed_results(path: Path) -> dict[int, tuple[dict[str, Any], list[Problem]]
                 pushdown.pushed_keys(pipeline.mapping, hash_external_id=True)
             )
             for chunk in prepared.stream(source, Window(order_by=("id",)), 1000):
-                for row in map(prepared.unpack, chunk):
+                for row in chunk:
                     rejected: list[Problem] = []
                     dropped: list[Problem] = []
                     user = prepared.mapper._user_data(row, rejected, dropped)

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "mappings"))
-from normalize import _NOT_LETTER_MARKS, TRIMMED  # noqa: E402  (the reference's own sets)
+from normalize import _NOT_LETTER_MARKS, TRIMMED  # the reference's own sets
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "unicode_tables.rs"
 CHARS = [chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
@@ -61,16 +64,20 @@ def generate() -> str:
             "",
             f'pub const UNICODE_VERSION: &str = "{unicodedata.unidata_version}";',
             "",
-            table("ASSIGNED", "Code points Python knows (category other than Cn).", lambda c: unicodedata.category(c) != "Cn"),
+            table(
+                "ASSIGNED", "Code points Python knows (not Cn).", lambda c: unicodedata.category(c) != "Cn"
+            ),
             table("ALPHA", "`str.isalpha`.", str.isalpha),
             table("NUMERIC", "`str.isnumeric` (with ALPHA: `str.isalnum`).", str.isnumeric),
             table("MARK", "Categories Mn and Mc.", lambda c: unicodedata.category(c) in ("Mn", "Mc")),
-            table("NOT_LETTER_MARKS", "The reference's `_NOT_LETTER_MARKS`.", lambda c: c in _NOT_LETTER_MARKS),
+            table("NOT_LETTER_MARKS", "The reference's `_NOT_LETTER_MARKS`.", _NOT_LETTER_MARKS.__contains__),
             table("PRINTABLE", "`str.isprintable`.", str.isprintable),
             table("SPACE", "`str.isspace`: what `str.strip()` removes.", str.isspace),
             table("TRIMMED", "The reference's `TRIMMED`.", lambda c: c in TRIMMED),
-            f"/// Each run of decimal digits (`str.isdecimal`) starts at a digit zero.\npub const DECIMAL_ZEROS: &[u32] = &[{decimal_zeros}];\n",
-            f"/// `str.lower` where it changes a character.\npub const LOWER: &[(u32, &str)] = &[{lower}];\n",
+            "/// Each run of decimal digits (`str.isdecimal`) starts at a digit zero.",
+            f"pub const DECIMAL_ZEROS: &[u32] = &[{decimal_zeros}];\n",
+            "/// `str.lower` where it changes a character.",
+            f"pub const LOWER: &[(u32, &str)] = &[{lower}];\n",
         ]
     )
 

@@ -246,3 +246,83 @@ pub fn nanp_is_valid(rules: &[CompiledNanp], national: &str) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let spec = r#"{
+            "pipeline": "t", "key_columns": [0], "event_name": {"column": 1}, "event_time": {"column": 2},
+            "event_id": null, "action_source": null, "default_action_source": "website", "urls": [],
+            "renames": {}, "country": null, "user": [], "custom": [], "properties": [], "utc": true,
+            "fbc_from_fbclid": true, "strong_key_required": false, "default_phone_region": "US",
+            "current_year": 2026, "action_sources": ["website"], "strong_keys": ["em"],
+            "weak_key_sets": [], "currencies": ["USD"], "content_types": [], "delivery_categories": [],
+            "countries": {"unitedstates": "us", "us": "us"},
+            "subdivisions": {"us": {"california": "ca"}, "": {"california": "ca"}},
+            "nanp": [{"leading": null, "general": "[2-9]\\d{2}[2-9]\\d{6}", "types": "[2-9]\\d{2}[2-9]\\d{6}"}],
+            "max_age_seconds": 604800, "max_age_seconds_physical_store": 5356800, "max_future_seconds": 60
+        }"#;
+        Plan::from_json(spec).expect("a valid plan")
+    }
+
+    fn norm(rule: Rule, text: &str, country: Option<&str>) -> Option<String> {
+        normalize(&plan(), rule, &Val::Str(text), country)
+    }
+
+    #[test]
+    fn emails_names_and_places() {
+        assert_eq!(
+            norm(Rule::Email, " John_Smith@Gmail.com ", None).as_deref(),
+            Some("john_smith@gmail.com")
+        );
+        assert_eq!(norm(Rule::Email, "a b@c.de", None), None);
+        assert_eq!(
+            norm(Rule::Name, " Mary-Ann ", None).as_deref(),
+            Some("maryann")
+        );
+        assert_eq!(norm(Rule::Name, "Élodie", None).as_deref(), Some("élodie"));
+        assert_eq!(
+            norm(Rule::State, "Califórnia", Some("us")).as_deref(),
+            Some("ca")
+        );
+        assert_eq!(
+            norm(Rule::Country, "United-States", None).as_deref(),
+            Some("us")
+        );
+        assert_eq!(norm(Rule::Country, "Narnia", None), None);
+    }
+
+    #[test]
+    fn zips_dates_and_phones() {
+        assert_eq!(
+            norm(Rule::Zip, "94035-1234", Some("us")).as_deref(),
+            Some("94035")
+        );
+        assert_eq!(
+            norm(Rule::Zip, "2134", Some("us")).as_deref(),
+            Some("02134")
+        );
+        assert_eq!(
+            normalize(&plan(), Rule::Zip, &Val::Int(2134), Some("us")).as_deref(),
+            Some("02134")
+        );
+        assert_eq!(
+            norm(Rule::BirthDate, "1990-12-31", None).as_deref(),
+            Some("19901231")
+        );
+        assert_eq!(norm(Rule::BirthDate, "1990-02-30", None), None);
+        assert_eq!(norm(Rule::BirthDate, "2099-01-01", None), None);
+        assert_eq!(
+            norm(Rule::Phone, "(650) 555-1212", None).as_deref(),
+            Some("16505551212")
+        );
+        assert_eq!(
+            norm(Rule::Phone, "+1 650 555 1212", Some("de")).as_deref(),
+            Some("16505551212")
+        );
+        assert_eq!(norm(Rule::Phone, "555-0100", None), None);
+        assert_eq!(norm(Rule::Phone, "650 555 1212 x12", None), None); // an extension: the reference's
+    }
+}
