@@ -18,11 +18,6 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCapsule, PyList};
 
-// Events are built from many small strings on several threads at once: mimalloc's thread-local
-// heaps serve them faster than the system allocator.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// A pipeline's mapping, compiled once per run (`capi_sync.native.compile_plan`).
 #[pyclass(frozen, module = "capi_sync._core")]
 struct Plan {
