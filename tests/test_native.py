@@ -373,3 +373,77 @@ def test_any_float_prints_as_orjson_prints_it(value: float) -> None:
     """Found by hypothesis: orjson writes 1e-5 as 0.00001, where Python's repr says 1e-05."""
     written, _ = both_paths(SMALL, one_row(**GOOD, fn=(pa.string(), "Ann"), extra=(pa.float64(), value)))
     assert written == 1
+
+
+def test_without_cargo_the_install_is_pure_python_and_the_quick_start_works(tmp_path: Any) -> None:
+    """A machine without a Rust toolchain: the wheel builds without the core (with a warning), and
+    the quick start writes the same events from it as the native core does here."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    cargo = shutil.which("cargo")
+    hidden = {os.path.dirname(cargo)} if cargo else set()
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p not in hidden)
+    env = {k: v for k, v in os.environ.items() if k not in ("CAPI_SYNC_REQUIRE_CORE", native.ENGINE_VARIABLE)}
+    env |= {"PATH": path, "PIP_ROOT_USER_ACTION": "ignore", "CARGO": "", "RUSTUP_TOOLCHAIN": ""}
+    assert shutil.which("cargo", path=path) is None
+    pip = [sys.executable, "-m", "pip"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheel"), str(REPO)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("capi_sync-*.whl")
+    import zipfile
+
+    assert not [name for name in zipfile.ZipFile(wheel).namelist() if "_core" in name]  # no core inside
+    site = tmp_path / "site"
+    subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--target", str(site), str(wheel)], env=env, check=True
+    )
+    env["PYTHONPATH"] = str(site)
+    probe = (
+        WITHOUT_EDITABLE
+        + "import capi_sync, capi_sync.native as n; print(capi_sync.__file__); print(n.engine())"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert str(site) in shown.stdout
+    assert "pure Python (the native core is not built)" in shown.stdout
+    pure_events, version = quick_start_with(tmp_path, env)
+    native_events, _ = quick_start(tmp_path, None)
+    assert "pure Python" in version
+    assert pure_events == native_events
+
+
+# This checkout's editable install maps `capi_sync` (and its built core) by a finder on sys.meta_path,
+# ahead of PYTHONPATH: the wheel under test is imported only with that finder out of the way.
+WITHOUT_EDITABLE = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
+    " if not getattr(f, '__module__', '').startswith('__editable__')]; "
+)
+
+
+def quick_start_with(tmp: Any, env: dict[str, str]) -> tuple[bytes, str]:
+    import subprocess
+    import sys
+
+    env = {**env, "CAPI_SYNC_STATE": f"sqlite:///{tmp / 'state-pure.db'}"}
+    output = tmp / "pure-install.jsonl"
+    cli = [
+        sys.executable,
+        "-c",
+        WITHOUT_EDITABLE + "import runpy; runpy.run_module('capi_sync', run_name='__main__')",
+    ]
+    run = subprocess.run(
+        [*cli, "run", "purchases", "--dry-run", "--output", str(output)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    version = subprocess.run([*cli, "--version"], env=env, capture_output=True, text=True, check=True)
+    return output.read_bytes(), version.stdout
