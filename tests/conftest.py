@@ -15,11 +15,17 @@ from typing import Any
 
 import duckdb
 import pytest
+from hypothesis import settings
 
 from capi_sync import secrets
 from capi_sync.cli import main
 from tests.fake_graph import FakeGraph
 from tests.postgres import create_database, postgres_server
+
+# CI runs the property tests derandomized (`.ci/run` sets HYPOTHESIS_PROFILE=ci): the same examples
+# each time, so a red CI is a change's doing; a developer's runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 TOKEN = "EAAB-secret-token-9f8e7d6c5b4a"
 EXIT_GRACE_SECONDS = 60
