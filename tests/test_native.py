@@ -315,16 +315,21 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def quick_start(tmp: Any, engine: str | None) -> tuple[bytes, str]:
+    """The README's quick start (`--output` added) and `--version`, on this installation."""
     import os
-    import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != native.ENGINE_VARIABLE}
     if engine:
         env[native.ENGINE_VARIABLE] = engine
-    env["CAPI_SYNC_STATE"] = f"sqlite:///{tmp / 'state.db'}"
-    output = tmp / f"{engine or 'native'}.jsonl"
-    cli = [sys.executable, "-m", "capi_sync"]
+    return run_quick_start(tmp, engine or "native", env, [sys.executable, "-m", "capi_sync"])
+
+
+def run_quick_start(tmp: Any, name: str, env: dict[str, str], cli: list[str]) -> tuple[bytes, str]:
+    import subprocess
+
+    env = {**env, "CAPI_SYNC_STATE": f"sqlite:///{tmp / f'state-{name}.db'}"}
+    output = tmp / f"{name}.jsonl"
     run = subprocess.run(
         [*cli, "run", "purchases", "--dry-run", "--output", str(output)],
         cwd=REPO,
@@ -413,7 +418,8 @@ def test_without_cargo_the_install_is_pure_python_and_the_quick_start_works(tmp_
     shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert str(site) in shown.stdout
     assert "pure Python (the native core is not built)" in shown.stdout
-    pure_events, version = quick_start_with(tmp_path, env)
+    launch = WITHOUT_EDITABLE + "import runpy; runpy.run_module('capi_sync', run_name='__main__')"
+    pure_events, version = run_quick_start(tmp_path, "pure-install", env, [sys.executable, "-c", launch])
     native_events, _ = quick_start(tmp_path, None)
     assert "pure Python" in version
     assert pure_events == native_events
@@ -425,25 +431,3 @@ WITHOUT_EDITABLE = (
     "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
     " if not getattr(f, '__module__', '').startswith('__editable__')]; "
 )
-
-
-def quick_start_with(tmp: Any, env: dict[str, str]) -> tuple[bytes, str]:
-    import subprocess
-    import sys
-
-    env = {**env, "CAPI_SYNC_STATE": f"sqlite:///{tmp / 'state-pure.db'}"}
-    output = tmp / "pure-install.jsonl"
-    cli = [
-        sys.executable,
-        "-c",
-        WITHOUT_EDITABLE + "import runpy; runpy.run_module('capi_sync', run_name='__main__')",
-    ]
-    run = subprocess.run(
-        [*cli, "run", "purchases", "--dry-run", "--output", str(output)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-    )
-    assert run.returncode == 0, run.stderr.decode()
-    version = subprocess.run([*cli, "--version"], env=env, capture_output=True, text=True, check=True)
-    return output.read_bytes(), version.stdout
