@@ -86,6 +86,17 @@ pub fn float_text(value: f64) -> String {
     format!("{sign}{shown}e{exp_sign}{}", exponent.abs())
 }
 
+/// A SHA-256 digest as a JSON string of lowercase hex (nothing in it needs escaping).
+pub fn write_hex_str(out: &mut Vec<u8>, digest: &[u8; 32]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'"'; 66];
+    for (i, byte) in digest.iter().enumerate() {
+        text[1 + 2 * i] = DIGITS[(byte >> 4) as usize];
+        text[2 + 2 * i] = DIGITS[(byte & 15) as usize];
+    }
+    out.extend_from_slice(&text);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,15 +134,4 @@ mod tests {
             "\"a\\u0000\\u001f\u{7f}\\\"\\\\/é\u{2028}\\n\"".as_bytes()
         );
     }
-}
-
-/// A SHA-256 digest as a JSON string of lowercase hex (nothing in it needs escaping).
-pub fn write_hex_str(out: &mut Vec<u8>, digest: &[u8; 32]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [b'"'; 66];
-    for (i, byte) in digest.iter().enumerate() {
-        text[1 + 2 * i] = DIGITS[(byte >> 4) as usize];
-        text[2 + 2 * i] = DIGITS[(byte & 15) as usize];
-    }
-    out.extend_from_slice(&text);
 }
