@@ -14,7 +14,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 import requests
@@ -40,6 +40,16 @@ MAX_EVENTS_PER_REQUEST = 1000
 _THROTTLING_CODES = frozenset({4, 17, 32, 613, 80003, 80004})
 _TRANSIENT_CODES = frozenset({1, 2, 341, 368})
 _PERMISSION_CODES = frozenset({3, 10, *range(200, 300)})
+
+
+class _ErrorDetails(TypedDict):
+    """What a Graph API error tells, as `MetaError` keeps it."""
+
+    status: int
+    code: int | None
+    subcode: int | None
+    user_message: str | None
+    fbtrace_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +286,7 @@ class MetaClient:
             kind = MetaRetryableError if status >= 500 or status == 429 else MetaFatalError
             return kind(self._scrub(f"HTTP {status} from the Graph API: {text[:300]}"), status=status)
         code = _integer(error.get("code"))
-        details = {
+        details: _ErrorDetails = {
             "status": status,
             "code": code,
             "subcode": _integer(error.get("error_subcode")),

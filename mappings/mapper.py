@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from hashlib import sha256
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 import pycountry
@@ -333,7 +333,7 @@ class EventMapper:
             dropped.append(Problem(f"customer_info.{key}", rule, self._shown(key, raw)))
             return None
         user[key] = out
-        return value
+        return str(value)
 
     def _shown(self, key: str, raw: Any) -> str | None:
         """A dropped value as reports show it; a pushed-down one was never seen outside the warehouse."""
@@ -395,7 +395,7 @@ class EventMapper:
                     if len(memo) >= MEMO_LIMIT:
                         memo.clear()
                     memo[memo_key] = found
-            return found  # type: ignore[return-value]
+            return cast("tuple[Any, Any, str | None] | None", found)
 
         return text_path
 

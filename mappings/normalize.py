@@ -50,9 +50,10 @@ def _text(value: Any) -> str:
     """
     if value.__class__ is not str:
         value = decode_utf8(value) if isinstance(value, bytes | bytearray | memoryview) else str(value)
-    if value.isascii():
-        return value.strip(TRIMMED)
-    return unicodedata.normalize("NFKC", value).strip(TRIMMED)
+    text: str = value
+    if text.isascii():
+        return text.strip(TRIMMED)
+    return unicodedata.normalize("NFKC", text).strip(TRIMMED)
 
 
 def _opaque_text(value: Any) -> str:

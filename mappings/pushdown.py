@@ -389,9 +389,17 @@ def _desc_pattern(desc: object) -> str | None:
     return _portable_regex(pattern)
 
 
+def _region_metadata(region: str) -> PhoneMetadata:
+    """`phonenumbers`' metadata of a region it lists under a country code (so it has some)."""
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None:
+        raise LookupError(f"phonenumbers has no metadata for region {region}")
+    return metadata
+
+
 def _known_type(dialect: Dialect, number: str, region: str) -> str:
     """SQL for `_number_type_helper(...) != UNKNOWN`: the general pattern and any specific type's."""
-    metadata = PhoneMetadata.metadata_for_region(region)
+    metadata = _region_metadata(region)
     general = _desc_pattern(metadata.general_desc)
     # One alternation instead of a test per type: it fully matches exactly when one of them does.
     specific = [p for name in _DESCS if (p := _desc_pattern(getattr(metadata, name)))]
@@ -406,7 +414,7 @@ def nanp_valid(dialect: Dialect, number: str) -> str:
     """SQL for `phonenumbers.is_valid_number(+1 number)`: the region is chosen as the library does."""
     branches = []
     for region in COUNTRY_CODE_TO_REGION_CODE[1]:
-        metadata = PhoneMetadata.metadata_for_region(region)
+        metadata = _region_metadata(region)
         known = _known_type(dialect, number, region)
         if metadata.leading_digits is not None:
             lead = dialect.pattern(f"({_portable_regex(metadata.leading_digits)})[0-9]*")

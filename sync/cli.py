@@ -135,23 +135,17 @@ def cli() -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""
 
 
-class WorkersParam(click.ParamType):
-    """`auto` or a count, as the pipeline's `workers` setting takes them."""
-
-    name = "auto|N"
-    _count = click.IntRange(min=1, max=64)
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int | Literal["auto"]:
-        if isinstance(value, str) and value.strip().lower() == "auto":
-            return "auto"
-        return self._count.convert(value, param, ctx)
+def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> int | Literal["auto"] | None:
+    """`auto` or a count, as the pipeline's `workers` setting takes them (then ignored)."""
+    if value is None or value.strip().lower() == "auto":
+        return None if value is None else "auto"
+    return click.IntRange(min=1, max=64).convert(value, param, ctx)
 
 
 workers_option = click.option(
     "--workers",
-    type=WorkersParam(),
+    metavar="auto|N",
+    callback=_workers,
     hidden=True,
     help="Deprecated and ignored: one process maps (on every core) and sends.",
 )
@@ -268,7 +262,9 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     def stop(_signum: int, _frame: object) -> None:
         scheduler.stop()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[signal.Signals, Any] = {
+        sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         scheduler.run()
     finally:
@@ -420,9 +416,10 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
                     reasons = "\n".join(str(p) for p in mapped.problems)
                     table.add_row(mapped.row_key, styled(("rejected", "red")), reasons)
                 else:
-                    quality.add_event(mapped.event["user_data"].keys())
+                    event = mapped.event if isinstance(mapped.event, dict) else orjson.loads(mapped.event)
+                    quality.add_event(event["user_data"].keys())
                     quality.dropped.update((p.field, p.rule) for p in mapped.problems)
-                    body = orjson.dumps(mapped.event, option=orjson.OPT_INDENT_2).decode()
+                    body = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
                     if mapped.problems:
                         body += "\ndropped: " + "; ".join(str(p) for p in mapped.problems)
                     table.add_row(mapped.row_key, styled(("event", "green")), body)

@@ -34,8 +34,10 @@ from capi_sync.mappings.spec import Column, Constant
 
 try:
     from capi_sync import _core
+
+    BUILT = True
 except ImportError:  # built without a Rust toolchain: the reference maps every row
-    _core = None  # type: ignore[assignment]
+    BUILT = False
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -50,12 +52,12 @@ ENGINE_VARIABLE = "CAPI_SYNC_ENGINE"  # `python` maps every row with the referen
 
 def available() -> bool:
     """Whether the core is built into this installation (and not switched off)."""
-    return _core is not None and os.environ.get(ENGINE_VARIABLE, "").lower() != "python"
+    return BUILT and os.environ.get(ENGINE_VARIABLE, "").lower() != "python"
 
 
 def engine() -> str:
     """What maps rows here, as `capi-sync --version` says it."""
-    if _core is None:
+    if not BUILT:
         return "pure Python (the native core is not built)"
     if not available():
         return f"pure Python ({ENGINE_VARIABLE}=python)"
@@ -66,7 +68,7 @@ class Unsupported(Exception):
     """The plan cannot express this mapping: the run uses the reference, and says why."""
 
 
-_RULES = {
+_RULES: dict[normalize.Normalizer, str] = {
     normalize.email: "email",
     normalize.phone: "phone",
     normalize.gender: "gender",
@@ -88,7 +90,7 @@ _SERVER_READ = frozenset({"event_name", "event_time", "event_id", "action_source
 class NativePlan:
     """A compiled plan and what Python needs around it."""
 
-    plan: Any  # _core.Plan
+    plan: _core.Plan
     user_order: tuple[str, ...]
     key_indexes: tuple[int, ...]
     used: tuple[int, ...]  # the columns the mapping reads: the reference gets only these
@@ -104,7 +106,7 @@ def compile_plan(
 ) -> NativePlan:
     """The plan for `mapping` (as the mapper reads it: pushed keys already swapped in) against
     the query's columns; raises `Unsupported` with the reason."""
-    if _core is None:
+    if not BUILT:
         raise Unsupported("the native core is not built")
     if _core.unicode_version != unicodedata.unidata_version:
         raise Unsupported(
@@ -149,11 +151,10 @@ def compile_plan(
         if key in options.pushed_keys:
             rule = "pushed"
         else:
-            rule = _RULES.get(mapper.normalizer_of(key))  # type: ignore[arg-type]
-            if key in ("fn", "ln"):
-                rule = "name"
-            if rule is None:
+            found = "name" if key in ("fn", "ln") else _RULES.get(mapper.normalizer_of(key))
+            if found is None:
                 raise Unsupported(f"customer_info.{key}: its rule")
+            rule = found
         hashed = key in HASHED_USER_FIELDS and (key != "external_id" or options.hash_external_id)
         return {"key": key, "source": source(value, f"customer_info.{key}"), "rule": rule, "hashed": hashed}
 
@@ -255,16 +256,18 @@ class Built:
     """
 
     def __init__(self, native: NativePlan, mapper: EventMapper, batch: pa.RecordBatch, now: float) -> None:
-        assert _core is not None
         built = _core.build(native.plan, batch, now)
-        self._native, self._mapper, self._batch, self._now = native, mapper, batch, now
+        self._native: NativePlan = native
+        self._mapper: EventMapper = mapper
+        self._batch: pa.RecordBatch = batch
+        self._now: float = now
         self.flags: bytes = built.native
         self.row_keys: list[str | None] = built.row_keys
         self.events: list[bytes] = built.events
         self.shapes: list[int] = built.shapes
         key_columns = [batch.column(index).to_pylist() for index in native.key_indexes]
         self.key_values: list[tuple[Any, ...]] = list(zip(*key_columns, strict=True))
-        self.all_native = len(self.events) == batch.num_rows
+        self.all_native: bool = len(self.events) == batch.num_rows
         self._shape_keys: dict[int, tuple[str, ...]] = {}
 
     def user_keys(self, shape: int) -> tuple[str, ...]:

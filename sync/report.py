@@ -36,7 +36,7 @@ class MatchQuality:
     def add_event(self, user_keys: Iterable[str]) -> None:
         """Count one sent event and the customer-information keys it carried."""
         self.events += 1
-        self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1  # type: ignore[index]
+        self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1
 
     def merge(self, other: MatchQuality) -> None:
         self.events += other.events

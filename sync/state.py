@@ -162,7 +162,7 @@ def encode_value(value: Any) -> tuple[str, str]:
 
 
 def decode_value(kind: str, text: str) -> Any:
-    decoders = {
+    decoders: dict[str, Callable[[str], Any]] = {
         "timestamp": dt.datetime.fromisoformat,
         "timestamptz": dt.datetime.fromisoformat,
         "date": dt.date.fromisoformat,
@@ -407,7 +407,9 @@ class StateStore:
                 rows_read=0, events_sent=0, rows_rejected=0, retries=0, rows_pending=0, rows_skipped=0,
                 rows_lost=0,
             ))  # fmt: skip
-            return int(result.inserted_primary_key[0])
+            inserted = result.inserted_primary_key
+            assert inserted is not None
+            return int(inserted[0])
 
     @_translated
     def commit_batch(self, pipeline: str, commit: BatchCommit, previous: CursorState | None) -> None:

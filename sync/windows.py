@@ -247,6 +247,7 @@ def parse_cursor_value(text: str, clock: CursorClock, now: dt.datetime) -> Any:
     cleaned = text.strip()
     if clock.is_time or clock.kind is None:
         relative = re.fullmatch(r"(.+?)\s+ago", cleaned, re.IGNORECASE)
+        instant: dt.datetime | None
         try:
             if relative:
                 instant = now - parse_duration(relative[1])
