@@ -20,6 +20,7 @@ from capi_sync import native
 from capi_sync.batching import Batch
 from capi_sync.building import effective_mapping, make_client, mapper_for, quality_notes
 from capi_sync.connectors import Source, Window, open_source
+from capi_sync.connectors.arrow import ArrowSource, Converted, record_batch
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
     CapiSyncError,
@@ -32,12 +33,8 @@ from capi_sync.errors import (
     SourceError,
 )
 from capi_sync.mappings import pushdown
-from capi_sync.mappings.mapper import (
-    EventMapper,
-    MappedRow,
-    Rejection,
-    resolve_column,
-)
+from capi_sync.mappings.mapper import EventMapper, MappedRow, Rejection
+from capi_sync.mappings.sources import resolve_column
 from capi_sync.mappings.spec import GROUPS
 from capi_sync.mappings.validate import Problem, max_age_seconds
 from capi_sync.report import RunReport
@@ -53,8 +50,6 @@ from capi_sync.windows import (
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pyarrow as pa
 
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.connectors.base import Chunk, Column, Projection
@@ -116,9 +111,19 @@ class Prepared:
         """Rows as read, in the query's column order."""
         return source.stream(self.query, window, chunk_size, self.project)
 
-    def batches(self, source: Source, window: Window, chunk_size: int) -> Iterator[pa.RecordBatch]:
-        """Rows as Arrow record batches, for the native core."""
-        return source.arrow_batches(self.query, window, chunk_size, self.project)  # type: ignore[attr-defined]
+    def batches(
+        self, source: Source, window: Window, chunk_size: int, cursor: int | None
+    ) -> Iterator[Converted]:
+        """Rows as Arrow record batches, for the native core: as the source reads them where it
+        reads Arrow, else each chunk of rows converted where Arrow keeps every value exactly."""
+        if isinstance(source, ArrowSource):
+            for batch in source.arrow_batches(self.query, window, chunk_size, self.project):
+                yield Converted(batch, ())
+            return
+        assert self.native is not None
+        needed = {*self.native.used, *([] if cursor is None else [cursor])}
+        for chunk in self.stream(source, window, chunk_size):
+            yield record_batch(chunk, self.columns, needed)
 
     def sql(self, source: Source, window: Window) -> tuple[str, list[Any]]:
         return source.sql(self.query, window, self.project)
@@ -163,7 +168,7 @@ def _native_plan(
     pipeline: PipelineConfig, source: Source, query: str, columns: list[str], mapper: EventMapper
 ) -> tuple[NativePlan | None, str | None]:
     """The core's plan for this run, or why the reference maps every row instead."""
-    if not native.available() or not hasattr(source, "arrow_batches"):
+    if not native.available():
         return None, None
     try:
         plan = native.compile_plan(
@@ -171,7 +176,10 @@ def _native_plan(
         )
     except native.Unsupported as exc:
         return None, f"the native core does not map {exc} yet: rows were mapped in Python"
-    unreadable = native.readable(source.arrow_schema(query), plan.used)  # type: ignore[attr-defined]
+    # Other sources' rows become Arrow chunk by chunk, only in types the core reads (`record_batch`).
+    unreadable = (
+        native.readable(source.arrow_schema(query), plan.used) if isinstance(source, ArrowSource) else None
+    )
     if unreadable is not None:
         return None, f"the native core does not read {unreadable} yet: rows were mapped in Python"
     return plan, None
@@ -554,7 +562,7 @@ class _Run:
         batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
         event: Any = mapped.event  # JSON bytes from the native core come with their keys
         user_keys = mapped.user_keys if event.__class__ is bytes else event["user_data"].keys()
-        batch.quality.add_event(user_keys)
+        batch.quality.add_event(user_keys or ())
         if mapped.problems:
             batch.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
 
@@ -597,17 +605,27 @@ class _Run:
         last, settled = self.state.value, self.state.settled
         index, size = self.cursor_index, self.batch_size
         batch = Batch()
-        for record in self.prepared.batches(self.source, window, self.pipeline.chunk_size):
-            rows = record.num_rows
-            cursors = record.column(index).to_pylist() if index is not None else [None] * rows
-            built = native.Built(native_plan, self.mapper, record, self.mapper.now())
+        for converted in self.prepared.batches(self.source, window, self.pipeline.chunk_size, index):
+            record, built = converted.batch, None
+            if record is None:  # a chunk Arrow would change: the reference maps its rows as read
+                self._note_rows_kept(converted)
+                rows = len(converted.rows)
+                cursors = [row[index] for row in converted.rows] if index is not None else [None] * rows
+                mapped_rows: Iterator[MappedRow] = map(self.mapper.map_row, converted.rows)
+            else:
+                rows = record.num_rows
+                cursors = record.column(index).to_pylist() if index is not None else [None] * rows
+                built = native.Built(native_plan, self.mapper, record, self.mapper.now())
+                mapped_rows = built.mapped_rows()
             whole = (
-                built.all_native
+                built is not None
+                and built.all_native
                 and guard is None
                 and not (settled and rows and cursors[0] <= last)
                 and (limit is None or report.rows_fetched + rows <= limit)
             )
             if whole:
+                assert built is not None
                 position = 0
                 while position < rows:
                     end = min(position + size - len(batch.events), rows)
@@ -627,7 +645,7 @@ class _Run:
                         yield batch
                         batch = Batch()
             else:
-                for position, mapped in enumerate(built.mapped_rows()):
+                for position, mapped in enumerate(mapped_rows):
                     cursor = cursors[position]
                     if guard is not None and not guard.admits(cursor):
                         if guard.past_end(cursor):
@@ -648,13 +666,21 @@ class _Run:
                     if len(batch.events) >= size:
                         yield batch
                         batch = Batch()
-            del record, built
+            del converted, record, built, mapped_rows
             if self.progress:
                 self.progress(report)
             if stop is not None and stop.is_set():
                 raise StopRequested
         if batch.rows:
             yield batch
+
+    def _note_rows_kept(self, converted: Converted) -> None:
+        """Say once per reason why some chunks were mapped in Python instead of by the core."""
+        note = (
+            f"the native core does not read chunks where {converted.reason}: their rows were mapped in Python"
+        )
+        if note not in self.report.notes:
+            self.report.notes.append(note)
 
     def _send(self, batch: Batch) -> Sent:
         """Runs on a sender thread: one request (or a bisection), retried within the budget."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
+from capi_sync import native
 from tests.conftest import TOKEN, cli, make_orders, recent, write_pipelines
 from tests.fake_graph import FakeGraph
 
@@ -120,6 +122,48 @@ def test_sqlalchemy_source_streams_and_binds_the_cursor(
     assert cli("run", "purchases", "--dry-run", "--output", str(tmp_path / "next.jsonl")) == 0
     lines = (tmp_path / "next.jsonl").read_text().splitlines()
     assert [json.loads(line)["custom_data"]["currency"] for line in lines] == ["EUR"]
+
+
+def test_chunks_arrow_would_change_are_mapped_by_the_reference(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SQLite rows reach the native core as Arrow chunk by chunk; a chunk holding a BLOB email
+    (Arrow would not hand back `bytes`) is mapped by the reference, and the run says so."""
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    database = tmp_path / "shop.sqlite"
+    with sqlite3.connect(database) as con:
+        con.execute(
+            "create table orders (order_id integer primary key, email, phone text, country text,"
+            " ip text, user_agent text, page_url text, amount real, currency text, tier text,"
+            " created_at text, updated_at text)"
+        )
+        stamp = recent(60).isoformat(sep=" ")
+        con.executemany(
+            "insert into orders values (?,?,null,'US',null,'UA','https://x.example',5.5,'EUR','t',?,?)",
+            [
+                (i, f"u{i}@example.com".encode() if i == 1500 else f"u{i}@example.com", stamp, stamp)
+                for i in range(1, 2001)
+            ],
+        )
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace(
+            "shop: {type: duckdb, path: shop.duckdb}",
+            f"shop: {{type: sqlalchemy, url: 'sqlite:///{database}'}}",
+        )
+    )
+    outputs = {}
+    for engine in ("native", "python"):
+        monkeypatch.setenv(native.ENGINE_VARIABLE, engine)
+        outputs[engine] = tmp_path / f"{engine}.jsonl"
+        assert cli("run", "purchases", "--dry-run", "--output", str(outputs[engine])) == 0
+        out = capsys.readouterr().out
+        kept = "does not read chunks where column 'email' holds values of several types (bytes, str)"
+        assert (kept in " ".join(out.split())) == (engine == "native" and native.available()), out
+    events = outputs["native"].read_bytes()
+    assert events == outputs["python"].read_bytes()
+    assert events.count(b"\n") == 2000
+    assert sha256(b"u1500@example.com").hexdigest().encode() in events
 
 
 def test_rejected_lists_rows_with_reasons(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
