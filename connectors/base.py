@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, Self
 
-from capi_sync.errors import SourceError
+from capi_sync.errors import SourceError, TemplateProblem
 from capi_sync.windows import kind_of_type
 
 Chunk = Sequence[Sequence[Any]]
@@ -132,10 +132,6 @@ def render_query(
         return environment.from_string(query).render(template_variables(window))
     except TemplateError as exc:
         raise TemplateProblem(f"query template: {exc}") from exc
-
-
-class TemplateProblem(ValueError):
-    """A query template that does not render; reported as a config error."""
 
 
 def describe_sql(query: str, placeholder: Callable[[int], str]) -> tuple[str, list[Any]]:

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pycountry
 
-from capi_sync.errors import ConfigError
+from capi_sync.errors import ConfigError, InvalidValue
 from capi_sync.mappings import normalize, urls, values
 from capi_sync.mappings.events import rename
 from capi_sync.mappings.fields import (
@@ -184,7 +184,7 @@ class EventMapper:
             row_key = _join_key(key_values)
         except Exception:
             key_values, row_key = (), "(unreadable primary key)"
-        if isinstance(exc, normalize.InvalidValue):
+        if isinstance(exc, InvalidValue):
             problem = Problem("row", exc.rule)
         else:
             problem = Problem("row", "unmappable_value", detail=f"a value raised {type(exc).__name__}")
@@ -199,7 +199,7 @@ class EventMapper:
         if self._consent is not None:
             try:
                 consented = self._consented(row)
-            except normalize.InvalidValue as exc:  # unreadable consent is no consent we can prove
+            except InvalidValue as exc:  # unreadable consent is no consent we can prove
                 problem = Problem(str(self.options.consent_column), f"consent_{exc.rule}")
                 return MappedRow(row_key, None, (problem,), key_values)
             if not consented:
@@ -247,7 +247,7 @@ class EventMapper:
         else:
             try:
                 event["event_time"] = values.unix_seconds(raw_time, self._zone)
-            except normalize.InvalidValue as exc:
+            except InvalidValue as exc:
                 rejected.append(Problem("event_time", exc.rule, values.to_text(raw_time)[:64]))
         event_id = get["event_id"](row) if "event_id" in get else None
         event_id = values.to_text(event_id) if event_id is not None else ""
@@ -356,7 +356,7 @@ class EventMapper:
         if hashed and not self.options.hashing_required:
             return None  # plain values are rejected there: `_user_value` says why
         normalizer = self._normalizers[key]
-        invalid = normalize.InvalidValue
+        invalid = InvalidValue
         by_country = key in normalize.READS_COUNTRY
 
         def uncached(raw: str, country: str | None) -> tuple[Any, Any, str | None] | None:
@@ -452,7 +452,7 @@ class EventMapper:
         """(plain value, value to send, None) or (None, None, rule): the pure part, safe to memoize."""
         try:
             value = self._normalizers[key](item, country)
-        except normalize.InvalidValue as exc:
+        except InvalidValue as exc:
             return None, None, exc.rule
         return value, sha256_hex(value) if key in self._hashed else value, None
 
@@ -470,7 +470,7 @@ class EventMapper:
                 converter = _CUSTOM_CONVERTERS.get(CUSTOM_DATA_TYPES.get(key, ""), values.to_json)
                 try:
                     custom[key] = converter(raw)
-                except normalize.InvalidValue as exc:
+                except InvalidValue as exc:
                     dropped.append(Problem(f"custom_data.{key}", exc.rule, values.to_text(raw)[:64]))
         return custom
 
@@ -511,12 +511,12 @@ def _extinfo(value: Any) -> list[str]:
     Comma-separated text is refused: device models such as `iPhone5,1` contain commas.
     """
     if isinstance(value, str) and not value.strip().startswith("["):
-        raise normalize.InvalidValue("extinfo_not_an_array")
+        raise InvalidValue("extinfo_not_an_array")
     slots = ["" if slot is None else str(slot) for slot in values.to_list(value)]
     if len(slots) != EXTINFO_SLOTS:
-        raise normalize.InvalidValue("extinfo_needs_16_slots")
+        raise InvalidValue("extinfo_needs_16_slots")
     if slots[0] not in EXTINFO_VERSIONS:
-        raise normalize.InvalidValue("extinfo_version_not_a2_or_i2")
+        raise InvalidValue("extinfo_version_not_a2_or_i2")
     return slots
 
 
@@ -559,7 +559,7 @@ def _convert_fields(
             continue
         try:
             into[key] = convert(raw)
-        except normalize.InvalidValue as exc:
+        except InvalidValue as exc:
             problems.append(Problem(prefix + key, exc.rule, values.to_text(raw)[:64]))
 
 
@@ -633,7 +633,7 @@ def _currency(value: Any) -> str:
 @lru_cache(maxsize=1024)  # a handful of codes, once per row: pycountry's lookup is the slow part
 def _currency_code(code: str) -> str:
     if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
-        raise normalize.InvalidValue("unknown_currency")
+        raise InvalidValue("unknown_currency")
     return code
 
 
@@ -641,7 +641,7 @@ def _contents(value: Any) -> list[dict[str, Any]]:
     items = []
     for item in values.to_list(value):
         if not isinstance(item, dict) or (product := item.get("id")) is None:
-            raise normalize.InvalidValue("invalid_contents")
+            raise InvalidValue("invalid_contents")
         content: dict[str, Any] = {"id": product if product.__class__ is str else str(product)}
         if (quantity := item.get("quantity")) is not None:
             # An int is the usual quantity; `to_int` refuses the rest, booleans included.
@@ -658,7 +658,7 @@ def _one_of(allowed: frozenset[str], rule: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = str(value).strip().lower()
         if text not in allowed:
-            raise normalize.InvalidValue(rule)
+            raise InvalidValue(rule)
         return text
 
     return convert

@@ -21,14 +21,7 @@ import orjson
 import phonenumbers
 import pycountry
 
-
-class InvalidValue(ValueError):
-    """A value breaks a normalization rule; `rule` is a stable identifier shown to users."""
-
-    def __init__(self, rule: str) -> None:
-        self.rule = rule
-        super().__init__(rule)
-
+from capi_sync.errors import InvalidValue
 
 Normalizer = Callable[[Any, "str | None"], str]
 

@@ -34,6 +34,7 @@ import pycountry
 from phonenumbers import PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 
+from capi_sync.errors import InvalidValue, PushdownError
 from capi_sync.mappings import normalize
 from capi_sync.mappings.fields import HASHED_USER_FIELDS
 from capi_sync.mappings.spec import Column as ColumnSource
@@ -46,14 +47,6 @@ OUT_OF_DOMAIN: Final = "not_normalizable_in_warehouse"
 PREFIX: Final = "capi_pd_"
 DIALECTS: Final = ("duckdb", "postgres", "snowflake", "bigquery")
 _ASCII_ONLY: Final = frozenset({"ph", "zp", "db"})
-
-
-class PushdownError(ValueError):
-    """A pipeline that cannot be pushed down; each reason names the field and the rule."""
-
-    def __init__(self, reasons: list[str]) -> None:
-        self.reasons = reasons
-        super().__init__("; ".join(reasons))
 
 
 def pushed_column(key: str) -> str:
@@ -253,7 +246,7 @@ def covers(key: str, value: object, country: object = None, default_region: str 
     if key == "ph":
         try:
             code = normalize.country_code(country_text) if country_text else None
-        except normalize.InvalidValue:
+        except InvalidValue:
             code = None
         return _phone_covered(text, code or default_region)
     if key == "db":

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from capi_sync.mappings.normalize import InvalidValue, decode_utf8
+from capi_sync.errors import InvalidValue
+from capi_sync.mappings.normalize import decode_utf8
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo

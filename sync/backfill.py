@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from capi_sync.connectors import Window, open_source
-from capi_sync.errors import ConfigError
+from capi_sync.errors import BackfillRefused, ConfigError
 from capi_sync.mappings.spec import column_of
 from capi_sync.report import RunReport
 from capi_sync.runner import RunOptions, prepare, session, setup_stage
@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from capi_sync.config import PipelineConfig, ProjectConfig
     from capi_sync.runner import Progress
     from capi_sync.state import StateStore
-
-
-class BackfillRefused(ConfigError):
-    """The range reaches past what Meta accepts; the message says which part and what to do."""
 
 
 @dataclass(frozen=True)

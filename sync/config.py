@@ -22,10 +22,10 @@ from pydantic import (
 )
 
 from capi_sync import secrets
-from capi_sync.connectors.base import TEMPLATE_VARIABLES, TemplateProblem, is_template, render_query
+from capi_sync.connectors.base import TEMPLATE_VARIABLES, is_template, render_query
 from capi_sync.connectors.retry import RetryPolicy
 from capi_sync.envsubst import substitute
-from capi_sync.errors import ConfigError
+from capi_sync.errors import ConfigError, TemplateProblem
 from capi_sync.mappings.fields import ACTION_SOURCES
 from capi_sync.mappings.spec import MappingSpec
 from capi_sync.schedules import make_trigger

@@ -2,6 +2,7 @@
 
     CapiSyncError
     ├── ConfigError(errors)          bad YAML, unknown field, missing ${VAR}, unknown column → exit 2
+    │   └── BackfillRefused          a backfill range reaching past what Meta accepts        → exit 2
     ├── MissingDependency            an optional driver is not installed                    → exit 2
     ├── SourceError                  the warehouse failed while reading                      → exit 1
     │   └── SetupError               it could not be opened, or the query not described      → exit 2
@@ -16,6 +17,15 @@
             ├── MetaRequestError     code 100 and other 4xx: the batch itself is invalid
             │   ├── MetaTooLargeError  HTTP 413: split the batch; one event too large is rejected
             │   └── EventNotSerializable  an event JSON cannot carry: split; that event is rejected
+    ├── InvalidValue(rule)           a value breaks a normalization rule: the mapper rejects the
+    │                                row or drops the value; never leaves the mapper
+    ├── PushdownError(reasons)       a pipeline hash pushdown cannot express        → ConfigError
+    ├── TemplateProblem              a query template that does not render          → ConfigError
+    └── NativeUnsupported            a mapping the native core's plan cannot express: the run
+                                     maps in Python and says why; never leaves the runner
+
+    KeyboardInterrupt
+    └── StopRequested                the scheduler asks a run to stop: the path Ctrl-C takes
 
 A row that cannot become an event is not an exception: the mapper returns a `Rejection`.
 """
@@ -41,6 +51,10 @@ class ConfigError(CapiSyncError):
         where = f" in {source}" if source else ""
         lines = "\n".join(f"  - {error}" for error in self.errors)
         super().__init__(f"{len(self.errors)} configuration error(s){where}:\n{lines}")
+
+
+class BackfillRefused(ConfigError):
+    """The range reaches past what Meta accepts; the message says which part and what to do."""
 
 
 class MissingDependency(CapiSyncError, ImportError):
@@ -127,3 +141,31 @@ class EventNotSerializable(MetaRequestError):
     request; the event alone is rejected, never sent, and the run goes on."""
 
     rule = "unserializable_event"
+
+
+class InvalidValue(CapiSyncError, ValueError):
+    """A value breaks a normalization rule; `rule` is a stable identifier shown to users."""
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        super().__init__(rule)
+
+
+class PushdownError(CapiSyncError, ValueError):
+    """A pipeline that cannot be pushed down; each reason names the field and the rule."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+class TemplateProblem(CapiSyncError, ValueError):
+    """A query template that does not render; reported as a config error."""
+
+
+class NativeUnsupported(CapiSyncError):
+    """The native core's plan cannot express this mapping: the run uses the reference, and says why."""
+
+
+class StopRequested(KeyboardInterrupt):
+    """A stop asked for by the scheduler takes the same path as Ctrl-C: drain, commit, interrupted."""

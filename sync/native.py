@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pycountry
 
+from capi_sync.errors import NativeUnsupported
 from capi_sync.mappings import normalize, validate
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
@@ -64,10 +65,6 @@ def engine() -> str:
     return f"native core {_core.__version__} ({_core.build_profile} build)"
 
 
-class Unsupported(Exception):
-    """The plan cannot express this mapping: the run uses the reference, and says why."""
-
-
 _RULES: dict[normalize.Normalizer, str] = {
     normalize.email: "email",
     normalize.phone: "phone",
@@ -105,46 +102,46 @@ def compile_plan(
     preset: str | None = None,
 ) -> NativePlan:
     """The plan for `mapping` (as the mapper reads it: pushed keys already swapped in) against
-    the query's columns; raises `Unsupported` with the reason."""
+    the query's columns; raises `NativeUnsupported` with the reason."""
     if not BUILT:
-        raise Unsupported("the native core is not built")
+        raise NativeUnsupported("the native core is not built")
     if _core.unicode_version != unicodedata.unidata_version:
-        raise Unsupported(
+        raise NativeUnsupported(
             f"text under this Python's Unicode {unicodedata.unidata_version} (the core's tables are"
             f" {_core.unicode_version}: run core/scripts/generate_unicode.py and rebuild)"
         )
     if preset is not None:
-        raise Unsupported(f"preset '{preset}' (its derived values are the reference's)")
+        raise NativeUnsupported(f"preset '{preset}' (its derived values are the reference's)")
     if options.consent_column is not None:
-        raise Unsupported("consent_column")
+        raise NativeUnsupported("consent_column")
     if options.url_redaction != "none":
-        raise Unsupported("url_redaction")
+        raise NativeUnsupported("url_redaction")
     if not options.hashing_required:
-        raise Unsupported("hashing_required: false")
+        raise NativeUnsupported("hashing_required: false")
     if mapping.app_data:
-        raise Unsupported("app_data")
+        raise NativeUnsupported("app_data")
     server = mapping.server_event
     if extra := sorted(set(server) - _SERVER_READ):
-        raise Unsupported(f"server_event.{extra[0]}")
+        raise NativeUnsupported(f"server_event.{extra[0]}")
 
     def source(value: FieldSource, where: str) -> dict[str, Any]:
         if isinstance(value, Constant):
             constant = value.value
             if constant is not None and not isinstance(constant, str | int | float | bool):
-                raise Unsupported(f"{where}: a constant of type {type(constant).__name__}")
+                raise NativeUnsupported(f"{where}: a constant of type {type(constant).__name__}")
             if (
                 isinstance(constant, int)
                 and not isinstance(constant, bool)
                 and not -(2**63) <= constant < 2**63
             ):
-                raise Unsupported(f"{where}: a constant beyond 64 bits")
+                raise NativeUnsupported(f"{where}: a constant beyond 64 bits")
             return {"constant": constant}
         name = value.column if isinstance(value, Column) else value
         if not isinstance(name, str):
-            raise Unsupported(f"{where}: a {type(value).__name__.lower()} source")
+            raise NativeUnsupported(f"{where}: a {type(value).__name__.lower()} source")
         index = resolve_column(name, columns)
         if index is None:
-            raise Unsupported(f"{where}: '{name}' is a path into a nested value")
+            raise NativeUnsupported(f"{where}: '{name}' is a path into a nested value")
         return {"column": index}
 
     def user_field(key: str, value: FieldSource) -> dict[str, Any]:
@@ -153,7 +150,7 @@ def compile_plan(
         else:
             found = "name" if key in ("fn", "ln") else _RULES.get(mapper.normalizer_of(key))
             if found is None:
-                raise Unsupported(f"customer_info.{key}: its rule")
+                raise NativeUnsupported(f"customer_info.{key}: its rule")
             rule = found
         hashed = key in HASHED_USER_FIELDS and (key != "external_id" or options.hash_external_id)
         return {"key": key, "source": source(value, f"customer_info.{key}"), "rule": rule, "hashed": hashed}
@@ -216,7 +213,7 @@ def compile_plan(
     try:
         plan = _core.Plan(orjson.dumps(spec).decode())
     except ValueError as exc:
-        raise Unsupported(str(exc)) from None
+        raise NativeUnsupported(str(exc)) from None
     used = mapper.columns_used if mapper.columns_used is not None else range(len(columns))
     return NativePlan(plan, tuple(plan.user_order), tuple(mapper.key_indexes), tuple(used))
 

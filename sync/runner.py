@@ -29,8 +29,11 @@ from capi_sync.errors import (
     MetaError,
     MetaRetryableError,
     MetaTooLargeError,
+    NativeUnsupported,
+    PushdownError,
     SetupError,
     SourceError,
+    StopRequested,
 )
 from capi_sync.mappings import pushdown
 from capi_sync.mappings.mapper import EventMapper, MappedRow, Rejection
@@ -76,10 +79,6 @@ class RunOptions:
     retry_data_rejections: bool = False  # with retry_only: also rows rejected for their data
     stop: threading.Event | None = None  # once set: finish the batches in flight, then stop
     workers: int | Literal["auto"] | None = None  # deprecated and ignored: one process maps and sends
-
-
-class StopRequested(KeyboardInterrupt):
-    """A stop asked for by the scheduler takes the same path as Ctrl-C: drain, commit, interrupted."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +173,7 @@ def _native_plan(
         plan = native.compile_plan(
             effective_mapping(pipeline), mapper.options, columns, mapper, preset=pipeline.preset
         )
-    except native.Unsupported as exc:
+    except NativeUnsupported as exc:
         return None, f"the native core does not map {exc} yet: rows were mapped in Python"
     # Other sources' rows become Arrow chunk by chunk, only in types the core reads (`record_batch`).
     unreadable = (
@@ -212,7 +211,7 @@ def _pushdown_query(pipeline: PipelineConfig, source: Source, described: list[Co
             preset=pipeline.preset,
             other_columns=others,
         )
-    except pushdown.PushdownError as exc:
+    except PushdownError as exc:
         raise ConfigError([f"pipeline '{pipeline.name}': {reason}" for reason in exc.reasons]) from None
     return plan.wrap(
         pipeline.query,

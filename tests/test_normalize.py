@@ -14,6 +14,7 @@ import phonenumbers
 import pycountry
 import pytest
 
+from capi_sync.errors import InvalidValue
 from capi_sync.mappings import normalize
 from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
 
@@ -114,7 +115,7 @@ INVALID: list[tuple[str, Any, str | None, str]] = [
 
 @pytest.mark.parametrize(("key", "raw", "country", "rule"), INVALID)
 def test_invalid_values_name_their_rule(key: str, raw: Any, country: str | None, rule: str) -> None:
-    with pytest.raises(normalize.InvalidValue) as caught:
+    with pytest.raises(InvalidValue) as caught:
         normalize.normalizer_for(key)(raw, country)
     assert caught.value.rule == rule
 
@@ -204,7 +205,7 @@ def test_phone_results_do_not_depend_on_the_fast_path(monkeypatch: pytest.Monkey
             for country, default_region in regions:
                 try:
                     results.append(normalize.phone(text, country, default_region=default_region))
-                except normalize.InvalidValue as exc:
+                except InvalidValue as exc:
                     results.append(exc.rule)
         return results
 
@@ -223,7 +224,7 @@ def test_ipv4_shortcut_matches_ipaddress(text: str) -> None:
     def outcome(function: Any) -> str:
         try:
             return str(function(text))
-        except (ValueError, normalize.InvalidValue):
+        except (ValueError, InvalidValue):
             return "invalid"
 
     assert outcome(lambda t: normalize.ip_address(t, None)) == outcome(ipaddress.ip_address)
@@ -237,7 +238,7 @@ def test_iso_birth_dates_read_like_strptime(text: str) -> None:
         expected = None
     try:
         result = normalize.birth_date(text, None)
-    except normalize.InvalidValue:
+    except InvalidValue:
         result = None
     if expected is not None and not int(expected[:4]) >= 1900:
         expected = None  # outside the accepted years either way
@@ -253,7 +254,7 @@ def test_only_the_declared_keys_read_the_country(key: str) -> None:
     def outcome(value: str, country: str | None) -> str:
         try:
             return normalize.NORMALIZERS[key](value, country)
-        except normalize.InvalidValue as exc:
+        except InvalidValue as exc:
             return f"!{exc.rule}"
 
     for value in samples:

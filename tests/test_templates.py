@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from capi_sync.connectors.base import TemplateProblem, Window, render_query, window_sql
+from capi_sync.connectors.base import Window, render_query, window_sql
+from capi_sync.errors import TemplateProblem
 from tests.conftest import TOKEN, cli, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph
 
