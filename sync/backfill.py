@@ -9,6 +9,7 @@ so a backfill that overlaps them is deduplicated by Meta.
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from capi_sync.connectors import Window, open_source
 from capi_sync.errors import BackfillRefused, ConfigError
 from capi_sync.mappings.spec import column_of
 from capi_sync.report import RunReport
-from capi_sync.runner import RunOptions, prepare, session, setup_stage
+from capi_sync.runner import RunOptions, RunSession, prepare, session, setup_stage
 from capi_sync.windows import CursorClock, meta_max_age
 
 if TYPE_CHECKING:
@@ -145,33 +146,44 @@ def run_backfill(
     """Send the rows dated in `[start, end)`; `on_day(day, index, total)` announces each chunk."""
     pipeline = project.pipeline(name)
     column = backfill_column(pipeline)
-    with setup_stage(pipeline), open_source(project.warehouse_of(pipeline)) as source:
-        kind = prepare(pipeline, source).kind(column)  # refuse before anything is recorded
-    plan = plan_backfill(pipeline, column, kind, start, end, now=now or dt.datetime.now(dt.UTC), clip=clip)
     position = backfill_name(name, start, end)
     options = options or RunOptions()
-    report = RunReport(pipeline=name, dry_run=options.dry_run, kind="backfill", notes=list(plan.notes))
-    with session(
-        project, pipeline, store, options, report, kind="backfill", lock_name=position, progress=progress
-    ) as run:
-        index = run.prepared.index(column)
+    with ExitStack() as stack:
+        with setup_stage(pipeline):
+            source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
+            prepared = prepare(pipeline, source)
+        # Refused here, before anything is recorded.
+        plan = plan_backfill(
+            pipeline, column, prepared.kind(column), start, end, now=now or dt.datetime.now(dt.UTC), clip=clip
+        )
+        index = prepared.index(column)
         assert index is not None  # prepare() checked the column exists
-        column = run.prepared.columns[index]
-        run.cursor_name, run.cursor_index = position, index
-        run.state = store.load_cursor(position)
-        report.cursor_before = report.cursor_after = run.state.value
-        for number, day in enumerate(plan.days, 1):
-            if on_day is not None:
-                on_day(day, number, len(plan.days))
-            done_up_to = run.state.value
-            if done_up_to is not None and done_up_to >= day.end:
-                continue  # sent before an interruption
-            window = Window(
-                order_by=(column, *run.prepared.key_columns),
-                cursor=column,
-                start=day.start if done_up_to is None else max(day.start, done_up_to),
-                end=day.end,
-                purpose="backfill",
-            )
-            run.execute(window)
+        column = prepared.columns[index]
+        report = RunReport(pipeline=name, dry_run=options.dry_run, kind="backfill", notes=list(plan.notes))
+        with session(
+            project, pipeline, store, options, report,
+            kind="backfill", lock_name=position, progress=progress, opened=(source, prepared),
+        ) as run:  # fmt: skip
+            run.follow(position, column)
+            _send_days(run, plan, column, on_day)
     return report
+
+
+def _send_days(
+    run: RunSession, plan: Plan, column: str, on_day: Callable[[Day, int, int], None] | None
+) -> None:
+    """Day by day, each resuming where an interrupted backfill left it."""
+    for number, day in enumerate(plan.days, 1):
+        if on_day is not None:
+            on_day(day, number, len(plan.days))
+        done_up_to = run.position
+        if done_up_to is not None and done_up_to >= day.end:
+            continue  # sent before an interruption
+        window = Window(
+            order_by=(column, *run.prepared.key_columns),
+            cursor=column,
+            start=day.start if done_up_to is None else max(day.start, done_up_to),
+            end=day.end,
+            purpose="backfill",
+        )
+        run.execute(window)

@@ -291,19 +291,25 @@ def session(
     lock_name: str | None = None,
     progress: Progress | None = None,
     client: MetaClient | None = None,
-) -> Iterator[_Run]:
+    opened: tuple[Source, Prepared] | None = None,
+) -> Iterator[RunSession]:
     """Connect, check, lock and record a run; whatever the body does, the run ends with a status.
 
     Config and connection errors raise before the run is recorded; failures after that end up in
     the report (and the run history) instead of propagating, interrupts are recorded and re-raised.
+    `opened` is a source the caller opened and prepared already (and closes): a query is described
+    and its mapping compiled once per run.
     """
     report.quality.notes[:] = quality_notes(pipeline)
     if not options.dry_run:
         _check_sendable(project, pipeline)
     with ExitStack() as stack:
-        with setup_stage(pipeline):
-            source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
-            prepared = prepare(pipeline, source)
+        if opened is None:
+            with setup_stage(pipeline):
+                source = stack.enter_context(open_source(project.warehouse_of(pipeline)))
+                prepared = prepare(pipeline, source)
+        else:
+            source, prepared = opened
         client = client or stack.enter_context(closing(make_client(project, pipeline)))
         if not options.dry_run:
             stack.enter_context(store.lock(lock_name or pipeline.name))
@@ -313,7 +319,7 @@ def session(
             report.notes.append(prepared.engine_note)
         if not options.dry_run:
             report.run_id = store.start_run(pipeline.name, kind)
-        run = _Run(
+        run = RunSession(
             pipeline=pipeline,
             prepared=prepared,
             source=source,
@@ -369,7 +375,7 @@ def session(
 
 
 @dataclass
-class _Run:
+class RunSession:
     """The per-run loop and its mutable state, kept out of `run_pipeline` for readability.
 
     `cursor_name` and `cursor_index` say which position the run advances: the pipeline's own cursor
@@ -420,6 +426,23 @@ class _Run:
             report.notes.append(plan.note)
         report.rows_null_cursor = self.source.count_null(pipeline.query, [plan.window.cursor])
         self.execute(plan.window, plan.guard)
+
+    def follow(self, position: str, column: str) -> None:
+        """Advance `position` (a backfill's own cursor) by `column`, instead of the pipeline's
+        cursor: later `execute` calls resume from where `position` was left."""
+        index = self.prepared.index(column)
+        if index is None:
+            raise ConfigError(
+                [f"pipeline '{self.pipeline.name}': column '{column}' is not returned by the query"]
+            )
+        self.cursor_name, self.cursor_index = position, index
+        self.state = self.store.load_cursor(position)
+        self.report.cursor_before = self.report.cursor_after = self.state.value
+
+    @property
+    def position(self) -> Any:
+        """Where the followed cursor stands: the last value committed."""
+        return self.state.value
 
     def _as_column_typed(self, state: CursorState) -> CursorState:
         """The stored cursor in the column's current type (it may have changed between runs)."""
