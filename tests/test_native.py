@@ -405,7 +405,11 @@ def test_without_cargo_the_install_is_pure_python_and_the_quick_start_works(tmp_
     (wheel,) = (tmp_path / "wheel").glob("capi_sync-*.whl")
     import zipfile
 
-    assert not [name for name in zipfile.ZipFile(wheel).namelist() if "_core" in name]  # no core inside
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "capi_sync/_core.pyi" in names
+    assert not [
+        name for name in names if "_core" in name and name.endswith((".so", ".pyd"))
+    ]  # no core inside
     site = tmp_path / "site"
     subprocess.run(
         [*pip, "install", "-q", "--no-deps", "--target", str(site), str(wheel)], env=env, check=True
