@@ -19,7 +19,7 @@ import orjson
 import pycountry
 
 from capi_sync.errors import NativeUnsupported
-from capi_sync.mappings import normalize, validate
+from capi_sync.mappings import normalize, urls, validate
 from capi_sync.mappings.fields import (
     ACTION_SOURCES,
     CONTENT_TYPES,
@@ -112,10 +112,6 @@ def compile_plan(
         )
     if preset is not None:
         raise NativeUnsupported(f"preset '{preset}' (its derived values are the reference's)")
-    if options.consent_column is not None:
-        raise NativeUnsupported("consent_column")
-    if options.url_redaction != "none":
-        raise NativeUnsupported("url_redaction")
     if not options.hashing_required:
         raise NativeUnsupported("hashing_required: false")
     if mapping.app_data:
@@ -187,6 +183,16 @@ def compile_plan(
         ],
         "utc": options.timezone == "UTC",
         "fbc_from_fbclid": options.fbc_from_fbclid,
+        "consent": (
+            {
+                "source": source(options.consent_column, "settings.consent_column"),
+                "category": options.consent_category,
+            }
+            if options.consent_column is not None
+            else None
+        ),
+        "url_redaction": options.url_redaction,
+        "redacted_path": urls.REDACTED_PATH,
         "strong_key_required": options.strong_match_key_required,
         "default_phone_region": options.default_phone_region,
         "current_year": normalize._current_year(),

@@ -98,7 +98,12 @@ COLUMNS: dict[str, tuple[pa.DataType, Cell]] = {
     "name": (pa.string(), texts(["Purchase", "Product Added", "add_to_cart", "Lead"], ["purchase ", "x"])),
     "eid": (pa.string(), texts(["order-1", "A7"], ["  "])),
     "source": (pa.string(), texts(["website", "email", "physical_store"], ["WEBSITE", "app", "nope"])),
-    "url": (pa.string(), texts(["https://a.example/thanks"], ["https://shop.example/p?fbclid=abc", ""])),
+    "url": (pa.string(), texts(
+        ["https://a.example/thanks", "HTTPS://Shop.example:8443/p/1?utm=x&b=2#top", "http://a.example?x=1", "https://a.example"],
+        ["https://shop.example/p?fbclid=abc", "", "//no-scheme/x", "https://[::1]/x", "shop.example/x?q",
+         "https:///x", "mailto:a@b.example", "https://a.example/p q?x", "https://a.example/é?x", "1https://a.example"],
+    )),
+    "consent": (pa.string(), texts(["4", "1,4", " 4 ,2", "analytics, 4"], ["1,2", '["4"]', " [4]", "", "4x", "14"])),
     "country": (pa.string(), texts(["US", "us", "United States", "CA", "DE"], ["Narnia", "U.S.A."])),
     "em": (pa.string(), texts(["John_Smith@Gmail.com ", "a@b.co"], ["not-an-email", "a b@c.de", "x@y"])),
     "ph": (pa.string(), texts(["(650) 555-1212", "+1 650 555 1212", "1-800-555-0199"],
@@ -187,18 +192,21 @@ SETTINGS = st.fixed_dictionaries(
         "hash_external_id": st.booleans(),
         "timezone": st.sampled_from(["UTC", "UTC", "Europe/Paris"]),
         "fbc_from_fbclid": st.booleans(),
+        "url_redaction": st.sampled_from(["none", "query", "path"]),
     }
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=batches(), options=SETTINGS, zip_from_int=st.booleans())
+@given(batch=batches(), options=SETTINGS, zip_from_int=st.booleans(), consent=st.booleans())
 def test_the_core_writes_what_the_reference_writes(
-    batch: pa.RecordBatch, options: dict[str, Any], zip_from_int: bool
+    batch: pa.RecordBatch, options: dict[str, Any], zip_from_int: bool, consent: bool
 ) -> None:
     mapping = {**BASE, "customer_info": dict(BASE["customer_info"])}
     if zip_from_int:
         mapping["customer_info"]["zp"] = "zp_int"
+    if consent:
+        options = {**options, "consent_column": "consent", "consent_category": "4"}
     both_paths(mapping, batch, **options)
 
 

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::json;
 use crate::normalize::{self, is_sha256_hex, python_str};
-use crate::plan::{Constant, CustomType, Plan, Rule, Source, UserField};
+use crate::plan::{Consent, Constant, CustomType, Plan, Rule, Source, UrlRedaction, UserField};
 use crate::text;
 use crate::value::{Column, Val};
 
@@ -86,8 +86,30 @@ impl Batch<'_> {
         (key.chars().count() <= MAX_ROW_KEY_CHARS).then_some(key)
     }
 
+    /// `mapper._consented`, for text listing categories; any other row (a JSON array, a row
+    /// without the category, which the reference skips and counts) is handed back.
+    fn consented(&self, consent: &Consent, row: usize) -> bool {
+        let Val::Str(granted) = self.get(&consent.source, row) else {
+            return false;
+        };
+        if granted
+            .trim_start_matches(text::is_space_char)
+            .starts_with('[')
+        {
+            return false;
+        }
+        granted
+            .split(',')
+            .any(|item| text::strip_space(item) == consent.category)
+    }
+
     fn event(&self, row: usize, row_key: &str) -> Option<(Vec<u8>, u64)> {
         let spec = &self.plan.spec;
+        if let Some(consent) = &spec.consent {
+            if !self.consented(consent, row) {
+                return None;
+            }
+        }
         let mut out = Vec::with_capacity(1024);
         // server event
         let name = text_value(&self.get(&spec.event_name, row))?;
@@ -150,7 +172,14 @@ impl Batch<'_> {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(field.as_bytes());
             out.extend_from_slice(b"\":");
-            json::write_str(&mut out, &text);
+            if spec.url_redaction != UrlRedaction::None
+                && (field == "event_source_url" || field == "referrer_url")
+            {
+                let redacted = redact(&text, spec.url_redaction, &spec.redacted_path)?;
+                json::write_str(&mut out, &redacted);
+            } else {
+                json::write_str(&mut out, &text);
+            }
         }
         // customer information
         out.extend_from_slice(b",\"user_data\":{");
@@ -277,6 +306,32 @@ impl Batch<'_> {
         }
         !spec.strong_key_required
     }
+}
+
+/// `urls.redact` for the URLs `urlsplit` reads plainly: printable ASCII without spaces, a scheme,
+/// `//` and a host without brackets. Any other URL is handed back to the reference.
+fn redact(url: &str, mode: UrlRedaction, redacted_path: &str) -> Option<String> {
+    if !url.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return None;
+    }
+    let (scheme, rest) = url.split_once(':')?;
+    let mut chars = scheme.chars();
+    if !chars.next()?.is_ascii_alphabetic()
+        || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    {
+        return None;
+    }
+    let after = rest.strip_prefix("//")?;
+    let host_end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (host, tail) = after.split_at(host_end);
+    if host.is_empty() || host.contains(['[', ']']) {
+        return None;
+    }
+    let path = match mode {
+        UrlRedaction::Path => redacted_path,
+        _ => &tail[..tail.find(['?', '#']).unwrap_or(tail.len())],
+    };
+    Some(format!("{}://{host}{path}", scheme.to_ascii_lowercase()))
 }
 
 /// Replace in place (a Python dict keeps a key's first position), else append.
@@ -612,4 +667,39 @@ fn json_value(value: &Val<'_>) -> Option<Vec<u8>> {
         Val::Ts { .. } | Val::Null => return None,
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_keeps_what_urlsplit_keeps() {
+        let path = "/url-redacted-by-capi-sync";
+        let query = |url| redact(url, UrlRedaction::Query, path);
+        assert_eq!(
+            query("HTTPS://Shop.example:8443/p/1?utm=x#top").as_deref(),
+            Some("https://Shop.example:8443/p/1")
+        );
+        assert_eq!(
+            query("https://a.example#x?y").as_deref(),
+            Some("https://a.example")
+        );
+        assert_eq!(
+            redact("https://a.example/p?q", UrlRedaction::Path, path).as_deref(),
+            Some("https://a.example/url-redacted-by-capi-sync")
+        );
+        // what only the reference reads: no scheme, no host, brackets, spaces, non-ASCII
+        for url in [
+            "//a.example/x",
+            "a.example/x",
+            "https:///x",
+            "https://[::1]/x",
+            "https://a.example/p q",
+            "https://a.example/é",
+            "1https://a.example",
+        ] {
+            assert_eq!(query(url), None, "{url}");
+        }
+    }
 }

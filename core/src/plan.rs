@@ -82,6 +82,25 @@ pub struct Property {
     pub source: Source,
 }
 
+/// `settings.consent_column` and `consent_category`: rows without the category are skipped.
+#[derive(Deserialize, Debug, Clone)]
+pub struct Consent {
+    pub source: Source,
+    pub category: String,
+}
+
+/// `settings.url_redaction`, applied to `event_source_url` and `referrer_url`.
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UrlRedaction {
+    #[default]
+    None,
+    /// Drop `?query` and `#fragment`.
+    Query,
+    /// Keep only scheme and host (`urls.REDACTED_PATH` for the path).
+    Path,
+}
+
 #[derive(Deserialize, Debug, Clone)]
 pub struct NanpRule {
     pub leading: Option<String>,
@@ -106,6 +125,12 @@ pub struct PlanSpec {
     pub properties: Vec<Property>,
     pub utc: bool,
     pub fbc_from_fbclid: bool,
+    #[serde(default)]
+    pub consent: Option<Consent>,
+    #[serde(default)]
+    pub url_redaction: UrlRedaction,
+    #[serde(default)]
+    pub redacted_path: String,
     pub strong_key_required: bool,
     pub default_phone_region: Option<String>,
     pub current_year: i64,
