@@ -2,6 +2,7 @@
 //! the Python reference, which words every rejection and dropped value itself.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -14,8 +15,8 @@ use crate::value::{Column, Val};
 
 /// What became of one row.
 pub struct RowOut {
-    /// The event as JSON, or None: the reference maps this row.
-    pub event: Option<Vec<u8>>,
+    /// Where the event's JSON lies in its part's `bytes`, or None: the reference maps this row.
+    pub event: Option<Range<usize>>,
     /// The primary key as one string, where the core can write it as Python would.
     pub row_key: Option<String>,
     /// Bit i: the event carries the plan's i-th customer-information key (`Plan::user_order`).
@@ -28,31 +29,69 @@ pub struct Batch<'a> {
     pub now: f64,
 }
 
-const MAX_ROW_KEY_CHARS: usize = 300;
-const ROWS_PER_TASK: usize = 2048;
+/// A run of consecutive rows built by one task: their events back to back in one buffer, so a
+/// row costs no allocation of its own.
+pub struct Part {
+    pub bytes: Vec<u8>,
+    pub rows: Vec<RowOut>,
+}
 
-impl Batch<'_> {
-    pub fn build(&self, rows: usize) -> Vec<RowOut> {
-        (0..rows)
+/// Buffers a task reuses from row to row.
+#[derive(Default)]
+struct Scratch<'p> {
+    /// Custom-data fields in the order the event carries them, their JSON in `custom_bytes`.
+    custom: Vec<(&'p str, Range<usize>)>,
+    custom_bytes: Vec<u8>,
+}
+
+const MAX_ROW_KEY_CHARS: usize = 300;
+const MIN_ROWS_PER_TASK: usize = 256;
+const EVENT_BYTES_GUESS: usize = 1400;
+
+impl<'p> Batch<'p> {
+    /// Every row, in order, as parts built on all of rayon's threads.
+    pub fn build(&self, rows: usize) -> Vec<Part> {
+        // About four parts per thread, so that a slow part does not leave a core idle.
+        let per_task = rows
+            .div_ceil(rayon::current_num_threads() * 4)
+            .max(MIN_ROWS_PER_TASK);
+        let starts: Vec<usize> = (0..rows).step_by(per_task).collect();
+        starts
             .into_par_iter()
-            .with_min_len(ROWS_PER_TASK)
-            .map(|row| {
-                let row_key = self.row_key(row);
-                let event = row_key.as_deref().and_then(|key| self.event(row, key));
-                let (event, shape) = match event {
-                    Some((event, shape)) => (Some(event), shape),
-                    None => (None, 0),
-                };
-                RowOut {
-                    event,
-                    row_key,
-                    shape,
-                }
-            })
+            .map(|start| self.part(start..(start + per_task).min(rows)))
             .collect()
     }
 
-    fn get<'s>(&'s self, source: &'s Source, row: usize) -> Val<'s> {
+    fn part(&self, rows: Range<usize>) -> Part {
+        let mut bytes = Vec::with_capacity(rows.len() * EVENT_BYTES_GUESS);
+        let mut scratch = Scratch::default();
+        let outcomes = rows
+            .map(|row| {
+                let row_key = self.row_key(row);
+                let start = bytes.len();
+                let shape = row_key
+                    .as_deref()
+                    .and_then(|key| self.event(row, key, &mut bytes, &mut scratch));
+                if shape.is_none() {
+                    bytes.truncate(start);
+                }
+                RowOut {
+                    event: shape.map(|_| start..bytes.len()),
+                    row_key,
+                    shape: shape.unwrap_or(0),
+                }
+            })
+            .collect();
+        Part {
+            bytes,
+            rows: outcomes,
+        }
+    }
+
+    fn get<'s>(&'s self, source: &'s Source, row: usize) -> Val<'s>
+    where
+        'p: 's,
+    {
         match source {
             Source::Column { column } => match self.columns.get(*column) {
                 Some(Some(column)) => column.get(row),
@@ -103,14 +142,21 @@ impl Batch<'_> {
             .any(|item| text::strip_space(item) == consent.category)
     }
 
-    fn event(&self, row: usize, row_key: &str) -> Option<(Vec<u8>, u64)> {
+    /// The row's event appended to `out`, and its shape; None hands the row back (the caller
+    /// drops whatever was appended).
+    fn event(
+        &self,
+        row: usize,
+        row_key: &str,
+        out: &mut Vec<u8>,
+        scratch: &mut Scratch<'p>,
+    ) -> Option<u64> {
         let spec = &self.plan.spec;
         if let Some(consent) = &spec.consent {
             if !self.consented(consent, row) {
                 return None;
             }
         }
-        let mut out = Vec::with_capacity(1024);
         // server event
         let name = text_value(&self.get(&spec.event_name, row))?;
         if name.is_empty() {
@@ -126,9 +172,9 @@ impl Batch<'_> {
         };
         let event_time = unix_seconds(&self.get(&spec.event_time, row), spec.utc)?;
         out.extend_from_slice(b"{\"event_name\":");
-        json::write_str(&mut out, &name);
+        json::write_str(out, &name);
         out.extend_from_slice(b",\"event_time\":");
-        json::write_int(&mut out, event_time.into());
+        json::write_int(out, event_time.into());
         out.extend_from_slice(b",\"event_id\":");
         let given = match &spec.event_id {
             Some(source) => match self.get(source, row) {
@@ -138,9 +184,9 @@ impl Batch<'_> {
             None => Cow::Borrowed(""),
         };
         if given.is_empty() {
-            json::write_str(&mut out, &derive_event_id(&spec.pipeline, row_key));
+            write_derived_event_id(out, &spec.pipeline, row_key);
         } else {
-            json::write_str(&mut out, &given);
+            json::write_str(out, &given);
         }
         let action_source: Cow<'_, str> =
             match spec.action_source.as_ref().map(|s| self.get(s, row)) {
@@ -155,7 +201,7 @@ impl Batch<'_> {
             return None;
         }
         out.extend_from_slice(b",\"action_source\":");
-        json::write_str(&mut out, &action_source);
+        json::write_str(out, &action_source);
         let mut source_url = None;
         for (field, source) in &spec.urls {
             let value = self.get(source, row);
@@ -176,9 +222,9 @@ impl Batch<'_> {
                 && (field == "event_source_url" || field == "referrer_url")
             {
                 let redacted = redact(&text, spec.url_redaction, &spec.redacted_path)?;
-                json::write_str(&mut out, &redacted);
+                json::write_str(out, &redacted);
             } else {
-                json::write_str(&mut out, &text);
+                json::write_str(out, &text);
             }
         }
         // customer information
@@ -200,32 +246,37 @@ impl Batch<'_> {
                 out.push(b',');
             }
             first = false;
-            json::write_str(&mut out, &field.key);
+            json::write_str(out, &field.key);
             out.push(b':');
             match &sent {
-                Sent::Text(text) => json::write_str(&mut out, text),
-                Sent::Digest(digest) => json::write_hex_str(&mut out, digest),
+                Sent::Text(text) => json::write_str(out, text),
+                Sent::Digest(digest) => json::write_hex_str(out, digest),
             }
             shape |= 1 << index;
         }
         out.push(b'}');
         // custom data
-        let mut custom: Vec<(&str, Vec<u8>)> = Vec::new();
+        let Scratch {
+            custom,
+            custom_bytes,
+        } = scratch;
+        custom.clear();
+        custom_bytes.clear();
         for field in &spec.custom {
             let value = self.get(&field.source, row);
             if value == Val::Null || matches!(value, Val::Str(text) if blank(text)?) {
                 continue;
             }
-            set(
-                &mut custom,
-                &field.key,
-                custom_value(self.plan, field.kind, &value)?,
-            );
+            let start = custom_bytes.len();
+            custom_value(self.plan, field.kind, &value, custom_bytes)?;
+            set(custom, &field.key, start..custom_bytes.len());
         }
         for property in &spec.properties {
             let value = self.get(&property.source, row);
             if value != Val::Null {
-                set(&mut custom, &property.key, json_value(&value)?);
+                let start = custom_bytes.len();
+                json_value(&value, custom_bytes)?;
+                set(custom, &property.key, start..custom_bytes.len());
             }
         }
         if !custom.is_empty() {
@@ -234,23 +285,16 @@ impl Batch<'_> {
                 if position > 0 {
                     out.push(b',');
                 }
-                json::write_str(&mut out, key);
+                json::write_str(out, key);
                 out.push(b':');
-                out.extend_from_slice(value);
+                out.extend_from_slice(&custom_bytes[value.clone()]);
             }
             out.push(b'}');
         }
         out.push(b'}');
         // what `validate_event` and the fbclid rule would say: any problem is the reference's
-        let has = |key: &str| {
-            self.plan
-                .user_order
-                .iter()
-                .position(|k| k == key)
-                .is_some_and(|i| shape & (1 << i) != 0)
-        };
         if spec.fbc_from_fbclid
-            && !has("fbc")
+            && shape & self.plan.fbc_bit == 0
             && source_url.as_deref().is_some_and(|u| u.contains("fbclid="))
         {
             return None;
@@ -267,7 +311,9 @@ impl Batch<'_> {
             return None;
         }
         match action_source.as_ref() {
-            "website" if source_url.is_none() || !has("client_user_agent") => return None,
+            "website" if source_url.is_none() || shape & self.plan.user_agent_bit == 0 => {
+                return None
+            }
             "app" => return None, // app_data is the reference's
             _ => {}
         }
@@ -280,31 +326,18 @@ impl Batch<'_> {
         {
             return None;
         }
-        Some((out, shape))
+        Some(shape)
     }
 
     /// The matching floor of `validate._match_floor`, on the keys the event carries.
     fn strong_enough(&self, shape: u64) -> bool {
-        let spec = &self.plan.spec;
-        let keys: Vec<&str> = self
-            .plan
-            .user_order
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| shape & (1 << i) != 0)
-            .map(|(_, k)| k.as_str())
-            .collect();
-        if keys.iter().any(|k| spec.strong_keys.iter().any(|s| s == k)) {
+        if shape & self.plan.strong_mask != 0 {
             return true;
         }
-        if spec
-            .weak_key_sets
-            .iter()
-            .any(|weak| keys.iter().all(|k| weak.iter().any(|w| w == k)))
-        {
+        if self.plan.weak_masks.iter().any(|weak| shape & !weak == 0) {
             return false;
         }
-        !spec.strong_key_required
+        !self.plan.spec.strong_key_required
     }
 }
 
@@ -335,7 +368,7 @@ fn redact(url: &str, mode: UrlRedaction, redacted_path: &str) -> Option<String> 
 }
 
 /// Replace in place (a Python dict keeps a key's first position), else append.
-fn set<'p>(custom: &mut Vec<(&'p str, Vec<u8>)>, key: &'p str, value: Vec<u8>) {
+fn set<'p>(custom: &mut Vec<(&'p str, Range<usize>)>, key: &'p str, value: Range<usize>) {
     match custom.iter_mut().find(|(k, _)| *k == key) {
         Some(slot) => slot.1 = value,
         None => custom.push((key, value)),
@@ -365,8 +398,28 @@ fn name_key(name: &str) -> Option<String> {
 }
 
 pub fn derive_event_id(pipeline: &str, row_key: &str) -> String {
-    let digest = Sha256::digest(format!("capi-sync\x1f{pipeline}\x1f{row_key}").as_bytes());
-    hex(&digest)[..32].to_owned()
+    hex(&event_id_digest(pipeline, row_key))[..32].to_owned()
+}
+
+fn event_id_digest(pipeline: &str, row_key: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(b"capi-sync\x1f")
+        .chain_update(pipeline.as_bytes())
+        .chain_update(b"\x1f")
+        .chain_update(row_key.as_bytes())
+        .finalize()
+        .into()
+}
+
+/// `derive_event_id`'s 32 hex digits as a JSON string, straight into `out`.
+fn write_derived_event_id(out: &mut Vec<u8>, pipeline: &str, row_key: &str) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for byte in &event_id_digest(pipeline, row_key)[..16] {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 15)]);
+    }
+    out.push(b'"');
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -471,10 +524,9 @@ fn user_value(
 }
 
 /// A custom-data field's JSON, converted as `mapper._CUSTOM_CONVERTERS` converts it.
-fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
     match kind {
-        CustomType::Float => json::write_float(&mut out, to_float(value)?),
+        CustomType::Float => json::write_float(out, to_float(value)?),
         CustomType::Int => {
             let number = match *value {
                 Val::Int(number) => number,
@@ -489,9 +541,9 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
             if !(i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&number) {
                 return None;
             }
-            json::write_int(&mut out, number);
+            json::write_int(out, number);
         }
-        CustomType::Str => json::write_str(&mut out, &text_value(value)?),
+        CustomType::Str => json::write_str(out, &text_value(value)?),
         CustomType::Currency => {
             let code = text_value(value)?;
             if !code.is_ascii() {
@@ -501,7 +553,7 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
             if code.len() != 3 || !plan.spec.currencies.contains(code.as_str()) {
                 return None;
             }
-            json::write_str(&mut out, &code);
+            json::write_str(out, &code);
         }
         CustomType::ContentType | CustomType::DeliveryCategory => {
             let text = text::lower(&text_value(value)?)?.into_owned();
@@ -513,7 +565,7 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
             if !allowed.contains(text.as_str()) {
                 return None;
             }
-            json::write_str(&mut out, &text);
+            json::write_str(out, &text);
         }
         CustomType::StrList => {
             let items: Vec<Cow<'_, str>> = match value {
@@ -536,13 +588,13 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>) -> Option<Vec<u8
                 if position > 0 {
                     out.push(b',');
                 }
-                json::write_str(&mut out, item);
+                json::write_str(out, item);
             }
             out.push(b']');
         }
-        CustomType::Contents => contents(plan, value, &mut out)?,
+        CustomType::Contents => contents(plan, value, out)?,
     }
-    Some(out)
+    Some(())
 }
 
 /// The fields of a `contents` item the reference reads (null reads as absent, as `dict.get` does;
@@ -646,27 +698,26 @@ fn to_float(value: &Val<'_>) -> Option<f64> {
 }
 
 /// `values.to_json` for a custom property.
-fn json_value(value: &Val<'_>) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
+fn json_value(value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
     match *value {
-        Val::Str(text) => json::write_str(&mut out, text),
+        Val::Str(text) => json::write_str(out, text),
         Val::Int(number) => {
             if (i128::from(i64::MIN)..=i128::from(u64::MAX)).contains(&number) {
-                json::write_int(&mut out, number);
+                json::write_int(out, number);
             } else {
-                json::write_str(&mut out, &number.to_string());
+                json::write_str(out, &number.to_string());
             }
         }
         Val::Bool(flag) => out.extend_from_slice(if flag { b"true" } else { b"false" }),
         Val::Float(_) | Val::Dec { .. } => match to_float(value) {
-            Some(number) => json::write_float(&mut out, number),
+            Some(number) => json::write_float(out, number),
             None if matches!(value, Val::Float(_)) => out.extend_from_slice(b"null"),
             None => return None,
         },
-        Val::Date(days) => json::write_str(&mut out, &normalize::iso_date(days.into())),
+        Val::Date(days) => json::write_str(out, &normalize::iso_date(days.into())),
         Val::Ts { .. } | Val::Null => return None,
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]

@@ -36,7 +36,12 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
 }
 
 pub fn write_int(out: &mut Vec<u8>, value: i128) {
-    out.extend_from_slice(value.to_string().as_bytes());
+    use std::io::Write;
+    // Writing to a Vec cannot fail; i64 formats faster than i128, and nearly every value fits.
+    let _ = match i64::try_from(value) {
+        Ok(small) => write!(out, "{small}"),
+        Err(_) => write!(out, "{value}"),
+    };
 }
 
 /// A finite float as orjson prints it: the shortest round-trip digits, in fixed notation from 1e-5

@@ -94,20 +94,26 @@ fn build(
         plan,
         now,
     };
-    let outcomes = py.allow_threads(|| batch.build(rows));
-    let native: Vec<u8> = outcomes
+    let parts = py.allow_threads(|| batch.build(rows));
+    let outcomes = || parts.iter().flat_map(|part| part.rows.iter());
+    let native: Vec<u8> = outcomes().map(|o| u8::from(o.event.is_some())).collect();
+    let row_keys: Vec<Option<&str>> = outcomes().map(|o| o.row_key.as_deref()).collect();
+    let row_keys = PyList::new(py, row_keys)?;
+    let events: Vec<Bound<'_, PyBytes>> = parts
         .iter()
-        .map(|o| u8::from(o.event.is_some()))
+        .flat_map(|part| {
+            part.rows
+                .iter()
+                .filter_map(|o| o.event.clone())
+                .map(|span| PyBytes::new(py, &part.bytes[span]))
+        })
         .collect();
-    let row_keys = PyList::new(py, outcomes.iter().map(|o| o.row_key.as_deref()))?;
-    let written: Vec<_> = outcomes.iter().filter(|o| o.event.is_some()).collect();
-    let events = PyList::new(
-        py,
-        written
-            .iter()
-            .map(|o| PyBytes::new(py, o.event.as_deref().unwrap_or_default())),
-    )?;
-    let shapes = PyList::new(py, written.iter().map(|o| o.shape))?;
+    let events = PyList::new(py, events)?;
+    let shapes: Vec<u64> = outcomes()
+        .filter(|o| o.event.is_some())
+        .map(|o| o.shape)
+        .collect();
+    let shapes = PyList::new(py, shapes)?;
     Ok(Built {
         native: PyBytes::new(py, &native).unbind(),
         row_keys: row_keys.unbind(),

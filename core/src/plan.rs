@@ -160,6 +160,12 @@ pub struct Plan {
     pub nanp: Vec<CompiledNanp>,
     /// Customer-information keys in the order an event carries them: country first.
     pub user_order: Vec<String>,
+    /// Bits (of a shape) of the keys that alone meet the matching floor.
+    pub strong_mask: u64,
+    /// Per weak key set, its bits: a shape inside one of them falls below the floor.
+    pub weak_masks: Vec<u64>,
+    pub fbc_bit: u64,
+    pub user_agent_bit: u64,
 }
 
 impl Plan {
@@ -194,16 +200,34 @@ impl Plan {
                     .transpose()?,
             });
         }
-        let user_order = spec
+        let user_order: Vec<String> = spec
             .country
             .iter()
             .chain(spec.user.iter())
             .map(|f| f.key.clone())
             .collect();
+        if user_order.len() > 64 {
+            return Err("more than 64 customer-information keys".into());
+        }
+        let mask = |keys: &[String]| {
+            user_order
+                .iter()
+                .enumerate()
+                .filter(|(_, key)| keys.contains(key))
+                .fold(0_u64, |bits, (i, _)| bits | 1 << i)
+        };
+        let strong_mask = mask(&spec.strong_keys);
+        let weak_masks = spec.weak_key_sets.iter().map(|set| mask(set)).collect();
+        let fbc_bit = mask(&["fbc".to_owned()]);
+        let user_agent_bit = mask(&["client_user_agent".to_owned()]);
         Ok(Self {
             spec,
             nanp,
             user_order,
+            strong_mask,
+            weak_masks,
+            fbc_bit,
+            user_agent_bit,
         })
     }
 }
