@@ -42,34 +42,56 @@ class Converted(NamedTuple):
     batch: pa.RecordBatch | None
     rows: Chunk
     reason: str | None = None
+    column: int | None = None  # the column that kept the chunk as rows
 
 
 # Types whose values Arrow keeps exactly, checked by type alone (`bool` is its own class here).
 _EXACT = {str: "string", bool: "bool_", int: "int64", float: "float64", dt.date: "date32"}
 
 
-def record_batch(chunk: Chunk, names: Sequence[str], needed: Collection[int]) -> Converted:
+def record_batch(
+    chunk: Chunk, names: Sequence[str], needed: Collection[int], first: Sequence[int] = ()
+) -> Converted:
     """`chunk` as a record batch of `names`, with values in the `needed` columns (the mapping's,
-    the primary key's and the cursor's) and nulls elsewhere, as the reference reads them."""
+    the primary key's and the cursor's) and nulls elsewhere, as the reference reads them.
+
+    Columns in `first` are tried first: a column that kept the last chunk as rows most likely
+    keeps this one too, and is found before any other column is converted.
+    """
     import pyarrow as pa  # noqa: PLC0415 (the Arrow path only)
 
     count = len(chunk)
-    arrays: list[pa.Array] = []
-    for index, name in enumerate(names):
+    columns = list(zip(*chunk, strict=True)) if count else [()] * len(names)  # transposed in C
+    arrays: dict[int, pa.Array] = {}
+    for index in (*first, *(i for i in range(len(names)) if i not in first)):
         if index not in needed:
-            arrays.append(pa.nulls(count))
+            arrays[index] = pa.nulls(count)
             continue
-        values = [row[index] for row in chunk]
-        array = _exact_array(pa, values)
+        array = _exact_array(pa, columns[index])
         if isinstance(array, str):
-            return Converted(None, chunk, f"column '{name}' holds {array}")
-        arrays.append(array)
-    return Converted(pa.RecordBatch.from_arrays(arrays, names=list(names)), chunk)
+            return Converted(None, chunk, f"column '{names[index]}' holds {array}", index)
+        arrays[index] = array
+    return Converted(
+        pa.RecordBatch.from_arrays([arrays[i] for i in range(len(names))], names=list(names)), chunk
+    )
 
 
-def _exact_array(pa: Any, values: list[Any]) -> pa.Array | str:
+class ChunkConverter:
+    """`record_batch` over a stream of chunks, trying the column that last stood in the way first."""
+
+    def __init__(self, names: Sequence[str], needed: Collection[int]) -> None:
+        self._names, self._needed = list(names), frozenset(needed)
+        self._first: tuple[int, ...] = ()
+
+    def __call__(self, chunk: Chunk) -> Converted:
+        converted = record_batch(chunk, self._names, self._needed, self._first)
+        self._first = () if converted.column is None else (converted.column,)
+        return converted
+
+
+def _exact_array(pa: Any, values: Sequence[Any]) -> pa.Array | str:
     """An array whose `to_pylist()` is `values`, value for value; else what stands in the way."""
-    kinds = {value.__class__ for value in values}
+    kinds = set(map(type, values))
     kinds.discard(type(None))
     if not kinds:
         return pa.nulls(len(values))
@@ -90,7 +112,7 @@ def _exact_array(pa: Any, values: list[Any]) -> pa.Array | str:
     return f"{kind.__name__} values"
 
 
-def _timestamps(pa: Any, values: list[dt.datetime | None]) -> pa.Array | str:
+def _timestamps(pa: Any, values: Sequence[dt.datetime | None]) -> pa.Array | str:
     """Microsecond timestamps; aware ones must share one zone and come back at the same offsets."""
     zones = {value.tzinfo for value in values if value is not None}
     if len(zones) > 1:
@@ -120,7 +142,7 @@ def _zone_name(zone: dt.tzinfo | None) -> str | None:
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
-def _decimals(pa: Any, values: list[Decimal | None]) -> pa.Array | str:
+def _decimals(pa: Any, values: Sequence[Decimal | None]) -> pa.Array | str:
     """decimal128 when every value has one exponent, so that each prints as it was read."""
     present = [value.as_tuple() for value in values if value is not None]
     exponents = {entry.exponent for entry in present}

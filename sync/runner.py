@@ -20,7 +20,7 @@ from capi_sync import native
 from capi_sync.batching import Batch
 from capi_sync.building import effective_mapping, make_client, mapper_for, quality_notes
 from capi_sync.connectors import Source, Window, open_source
-from capi_sync.connectors.arrow import ArrowSource, Converted, record_batch
+from capi_sync.connectors.arrow import ArrowSource, ChunkConverter, Converted
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
     CapiSyncError,
@@ -120,9 +120,9 @@ class Prepared:
                 yield Converted(batch, ())
             return
         assert self.native is not None
-        needed = {*self.native.used, *([] if cursor is None else [cursor])}
+        convert = ChunkConverter(self.columns, {*self.native.used, *([] if cursor is None else [cursor])})
         for chunk in self.stream(source, window, chunk_size):
-            yield record_batch(chunk, self.columns, needed)
+            yield convert(chunk)
 
     def sql(self, source: Source, window: Window) -> tuple[str, list[Any]]:
         return source.sql(self.query, window, self.project)

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capi_sync.connectors.arrow import record_batch
+from capi_sync.connectors.arrow import ChunkConverter, record_batch
 
 ZONES = [dt.UTC, dt.timezone(dt.timedelta(hours=-3, minutes=-30)), zoneinfo.ZoneInfo("Europe/Paris")]
 
@@ -98,3 +98,15 @@ def test_what_stays_rows_says_which_column_and_why() -> None:
     )
     assert zones.reason == "column 't' holds timestamps in several time zones"
     assert record_batch([(b"\x00",)], ["blob"], set()).batch is not None, "unread columns never matter"
+
+
+def test_a_converter_tries_the_column_that_kept_the_last_chunk_first() -> None:
+    convert = ChunkConverter(["id", "note", "blob"], {0, 1, 2})
+    first = convert([(1, "a", b"x"), (2, "b", b"y")])
+    assert (first.column, first.reason) == (2, "column 'blob' holds bytes values")
+    second = convert([(3, 3.5, b"z"), (4, "c", b"w")])  # both columns stand in the way now
+    assert (second.column, second.reason) == (2, "column 'blob' holds bytes values"), "tried first"
+    third = convert([(5, "d", None)])
+    assert third.batch is not None
+    assert third.batch.column(1).to_pylist() == ["d"]
+    assert convert([(6, 1, None), (7, "e", None)]).column == 1
