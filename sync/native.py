@@ -30,7 +30,7 @@ from capi_sync.mappings.fields import (
     WEAK_USER_FIELD_SETS,
 )
 from capi_sync.mappings.mapper import MappedRow
-from capi_sync.mappings.sources import resolve_column
+from capi_sync.mappings.sources import SourceCompiler
 from capi_sync.mappings.spec import Column, Constant
 
 try:
@@ -80,7 +80,17 @@ _RULES: dict[normalize.Normalizer, str] = {
     normalize.plain: "plain",
 }
 _SERVER_TEXT = ("event_source_url", "referrer_url", "messaging_channel")
-_SERVER_READ = frozenset({"event_name", "event_time", "event_id", "action_source", *_SERVER_TEXT})
+# The typed server fields, as `mapper._SERVER_CONVERTERS` converts them.
+_SERVER_TYPED = {
+    "opt_out": "bool",
+    "data_processing_options": "str_list",
+    "data_processing_options_country": "int",
+    "data_processing_options_state": "int",
+    "customer_segmentation": "json",
+}
+_SERVER_READ = frozenset(
+    {"event_name", "event_time", "event_id", "action_source", *_SERVER_TEXT, *_SERVER_TYPED}
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class NativePlan:
     user_order: tuple[str, ...]
     key_indexes: tuple[int, ...]
     used: tuple[int, ...]  # the columns the mapping reads: the reference gets only these
+    paths: tuple[tuple[int, tuple[str, ...]], ...] = ()  # field names into STRUCT columns
+    direct: frozenset[int] = frozenset()  # columns read as values (not only through paths)
 
 
 def compile_plan(
@@ -112,11 +124,11 @@ def compile_plan(
         )
     if preset is not None:
         raise NativeUnsupported(f"preset '{preset}' (its derived values are the reference's)")
-    if not options.hashing_required:
-        raise NativeUnsupported("hashing_required: false")
     if mapping.app_data:
         raise NativeUnsupported("app_data")
     server = mapping.server_event
+    paths: list[tuple[int, tuple[str, ...]]] = []
+    direct: set[int] = set(mapper.key_indexes)
     if extra := sorted(set(server) - _SERVER_READ):
         raise NativeUnsupported(f"server_event.{extra[0]}")
 
@@ -135,10 +147,16 @@ def compile_plan(
         name = value.column if isinstance(value, Column) else value
         if not isinstance(name, str):
             raise NativeUnsupported(f"{where}: a {type(value).__name__.lower()} source")
-        index = resolve_column(name, columns)
-        if index is None:
-            raise NativeUnsupported(f"{where}: '{name}' is a path into a nested value")
-        return {"column": index}
+        found = SourceCompiler(columns).path(name)
+        if found is None:
+            raise NativeUnsupported(f"{where}: '{name}' is not a column")
+        index, parts = found
+        if not parts:
+            direct.add(index)
+            return {"column": index}
+        if (index, parts) not in paths:  # read from STRUCT fields where the batch has them
+            paths.append((index, parts))
+        return {"path": paths.index((index, parts))}
 
     def user_field(key: str, value: FieldSource) -> dict[str, Any]:
         if key in options.pushed_keys:
@@ -173,6 +191,11 @@ def compile_plan(
         "urls": [
             [name, source(server[name], f"server_event.{name}")] for name in _SERVER_TEXT if name in server
         ],
+        "server_typed": [
+            {"key": key, "source": source(value, f"server_event.{key}"), "type": _SERVER_TYPED[key]}
+            for key, value in server.items()
+            if key in _SERVER_TYPED
+        ],
         "renames": dict(options.event_renames),
         "country": user_field("country", country) if country is not None else None,
         "user": [user_field(key, value) for key, value in user.items()],
@@ -183,6 +206,7 @@ def compile_plan(
         ],
         "utc": options.timezone == "UTC",
         "fbc_from_fbclid": options.fbc_from_fbclid,
+        "hashing_required": options.hashing_required,
         "consent": (
             {
                 "source": source(options.consent_column, "settings.consent_column"),
@@ -216,38 +240,61 @@ def compile_plan(
         "max_age_seconds_physical_store": validate.MAX_AGE_SECONDS_PHYSICAL_STORE,
         "max_future_seconds": validate.MAX_FUTURE_SECONDS,
     }
+    spec["paths"] = [[index, list(parts)] for index, parts in paths]  # after every source is read
     try:
         plan = _core.Plan(orjson.dumps(spec).decode())
     except ValueError as exc:
         raise NativeUnsupported(str(exc)) from None
     used = mapper.columns_used if mapper.columns_used is not None else range(len(columns))
-    return NativePlan(plan, tuple(plan.user_order), tuple(mapper.key_indexes), tuple(used))
+    return NativePlan(
+        plan, tuple(plan.user_order), tuple(mapper.key_indexes), tuple(used), tuple(paths), frozenset(direct)
+    )
 
 
-def readable(schema: pa.Schema, used: Sequence[int]) -> str | None:
-    """None when the core reads the `used` columns of `schema` as Python reads them; else the
-    first that it does not (the run then reads rows the reference's way)."""
+def readable(schema: pa.Schema, native: NativePlan) -> str | None:
+    """None when the core reads the columns and STRUCT fields `native` uses as Python reads them;
+    else the first that it does not (the run then reads rows the reference's way)."""
+    for index in sorted(native.direct):
+        field = schema.field(index)
+        if not _reads(field.type):
+            return f"column '{field.name}' is {field.type}"
+    for index, parts in native.paths:
+        field = schema.field(index)
+        kind, walked = field.type, field.name
+        for part in parts:
+            names = [kind.field(i).name for i in range(kind.num_fields)] if _is_struct(kind) else []
+            if names.count(part) != 1:
+                return f"'{walked}.{part}' (the core reads paths through STRUCT fields)"
+            kind, walked = kind.field(names.index(part)).type, f"{walked}.{part}"
+        if not _reads(kind):
+            return f"'{walked}', which is {kind}"
+    return None
+
+
+def _is_struct(kind: pa.DataType) -> bool:
     import pyarrow as pa  # noqa: PLC0415 (a dependency of the Arrow path only)
 
-    for field in (schema.field(index) for index in used):
-        kind = field.type
-        if pa.types.is_timestamp(kind) and kind.unit != "ns":
-            continue
-        if (
-            pa.types.is_null(kind)
-            or pa.types.is_boolean(kind)
-            or pa.types.is_integer(kind)
-            or pa.types.is_float32(kind)
-            or pa.types.is_float64(kind)
-            or pa.types.is_string(kind)
-            or pa.types.is_large_string(kind)
-            or pa.types.is_string_view(kind)
-            or pa.types.is_date32(kind)
-            or pa.types.is_decimal128(kind)
-        ):
-            continue
-        return f"column '{field.name}' is {kind}"
-    return None
+    return bool(pa.types.is_struct(kind))
+
+
+def _reads(kind: pa.DataType) -> bool:
+    """The Arrow types the core reads exactly as Python reads the same values (`value.rs`)."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    if pa.types.is_timestamp(kind):
+        return bool(kind.unit != "ns")
+    return bool(
+        pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_float32(kind)
+        or pa.types.is_float64(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_string_view(kind)
+        or pa.types.is_date32(kind)
+        or pa.types.is_decimal128(kind)
+    )
 
 
 class Built:

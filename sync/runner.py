@@ -177,7 +177,7 @@ def _native_plan(
         return None, f"the native core does not map {exc} yet: rows were mapped in Python"
     # Other sources' rows become Arrow chunk by chunk, only in types the core reads (`record_batch`).
     unreadable = (
-        native.readable(source.arrow_schema(query), plan.used) if isinstance(source, ArrowSource) else None
+        native.readable(source.arrow_schema(query), plan) if isinstance(source, ArrowSource) else None
     )
     if unreadable is not None:
         return None, f"the native core does not read {unreadable} yet: rows were mapped in Python"

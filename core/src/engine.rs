@@ -11,7 +11,7 @@ use crate::json;
 use crate::normalize::{self, is_sha256_hex, python_str};
 use crate::plan::{Consent, Constant, CustomType, Plan, Rule, Source, UrlRedaction, UserField};
 use crate::text;
-use crate::value::{Column, Val};
+use crate::value::{Column, PathColumn, Val};
 
 /// What became of one row.
 pub struct RowOut {
@@ -25,6 +25,8 @@ pub struct RowOut {
 
 pub struct Batch<'a> {
     pub columns: Vec<Option<Column>>,
+    /// `PlanSpec::paths`, resolved in this batch; None where one cannot be read.
+    pub paths: Vec<Option<PathColumn>>,
     pub plan: &'a Plan,
     pub now: f64,
 }
@@ -51,6 +53,20 @@ const EVENT_BYTES_GUESS: usize = 1400;
 impl<'p> Batch<'p> {
     /// Every row, in order, as parts built on all of rayon's threads.
     pub fn build(&self, rows: usize) -> Vec<Part> {
+        if self.paths.iter().any(Option::is_none) {
+            // a path this batch's types do not carry: every row is the reference's
+            let rows = (0..rows)
+                .map(|_| RowOut {
+                    event: None,
+                    row_key: None,
+                    shape: 0,
+                })
+                .collect();
+            return vec![Part {
+                bytes: Vec::new(),
+                rows,
+            }];
+        }
         // About four parts per thread, so that a slow part does not leave a core idle.
         let per_task = rows
             .div_ceil(rayon::current_num_threads() * 4)
@@ -96,6 +112,10 @@ impl<'p> Batch<'p> {
             Source::Column { column } => match self.columns.get(*column) {
                 Some(Some(column)) => column.get(row),
                 _ => Val::Null,
+            },
+            Source::Path { path } => match self.paths.get(*path) {
+                Some(Some(column)) => column.get(row),
+                _ => Val::Null, // unreachable: `build` hands back a batch with an unreadable path
             },
             Source::Constant { constant } => match constant {
                 Constant::Null(()) => Val::Null,
@@ -226,6 +246,16 @@ impl<'p> Batch<'p> {
             } else {
                 json::write_str(out, &text);
             }
+        }
+        for field in &spec.server_typed {
+            let value = self.get(&field.source, row);
+            if value == Val::Null || matches!(value, Val::Str(text) if blank(text)?) {
+                continue;
+            }
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(field.key.as_bytes());
+            out.extend_from_slice(b"\":");
+            custom_value(self.plan, field.kind, &value, out)?;
         }
         // customer information
         out.extend_from_slice(b",\"user_data\":{");
@@ -513,6 +543,9 @@ fn user_value(
             return Some(Some((None, Sent::Text(stripped.to_ascii_lowercase()))));
         }
     }
+    if field.hashed && !plan.spec.hashing_required {
+        return None; // not SHA-256 hex where only hex may come: the reference rejects the row
+    }
     let normalized = normalize::normalize(plan, field.rule, value, country)?;
     if field.hashed {
         let digest: [u8; 32] = Sha256::digest(normalized.as_bytes()).into();
@@ -593,6 +626,18 @@ fn custom_value(plan: &Plan, kind: CustomType, value: &Val<'_>, out: &mut Vec<u8
             out.push(b']');
         }
         CustomType::Contents => contents(plan, value, out)?,
+        CustomType::Bool => {
+            let flag = match *value {
+                Val::Bool(flag) => flag,
+                _ => match text::lower(&text_value(value)?)?.as_ref() {
+                    "1" | "true" | "t" | "yes" | "y" => true,
+                    "0" | "false" | "f" | "no" | "n" => false,
+                    _ => return None,
+                },
+            };
+            out.extend_from_slice(if flag { b"true" } else { b"false" });
+        }
+        CustomType::Json => json_value(value, out)?,
     }
     Some(())
 }

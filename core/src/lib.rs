@@ -89,8 +89,18 @@ fn build(
         .iter()
         .map(|array| value::Column::new(array.clone()))
         .collect();
+    let paths = plan
+        .spec
+        .paths
+        .iter()
+        .map(|(column, names)| {
+            let root = columns.columns().get(*column)?;
+            value::PathColumn::new(root, names)
+        })
+        .collect();
     let batch = engine::Batch {
         columns: readable,
+        paths,
         plan,
         now,
     };

@@ -12,8 +12,16 @@ use serde::Deserialize;
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
 pub enum Source {
-    Column { column: usize },
-    Constant { constant: Constant },
+    /// A path of field names into a STRUCT column: `PlanSpec::paths[path]`.
+    Path {
+        path: usize,
+    },
+    Column {
+        column: usize,
+    },
+    Constant {
+        constant: Constant,
+    },
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -66,6 +74,10 @@ pub enum CustomType {
     DeliveryCategory,
     /// Read by the reference only: a row holding one is handed back.
     Contents,
+    /// `values.to_bool` (the server event's `opt_out`).
+    Bool,
+    /// `values.to_json`, as a custom property is written (`customer_segmentation`).
+    Json,
 }
 
 #[derive(Deserialize, Debug, Clone)]
@@ -118,6 +130,13 @@ pub struct PlanSpec {
     pub action_source: Option<Source>,
     pub default_action_source: Option<String>,
     pub urls: Vec<(String, Source)>,
+    /// (column, field names) of every path into a STRUCT column the mapping reads.
+    #[serde(default)]
+    pub paths: Vec<(usize, Vec<String>)>,
+    /// Typed server-event fields (`opt_out`, `data_processing_options*`, `customer_segmentation`),
+    /// in the mapping's order; a value they refuse rejects the row, so it is handed back.
+    #[serde(default)]
+    pub server_typed: Vec<CustomField>,
     pub renames: HashMap<String, String>,
     pub country: Option<UserField>,
     pub user: Vec<UserField>,
@@ -125,6 +144,9 @@ pub struct PlanSpec {
     pub properties: Vec<Property>,
     pub utc: bool,
     pub fbc_from_fbclid: bool,
+    /// False: hashed keys must arrive as SHA-256 hex; any other value is the reference's to reject.
+    #[serde(default = "yes")]
+    pub hashing_required: bool,
     #[serde(default)]
     pub consent: Option<Consent>,
     #[serde(default)]
@@ -146,6 +168,10 @@ pub struct PlanSpec {
     pub max_age_seconds: i64,
     pub max_age_seconds_physical_store: i64,
     pub max_future_seconds: i64,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub struct CompiledNanp {

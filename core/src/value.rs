@@ -63,6 +63,47 @@ pub struct Column {
     array: ArrayRef,
 }
 
+/// A leaf reached through STRUCT fields: null where any struct on the way is null (Python's
+/// `walk` meets None there), else the leaf's value.
+pub struct PathColumn {
+    structs: Vec<ArrayRef>,
+    leaf: Column,
+}
+
+impl PathColumn {
+    /// None when a step is not a STRUCT with exactly one field of that name, or the leaf's type
+    /// is not one the core reads: the batch is then the reference's.
+    pub fn new(root: &ArrayRef, names: &[String]) -> Option<Self> {
+        let mut structs = Vec::with_capacity(names.len());
+        let mut current = root.clone();
+        for name in names {
+            let record = current.as_struct_opt()?;
+            let DataType::Struct(fields) = current.data_type() else {
+                return None;
+            };
+            let mut found = fields.iter().enumerate().filter(|(_, f)| f.name() == name);
+            let (index, _) = found.next()?;
+            if found.next().is_some() {
+                return None; // two fields of one name: which one Python keeps is not ours to say
+            }
+            let child = record.column(index).clone();
+            structs.push(current);
+            current = child;
+        }
+        Some(Self {
+            structs,
+            leaf: Column::new(current)?,
+        })
+    }
+
+    pub fn get(&self, row: usize) -> Val<'_> {
+        if self.structs.iter().any(|array| array.is_null(row)) {
+            return Val::Null;
+        }
+        self.leaf.get(row)
+    }
+}
+
 impl Column {
     pub fn new(array: ArrayRef) -> Option<Self> {
         supported(array.data_type()).then_some(Self { array })
