@@ -154,7 +154,9 @@ def compile_plan(
         if not parts:
             direct.add(index)
             return {"column": index}
-        if (index, parts) not in paths:  # read from STRUCT fields where the batch has them
+        if not all(part.isascii() for part in parts):  # `str.isdigit` reads more than ASCII digits
+            raise NativeUnsupported(f"{where}: '{name}' is a path of non-ASCII names")
+        if (index, parts) not in paths:  # STRUCT fields, or JSON text walked row by row
             paths.append((index, parts))
         return {"path": paths.index((index, parts))}
 
@@ -261,6 +263,8 @@ def readable(schema: pa.Schema, native: NativePlan) -> str | None:
     for index, parts in native.paths:
         field = schema.field(index)
         kind, walked = field.type, field.name
+        if _is_text(kind):
+            continue  # JSON text: the core walks each row's value as `sources.walk` does
         for part in parts:
             names = [kind.field(i).name for i in range(kind.num_fields)] if _is_struct(kind) else []
             if names.count(part) != 1:
@@ -269,6 +273,12 @@ def readable(schema: pa.Schema, native: NativePlan) -> str | None:
         if not _reads(kind):
             return f"'{walked}', which is {kind}"
     return None
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    import pyarrow as pa  # noqa: PLC0415 (a dependency of the Arrow path only)
+
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
 
 
 def _is_struct(kind: pa.DataType) -> bool:

@@ -10,6 +10,7 @@ outcome must be the reference's own. The shared vector files run through both pa
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from hashlib import sha256
 from typing import Any
@@ -329,6 +330,67 @@ def test_paths_through_struct_columns(contexts: list[Any]) -> None:
     # comes back whole
     assert "'context.tags.0'" in str(native.readable(batch.schema, _plan(NESTED, batch)))
     assert both_paths(NESTED, batch)[0] == 0
+
+
+JSON_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["a@b.co", " Ann@Example.com ", "", " ", "x=1; _fbp=fb.1.2.3", '{"deep": true}', "[1, 2]"]),
+    st.text(max_size=4),
+)  # fmt: skip
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["user", "email", "id", "items", "cookie", "raw", "deep", "0"]), inner, max_size=4
+        ),
+    ),
+    max_leaves=10,
+)
+DOCS = st.one_of(
+    st.none(),
+    JSON_VALUES.map(lambda v: json.dumps(v, ensure_ascii=False)),
+    JSON_VALUES.map(json.dumps),  # non-ASCII as \\u escapes
+    st.fixed_dictionaries(
+        {"user": st.fixed_dictionaries({"email": JSON_LEAVES, "id": JSON_LEAVES}),
+         "items": st.lists(st.fixed_dictionaries({"id": JSON_LEAVES}), max_size=3),
+         "cookie": st.sampled_from(["_fbp=fb.1.1700000000000.5; b=2", "_fbp = x ; _fbp=y", "none", ""]),
+         "raw": st.sampled_from(['{"deep": 7}', " [1]", "{bad"])}
+    ).map(lambda v: " " + json.dumps(v, ensure_ascii=False)),
+    st.sampled_from(['{"user": {"email": "\\ud800"}}', '{"items": [-0]}', '{"items": -0.0}', "{broken", "a=1", "[]"]),
+)  # fmt: skip
+JSON_MAPPING = {
+    "server_event": {"event_name": {"value": "Lead"}, "event_time": {"value": int(NOW) - 60},
+                     "action_source": {"value": "email"}},
+    "customer_info": {"em": "doc.user.email", "external_id": "doc.user.id", "fbp": "doc.cookie._fbp"},
+    "custom_properties": {"first": "doc.items.0.id", "n": "doc.items.length", "deep": "doc.raw.deep",
+                          "past_length": "doc.items.length.x", "user": "doc.user"},
+}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(docs=st.lists(DOCS, min_size=1, max_size=8))
+def test_paths_into_json_text(docs: list[str | None]) -> None:
+    """Event tables keep nested values as JSON text: the core walks each row's text as
+    `sources.walk` does (objects, lists, `length`, JSON inside strings, cookie text)."""
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(range(len(docs)), pa.int64()), pa.array(docs, pa.string())], names=["id", "doc"]
+    )
+    both_paths(JSON_MAPPING, batch)
+    plain = {**JSON_MAPPING, "custom_properties": {"first": "doc.items.0.id", "deep": "doc.raw.deep"}}
+    both_paths(plain, batch)
+
+
+def test_a_json_path_is_written_by_the_core() -> None:
+    doc = (
+        '{"user": {"email": "Ann@Example.com", "id": 7}, "items": [{"id": "sku"}], "cookie": "_fbp=fb.1.2.3"}'
+    )
+    batch = pa.RecordBatch.from_arrays([pa.array([1], pa.int64()), pa.array([doc])], names=["id", "doc"])
+    mapping = {**JSON_MAPPING, "custom_properties": {"first": "doc.items.0.id", "n": "doc.items.length"}}
+    assert native.readable(batch.schema, _plan(mapping, batch)) is None
+    written, outcomes = both_paths(mapping, batch)
+    assert written == 1
+    assert outcomes[0].event["custom_data"] == {"first": "sku", "n": 1}
 
 
 def _plan(mapping: dict[str, Any], batch: pa.RecordBatch) -> native.NativePlan:

@@ -8,10 +8,17 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::json;
+use crate::nested::Found;
 use crate::normalize::{self, is_sha256_hex, python_str};
 use crate::plan::{Consent, Constant, CustomType, Plan, Rule, Source, UrlRedaction, UserField};
 use crate::text;
 use crate::value::{Column, PathColumn, Val};
+
+/// A path's values in one batch: read through STRUCT fields, or walked in each row's JSON text.
+pub enum PathValues {
+    Struct(PathColumn),
+    Json(Vec<Found>),
+}
 
 /// What became of one row.
 pub struct RowOut {
@@ -26,7 +33,9 @@ pub struct RowOut {
 pub struct Batch<'a> {
     pub columns: Vec<Option<Column>>,
     /// `PlanSpec::paths`, resolved in this batch; None where one cannot be read.
-    pub paths: Vec<Option<PathColumn>>,
+    pub paths: Vec<Option<PathValues>>,
+    /// Rows whose JSON text only the reference reads (a path ends on an object, say).
+    pub declined: Vec<bool>,
     pub plan: &'a Plan,
     pub now: f64,
 }
@@ -83,6 +92,13 @@ impl<'p> Batch<'p> {
         let mut scratch = Scratch::default();
         let outcomes = rows
             .map(|row| {
+                if self.declined.get(row).copied().unwrap_or(false) {
+                    return RowOut {
+                        event: None,
+                        row_key: None,
+                        shape: 0,
+                    };
+                }
                 let row_key = self.row_key(row);
                 let start = bytes.len();
                 let shape = row_key
@@ -114,7 +130,8 @@ impl<'p> Batch<'p> {
                 _ => Val::Null,
             },
             Source::Path { path } => match self.paths.get(*path) {
-                Some(Some(column)) => column.get(row),
+                Some(Some(PathValues::Struct(column))) => column.get(row),
+                Some(Some(PathValues::Json(values))) => values[row].as_val(),
                 _ => Val::Null, // unreachable: `build` hands back a batch with an unreadable path
             },
             Source::Constant { constant } => match constant {
@@ -763,6 +780,77 @@ fn json_value(value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
         Val::Ts { .. } | Val::Null => return None,
     }
     Some(())
+}
+
+/// Each path of `PlanSpec::paths` in this batch: through STRUCT fields, or into JSON text (every
+/// row's text parsed once, on every core, for all the paths into its column). Also the rows
+/// whose JSON only the reference reads.
+pub fn resolve_paths(
+    columns: &[arrow_array::ArrayRef],
+    paths: &[(usize, Vec<String>)],
+    rows: usize,
+) -> (Vec<Option<PathValues>>, Vec<bool>) {
+    use arrow_array::cast::AsArray;
+    use arrow_schema::DataType;
+
+    let mut resolved: Vec<Option<PathValues>> = Vec::with_capacity(paths.len());
+    let mut json_columns: Vec<(usize, Vec<usize>)> = Vec::new(); // column, its slots
+    for (slot, (column, names)) in paths.iter().enumerate() {
+        let Some(root) = columns.get(*column) else {
+            resolved.push(None);
+            continue;
+        };
+        match root.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                match json_columns.iter_mut().find(|(c, _)| c == column) {
+                    Some((_, slots)) => slots.push(slot),
+                    None => json_columns.push((*column, vec![slot])),
+                }
+                resolved.push(Some(PathValues::Json(Vec::new())));
+            }
+            _ => resolved.push(PathColumn::new(root, names).map(PathValues::Struct)),
+        }
+    }
+    let mut declined = vec![false; rows];
+    for (column, slots) in json_columns {
+        let array = &columns[column];
+        let cell = |row: usize| -> Option<&str> {
+            if array.is_null(row) {
+                return None;
+            }
+            Some(match array.data_type() {
+                DataType::Utf8 => array.as_string::<i32>().value(row),
+                DataType::LargeUtf8 => array.as_string::<i64>().value(row),
+                _ => array.as_string_view().value(row),
+            })
+        };
+        let wanted: Vec<&[String]> = slots.iter().map(|s| paths[*s].1.as_slice()).collect();
+        let found: Vec<Option<Vec<Found>>> = (0..rows)
+            .into_par_iter()
+            .with_min_len(256)
+            .map(|row| crate::nested::resolve(cell(row), &wanted))
+            .collect();
+        let mut values: Vec<Vec<Found>> = slots.iter().map(|_| Vec::with_capacity(rows)).collect();
+        for (row, outcome) in found.into_iter().enumerate() {
+            match outcome {
+                Some(row_values) => {
+                    for (index, value) in row_values.into_iter().enumerate() {
+                        values[index].push(value);
+                    }
+                }
+                None => {
+                    declined[row] = true;
+                    for column_values in &mut values {
+                        column_values.push(Found::Null);
+                    }
+                }
+            }
+        }
+        for (slot, column_values) in slots.into_iter().zip(values) {
+            resolved[slot] = Some(PathValues::Json(column_values));
+        }
+    }
+    (resolved, declined)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 mod engine;
 mod json;
+mod nested;
 mod normalize;
 mod plan;
 mod text;
@@ -89,18 +90,12 @@ fn build(
         .iter()
         .map(|array| value::Column::new(array.clone()))
         .collect();
-    let paths = plan
-        .spec
-        .paths
-        .iter()
-        .map(|(column, names)| {
-            let root = columns.columns().get(*column)?;
-            value::PathColumn::new(root, names)
-        })
-        .collect();
+    let (paths, declined) =
+        py.allow_threads(|| engine::resolve_paths(columns.columns(), &plan.spec.paths, rows));
     let batch = engine::Batch {
         columns: readable,
         paths,
+        declined,
         plan,
         now,
     };
