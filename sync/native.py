@@ -31,7 +31,7 @@ from capi_sync.mappings.fields import (
 )
 from capi_sync.mappings.mapper import MappedRow
 from capi_sync.mappings.sources import SourceCompiler
-from capi_sync.mappings.spec import Column, Constant
+from capi_sync.mappings.spec import Column, Constant, FirstOf, Lookup
 
 try:
     from capi_sync import _core
@@ -132,18 +132,24 @@ def compile_plan(
     if extra := sorted(set(server) - _SERVER_READ):
         raise NativeUnsupported(f"server_event.{extra[0]}")
 
+    def constant_of(constant: Any, where: str) -> Any:
+        if constant is not None and not isinstance(constant, str | int | float | bool):
+            raise NativeUnsupported(f"{where}: a constant of type {type(constant).__name__}")
+        if isinstance(constant, int) and not isinstance(constant, bool) and not -(2**63) <= constant < 2**63:
+            raise NativeUnsupported(f"{where}: a constant beyond 64 bits")
+        return constant
+
     def source(value: FieldSource, where: str) -> dict[str, Any]:
         if isinstance(value, Constant):
-            constant = value.value
-            if constant is not None and not isinstance(constant, str | int | float | bool):
-                raise NativeUnsupported(f"{where}: a constant of type {type(constant).__name__}")
-            if (
-                isinstance(constant, int)
-                and not isinstance(constant, bool)
-                and not -(2**63) <= constant < 2**63
-            ):
-                raise NativeUnsupported(f"{where}: a constant beyond 64 bits")
-            return {"constant": constant}
+            return {"constant": constant_of(value.value, where)}
+        if isinstance(value, FirstOf):
+            return {"first_of": [source(each, where) for each in value.first_of]}
+        if isinstance(value, Lookup):
+            return {
+                "lookup": source(value.lookup, where),
+                "values": {key: constant_of(found, where) for key, found in value.values.items()},
+                "default": constant_of(value.default, where),
+            }
         name = value.column if isinstance(value, Column) else value
         if not isinstance(name, str):
             raise NativeUnsupported(f"{where}: a {type(value).__name__.lower()} source")

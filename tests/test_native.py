@@ -379,6 +379,19 @@ def test_paths_into_json_text(docs: list[str | None]) -> None:
     both_paths(JSON_MAPPING, batch)
     plain = {**JSON_MAPPING, "custom_properties": {"first": "doc.items.0.id", "deep": "doc.raw.deep"}}
     both_paths(plain, batch)
+    forms = {
+        **plain,
+        "server_event": {
+            **JSON_MAPPING["server_event"],
+            "action_source": {"lookup": "doc.user.id", "values": {"1": "website", "True": "app", "7": "physical_store"},
+                              "default": "email"},
+        },
+        "customer_info": {
+            "em": {"first_of": ["doc.user.email", "doc.items.0.id", {"value": "fallback@example.com"}]},
+            "fbp": {"first_of": ["doc.cookie._fbp", "doc.raw.deep"]},
+        },
+    }  # fmt: skip
+    both_paths(forms, batch)
 
 
 def test_a_json_path_is_written_by_the_core() -> None:
@@ -391,6 +404,13 @@ def test_a_json_path_is_written_by_the_core() -> None:
     written, outcomes = both_paths(mapping, batch)
     assert written == 1
     assert outcomes[0].event["custom_data"] == {"first": "sku", "n": 1}
+    forms = {
+        **mapping,
+        "server_event": {**mapping["server_event"],
+                         "action_source": {"lookup": "doc.user.id", "values": {"7": "email"}, "default": "app"}},
+        "customer_info": {"em": {"first_of": ["doc.user.missing", {"value": " "}, "doc.user.email"]}},
+    }  # fmt: skip
+    assert both_paths(forms, batch)[0] == 1, "first_of and lookup are the core's too"
 
 
 def _plan(mapping: dict[str, Any], batch: pa.RecordBatch) -> native.NativePlan:

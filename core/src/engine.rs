@@ -134,12 +134,25 @@ impl<'p> Batch<'p> {
                 Some(Some(PathValues::Json(values))) => values[row].as_val(),
                 _ => Val::Null, // unreachable: `build` hands back a batch with an unreadable path
             },
-            Source::Constant { constant } => match constant {
-                Constant::Null(()) => Val::Null,
-                Constant::Bool(flag) => Val::Bool(*flag),
-                Constant::Int(number) => Val::Int((*number).into()),
-                Constant::Float(number) => Val::Float(*number),
-                Constant::Str(text) => Val::Str(text),
+            Source::Constant { constant } => constant_val(constant),
+            Source::FirstOf { first_of } => first_of
+                .iter()
+                .map(|source| self.get(source, row))
+                .find(present)
+                .unwrap_or(Val::Null),
+            Source::Lookup {
+                lookup,
+                values,
+                default,
+            } => match self.get(lookup, row) {
+                Val::Null => constant_val(default),
+                Val::Unreadable => Val::Unreadable,
+                value => match python_str(&value) {
+                    Some(key) => {
+                        constant_val(values.get(text::strip_space(&key)).unwrap_or(default))
+                    }
+                    None => Val::Unreadable,
+                },
             },
         }
     }
@@ -414,6 +427,25 @@ fn redact(url: &str, mode: UrlRedaction, redacted_path: &str) -> Option<String> 
     Some(format!("{}://{host}{path}", scheme.to_ascii_lowercase()))
 }
 
+fn constant_val(constant: &Constant) -> Val<'_> {
+    match constant {
+        Constant::Null(()) => Val::Null,
+        Constant::Bool(flag) => Val::Bool(*flag),
+        Constant::Int(number) => Val::Int((*number).into()),
+        Constant::Float(number) => Val::Float(*number),
+        Constant::Str(text) => Val::Str(text),
+    }
+}
+
+/// `sources._present`: not NULL and not blank (Python's whitespace) text.
+fn present(value: &Val<'_>) -> bool {
+    match value {
+        Val::Null => false,
+        Val::Str(text) => !text::strip_space(text).is_empty(),
+        _ => true,
+    }
+}
+
 /// Replace in place (a Python dict keeps a key's first position), else append.
 fn set<'p>(custom: &mut Vec<(&'p str, Range<usize>)>, key: &'p str, value: Range<usize>) {
     match custom.iter_mut().find(|(k, _)| *k == key) {
@@ -505,7 +537,7 @@ fn unix_seconds(value: &Val<'_>, utc: bool) -> Option<i64> {
             }
             text.parse::<f64>().ok()?
         }
-        Val::Null | Val::Bool(_) => return None,
+        Val::Null | Val::Bool(_) | Val::Unreadable => return None,
     };
     if !number.is_finite() {
         return None;
@@ -777,7 +809,7 @@ fn json_value(value: &Val<'_>, out: &mut Vec<u8>) -> Option<()> {
             None => return None,
         },
         Val::Date(days) => json::write_str(out, &normalize::iso_date(days.into())),
-        Val::Ts { .. } | Val::Null => return None,
+        Val::Ts { .. } | Val::Null | Val::Unreadable => return None,
     }
     Some(())
 }

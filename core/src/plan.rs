@@ -19,6 +19,16 @@ pub enum Source {
     Column {
         column: usize,
     },
+    /// The first source holding a value (`sources._present`: not NULL, not blank text).
+    FirstOf {
+        first_of: Vec<Source>,
+    },
+    /// `values[str(value).strip()]`, else `default` (also for a NULL).
+    Lookup {
+        lookup: Box<Source>,
+        values: HashMap<String, Constant>,
+        default: Constant,
+    },
     Constant {
         constant: Constant,
     },

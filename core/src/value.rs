@@ -29,6 +29,9 @@ pub enum Val<'a> {
         value: i128,
         scale: i8,
     },
+    /// A value only the reference reads (a `lookup` of a float, whose `str()` is Python's own):
+    /// whatever reads it hands the row back.
+    Unreadable,
 }
 
 /// Whether the core reads this Arrow type exactly as Python reads the same column.
