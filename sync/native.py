@@ -31,7 +31,7 @@ from capi_sync.mappings.fields import (
 )
 from capi_sync.mappings.mapper import MappedRow
 from capi_sync.mappings.sources import SourceCompiler
-from capi_sync.mappings.spec import Column, Constant, FirstOf, Lookup
+from capi_sync.mappings.spec import AllOf, Column, Constant, FirstOf, Lookup
 
 try:
     from capi_sync import _core
@@ -144,6 +144,10 @@ def compile_plan(
             return {"constant": constant_of(value.value, where)}
         if isinstance(value, FirstOf):
             return {"first_of": [source(each, where) for each in value.first_of]}
+        if isinstance(value, AllOf):
+            if not where.startswith("customer_info.") or where == "customer_info.country":
+                raise NativeUnsupported(f"{where}: all_of outside customer information")
+            return {"all_of": [source(each, where) for each in value.all_of]}
         if isinstance(value, Lookup):
             return {
                 "lookup": source(value.lookup, where),

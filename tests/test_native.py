@@ -389,6 +389,7 @@ def test_paths_into_json_text(docs: list[str | None]) -> None:
         "customer_info": {
             "em": {"first_of": ["doc.user.email", "doc.items.0.id", {"value": "fallback@example.com"}]},
             "fbp": {"first_of": ["doc.cookie._fbp", "doc.raw.deep"]},
+            "external_id": {"all_of": ["doc.user.id", "doc.items.0.id", "doc.user.email", {"value": " "}]},
         },
     }  # fmt: skip
     both_paths(forms, batch)
@@ -408,9 +409,12 @@ def test_a_json_path_is_written_by_the_core() -> None:
         **mapping,
         "server_event": {**mapping["server_event"],
                          "action_source": {"lookup": "doc.user.id", "values": {"7": "email"}, "default": "app"}},
-        "customer_info": {"em": {"first_of": ["doc.user.missing", {"value": " "}, "doc.user.email"]}},
+        "customer_info": {"em": {"first_of": ["doc.user.missing", {"value": " "}, "doc.user.email"]},
+                          "external_id": {"all_of": ["doc.user.id", "doc.items.0.id"]}},
     }  # fmt: skip
-    assert both_paths(forms, batch)[0] == 1, "first_of and lookup are the core's too"
+    written, outcomes = both_paths(forms, batch)
+    assert written == 1, "first_of, lookup and all_of are the core's too"
+    assert len(outcomes[0].event["user_data"]["external_id"]) == 2
 
 
 def _plan(mapping: dict[str, Any], batch: pa.RecordBatch) -> native.NativePlan:

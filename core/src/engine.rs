@@ -135,6 +135,7 @@ impl<'p> Batch<'p> {
                 _ => Val::Null, // unreachable: `build` hands back a batch with an unreadable path
             },
             Source::Constant { constant } => constant_val(constant),
+            Source::AllOf { .. } => Val::Unreadable, // a list: read by customer information only
             Source::FirstOf { first_of } => first_of
                 .iter()
                 .map(|source| self.get(source, row))
@@ -294,6 +295,41 @@ impl<'p> Batch<'p> {
         let mut country: Option<String> = None;
         let fields = spec.country.iter().chain(spec.user.iter());
         for (index, field) in fields.enumerate() {
+            if let Source::AllOf { all_of } = &field.source {
+                // every present value, each normalized and hashed: a JSON array of them
+                let mut sent = Vec::new();
+                for source in all_of {
+                    let value = self.get(source, row);
+                    if present(&value) {
+                        if let Some((_, one)) =
+                            user_value(self.plan, field, &value, country.as_deref())?
+                        {
+                            sent.push(one);
+                        }
+                    }
+                }
+                if sent.is_empty() {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json::write_str(out, &field.key);
+                out.extend_from_slice(b":[");
+                for (position, one) in sent.iter().enumerate() {
+                    if position > 0 {
+                        out.push(b',');
+                    }
+                    match one {
+                        Sent::Text(text) => json::write_str(out, text),
+                        Sent::Digest(digest) => json::write_hex_str(out, digest),
+                    }
+                }
+                out.push(b']');
+                shape |= 1 << index;
+                continue;
+            }
             let value = self.get(&field.source, row);
             let Some((plain, sent)) = user_value(self.plan, field, &value, country.as_deref())?
             else {

@@ -19,6 +19,10 @@ pub enum Source {
     Column {
         column: usize,
     },
+    /// Every source holding a value, as a list (customer information sends them all).
+    AllOf {
+        all_of: Vec<Source>,
+    },
     /// The first source holding a value (`sources._present`: not NULL, not blank text).
     FirstOf {
         first_of: Vec<Source>,
