@@ -146,6 +146,46 @@ def cli(*args: str) -> int:
     return 0
 
 
+@pytest.fixture
+def core_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many events the native core wrote, batch by batch (its `build`, wrapped): proves a
+    run went through the core, where equal events alone would not."""
+    from capi_sync import native
+
+    written: list[int] = []
+    if native.available():
+        build = native._core.build
+
+        def counting_build(plan: Any, batch: Any, now: float) -> Any:
+            built = build(plan, batch, now)
+            written.append(len(built.events))
+            return built
+
+        monkeypatch.setattr(native._core, "build", counting_build)
+    return written
+
+
+def dry_run_both_engines(
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pipeline: str = "purchases",
+) -> dict[str, tuple[bytes, str]]:
+    """`run PIPELINE --dry-run --output` on the native core, then on pure Python, each with its own
+    state: per engine, (the events written, what the run printed)."""
+    from capi_sync import native
+
+    found = {}
+    for engine in ("native", "python"):
+        monkeypatch.setenv(native.ENGINE_VARIABLE, engine)
+        monkeypatch.setenv("CAPI_SYNC_STATE", f"sqlite:///{folder / f'state-{engine}.db'}")
+        output = folder / f"{engine}.jsonl"
+        assert cli("run", pipeline, "--dry-run", "--output", str(output)) == 0
+        found[engine] = (output.read_bytes(), capsys.readouterr().out)
+    monkeypatch.delenv(native.ENGINE_VARIABLE)
+    return found
+
+
 def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:
     """`capi-sync run purchases` as a real process (the installed console script)."""
     return subprocess.Popen(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from capi_sync import native
-from tests.conftest import TOKEN, cli, make_orders, recent, write_pipelines
+from tests.conftest import TOKEN, cli, dry_run_both_engines, make_orders, recent, write_pipelines
 from tests.fake_graph import FakeGraph
 
 
@@ -152,16 +152,12 @@ def test_chunks_arrow_would_change_are_mapped_by_the_reference(
             f"shop: {{type: sqlalchemy, url: 'sqlite:///{database}'}}",
         )
     )
-    outputs = {}
-    for engine in ("native", "python"):
-        monkeypatch.setenv(native.ENGINE_VARIABLE, engine)
-        outputs[engine] = tmp_path / f"{engine}.jsonl"
-        assert cli("run", "purchases", "--dry-run", "--output", str(outputs[engine])) == 0
-        out = capsys.readouterr().out
-        kept = "does not read chunks where column 'email' holds values of several types (bytes, str)"
+    runs = dry_run_both_engines(tmp_path, monkeypatch, capsys)
+    kept = "does not read chunks where column 'email' holds values of several types (bytes, str)"
+    for engine, (_, out) in runs.items():
         assert (kept in " ".join(out.split())) == (engine == "native" and native.available()), out
-    events = outputs["native"].read_bytes()
-    assert events == outputs["python"].read_bytes()
+    events = runs["native"][0]
+    assert events == runs["python"][0]
     assert events.count(b"\n") == 2000
     assert sha256(b"u1500@example.com").hexdigest().encode() in events
 

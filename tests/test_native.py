@@ -625,12 +625,14 @@ WITHOUT_EDITABLE = (
 )
 
 
-def test_a_duckdb_struct_column_reaches_the_core(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_duckdb_struct_column_reaches_the_core(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], core_writes: list[int]
+) -> None:
     """An event table read from nested JSON: DuckDB holds it as STRUCTs, and the run maps paths
     into them in the core, with the reference's events."""
     import duckdb
 
-    from tests.conftest import PIPELINES, TOKEN, cli, make_orders, write_pipelines
+    from tests.conftest import PIPELINES, TOKEN, dry_run_both_engines, make_orders, write_pipelines
 
     make_orders(tmp_path / "shop.duckdb", 300)
     with duckdb.connect(str(tmp_path / "shop.duckdb")) as con:
@@ -649,23 +651,9 @@ def test_a_duckdb_struct_column_reaches_the_core(tmp_path: Any, monkeypatch: pyt
     write_pipelines(tmp_path, text=text[: text.index("    mapping:")] + mapping.lstrip("\n"))
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
     monkeypatch.chdir(tmp_path)
-    written: list[int] = []
-    build = native._core.build
-
-    def counting_build(plan: Any, batch: Any, now: float) -> Any:
-        built = build(plan, batch, now)
-        written.append(len(built.events))
-        return built
-
-    monkeypatch.setattr(native._core, "build", counting_build)
-    outputs = {}
-    for engine in ("native", "python"):
-        monkeypatch.setenv(native.ENGINE_VARIABLE, engine)
-        monkeypatch.setenv("CAPI_SYNC_STATE", f"sqlite:///{tmp_path / f'state-{engine}.db'}")
-        outputs[engine] = tmp_path / f"{engine}.jsonl"
-        assert cli("run", "purchases", "--dry-run", "--output", str(outputs[engine])) == 0
-    assert sum(written) == 300, "the core wrote every event"
-    events = outputs["native"].read_bytes()
-    assert events == outputs["python"].read_bytes()
+    runs = dry_run_both_engines(tmp_path, monkeypatch, capsys)
+    assert sum(core_writes) == 300, "the core wrote every event"
+    events = runs["native"][0]
+    assert events == runs["python"][0]
     assert events.count(b"\n") == 300
     assert b'"event_source_url":"https://shop.example.com/o/1"' in events

@@ -26,7 +26,7 @@ from fakesnow import server as snowflake_server
 
 from capi_sync import native
 from capi_sync.state import StateStore
-from tests.conftest import TOKEN, cli
+from tests.conftest import TOKEN, cli, dry_run_both_engines
 from tests.fake_bigquery import FakeBigQuery
 from tests.fake_graph import FakeGraph
 
@@ -269,34 +269,18 @@ def test_check_and_render(
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.usefixtures("project")
 def test_the_native_core_maps_every_warehouse_as_the_reference_does(
-    project: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], core_writes: list[int],
 ) -> None:  # fmt: skip
     """Rows of every warehouse reach the core as Arrow (DuckDB's own, the others' chunks converted
     exactly), and its events are the reference's, byte for byte."""
     if not native.available():
         pytest.skip("the native core is not built")
     warehouse.insert(rows(1, 700))
-    written = []
-    build = native._core.build
-
-    def counting_build(plan: Any, batch: Any, now: float) -> Any:
-        built = build(plan, batch, now)
-        written.append(len(built.events))
-        return built
-
-    monkeypatch.setattr(native._core, "build", counting_build)
-    events = {}
-    for engine in ("native", "python"):
-        monkeypatch.setenv(native.ENGINE_VARIABLE, engine)
-        monkeypatch.setenv("CAPI_SYNC_STATE", f"sqlite:///{tmp_path / f'state-{engine}.db'}")
-        output = tmp_path / f"{engine}.jsonl"
-        assert cli("run", "purchases", "--dry-run", "--output", str(output)) == 0
-        out = capsys.readouterr().out
-        if engine == "native":
-            assert "mapped in Python" not in out, out
-        events[engine] = output.read_bytes()
-    assert events["native"].count(b"\n") == 700
-    assert sum(written) == 700, "the core wrote every event"
-    assert events["native"] == events["python"]
+    runs = dry_run_both_engines(tmp_path, monkeypatch, capsys)
+    assert "mapped in Python" not in runs["native"][1], runs["native"][1]
+    assert runs["native"][0].count(b"\n") == 700
+    assert sum(core_writes) == 700, "the core wrote every event"
+    assert runs["native"][0] == runs["python"][0]
