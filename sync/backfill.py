@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 from capi_sync.connectors import Window, open_source
 from capi_sync.errors import BackfillRefused, ConfigError
 from capi_sync.mappings.spec import column_of
+from capi_sync.preparing import prepare, setup_stage
 from capi_sync.report import RunReport
-from capi_sync.runner import RunOptions, RunSession, prepare, session, setup_stage
+from capi_sync.runner import RunOptions, RunSession, session
 from capi_sync.windows import CursorClock, meta_max_age
 
 if TYPE_CHECKING:

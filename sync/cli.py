@@ -38,8 +38,9 @@ from capi_sync.errors import (
     SetupError,
     StateSetupError,
 )
+from capi_sync.preparing import prepare, setup_problems, setup_stage
 from capi_sync.report import MatchQuality
-from capi_sync.runner import RunOptions, plan_incremental, prepare, run_pipeline, setup_problems, setup_stage
+from capi_sync.runner import RunOptions, plan_incremental, run_pipeline
 from capi_sync.secrets import ScrubbingFilter, scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value

@@ -16,7 +16,7 @@ from capi_sync.building import mapper_for
 from capi_sync.config import load_config
 from capi_sync.connectors import open_source
 from capi_sync.mappings.events import COMMANDERS_ACT_EVENTS, FRESHPAINT_ALIASES, build_renames, rename
-from capi_sync.runner import prepare
+from capi_sync.preparing import prepare
 from tests.conftest import TOKEN, cli
 from tests.fake_graph import FakeGraph
 

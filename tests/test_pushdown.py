@@ -22,7 +22,7 @@ from capi_sync.config import load_config as load_project
 from capi_sync.connectors import open_source
 from capi_sync.errors import ConfigError
 from capi_sync.mappings import pushdown
-from capi_sync.runner import prepare
+from capi_sync.preparing import prepare
 from tests.conftest import TOKEN, cli
 from tests.fake_graph import FakeGraph
 from tests.test_warehouses import PIPELINES as WAREHOUSE_PIPELINES

@@ -29,7 +29,7 @@ from capi_sync.mappings import pushdown
 from capi_sync.mappings.mapper import EventMapper, MapperOptions, compile_mapping
 from capi_sync.mappings.spec import MappingSpec
 from capi_sync.mappings.validate import Problem
-from capi_sync.runner import prepare
+from capi_sync.preparing import prepare
 from tests.fake_bigquery import FakeBigQuery
 from tests.test_warehouses import fake_snowflake
 
