@@ -73,43 +73,38 @@ def test_fatal_meta_error_fails_the_run_with_exit_1(
     assert TOKEN not in captured.out + captured.err
 
 
-def test_sqlalchemy_source_streams_and_binds_the_cursor(
-    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Any SQLAlchemy URL; SQLite here (PostgreSQL has its own tests with a real server)."""
-    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
-    database = tmp_path / "shop.sqlite"
+def _sqlite_shop(folder: Path, graph_url: str, rows: list[tuple[object, ...]]) -> Path:
+    """The suite's orders in a SQLite file (email untyped, so a BLOB stays bytes), and the
+    pipelines file pointed at it through SQLAlchemy."""
+    database = folder / "shop.sqlite"
     with sqlite3.connect(database) as con:
         con.execute(
-            "create table orders (order_id integer primary key, email text, phone text, country text,"
+            "create table orders (order_id integer primary key, email, phone text, country text,"
             " ip text, user_agent text, page_url text, amount real, currency text, tier text,"
             " created_at text, updated_at text)"
         )
-        rows = [
-            (
-                i,
-                f"u{i}@example.com",
-                None,
-                "US",
-                None,
-                "UA",
-                "https://x.example",
-                5.0,
-                "EUR",
-                "t",
-                recent(1300 - i).isoformat(sep=" "),
-                recent(1300 - i).isoformat(sep=" "),
-            )
-            for i in range(1, 1201)
-        ]
         con.executemany("insert into orders values (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-    path = write_pipelines(tmp_path, graph.url)
+    path = write_pipelines(folder, graph_url)
     path.write_text(
         path.read_text().replace(
             "shop: {type: duckdb, path: shop.duckdb}",
             f"shop: {{type: sqlalchemy, url: 'sqlite:///{database}'}}",
         )
     )
+    return database
+
+
+def test_sqlalchemy_source_streams_and_binds_the_cursor(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any SQLAlchemy URL; SQLite here (PostgreSQL has its own tests with a real server)."""
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    rows = [
+        (i, f"u{i}@example.com", None, "US", None, "UA", "https://x.example", 5.0, "EUR", "t",
+         recent(1300 - i).isoformat(sep=" "), recent(1300 - i).isoformat(sep=" "))
+        for i in range(1, 1201)
+    ]  # fmt: skip
+    database = _sqlite_shop(tmp_path, graph.url, rows)
     assert cli("run", "purchases") == 0
     assert cli("run", "purchases") == 0
     assert sorted(len(r.body["data"]) for r in graph.requests) == [200, 1000]
@@ -130,28 +125,13 @@ def test_chunks_arrow_would_change_are_mapped_by_the_reference(
     """SQLite rows reach the native core as Arrow chunk by chunk; a chunk holding a BLOB email
     (Arrow would not hand back `bytes`) is mapped by the reference, and the run says so."""
     monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
-    database = tmp_path / "shop.sqlite"
-    with sqlite3.connect(database) as con:
-        con.execute(
-            "create table orders (order_id integer primary key, email, phone text, country text,"
-            " ip text, user_agent text, page_url text, amount real, currency text, tier text,"
-            " created_at text, updated_at text)"
-        )
-        stamp = recent(60).isoformat(sep=" ")
-        con.executemany(
-            "insert into orders values (?,?,null,'US',null,'UA','https://x.example',5.5,'EUR','t',?,?)",
-            [
-                (i, f"u{i}@example.com".encode() if i == 1500 else f"u{i}@example.com", stamp, stamp)
-                for i in range(1, 2001)
-            ],
-        )
-    path = write_pipelines(tmp_path, graph.url)
-    path.write_text(
-        path.read_text().replace(
-            "shop: {type: duckdb, path: shop.duckdb}",
-            f"shop: {{type: sqlalchemy, url: 'sqlite:///{database}'}}",
-        )
-    )
+    stamp = recent(60).isoformat(sep=" ")
+    rows = [
+        (i, f"u{i}@example.com".encode() if i == 1500 else f"u{i}@example.com", None, "US", None, "UA",
+         "https://x.example", 5.5, "EUR", "t", stamp, stamp)
+        for i in range(1, 2001)
+    ]  # fmt: skip
+    _sqlite_shop(tmp_path, graph.url, rows)
     runs = dry_run_both_engines(tmp_path, monkeypatch, capsys)
     kept = "does not read chunks where column 'email' holds values of several types (bytes, str)"
     for engine, (_, out) in runs.items():
