@@ -559,6 +559,7 @@ def test_the_cores_unicode_tables_are_this_pythons() -> None:
 
 @settings(max_examples=300, deadline=None)
 @example(value=6.103515625e-05)
+@example(value=8796093022208.0625)  # a tie between two shortest forms: Python keeps the even digit
 @example(value=1e-5)
 @example(value=9.999999999999998e15)
 @given(value=st.floats(allow_nan=False, allow_infinity=False))

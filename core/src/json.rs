@@ -59,17 +59,9 @@ pub fn float_text(value: f64) -> String {
             "0.0".into()
         };
     }
-    // `{:e}` gives the shortest round-trip digits: "-1.2345e17".
-    let scientific = format!("{value:e}");
-    let (mantissa, exponent) = scientific
-        .split_once('e')
-        .expect("{:e} always has an exponent");
-    let exponent: i32 = exponent.parse().expect("an integer exponent");
-    let (sign, mantissa) = match mantissa.strip_prefix('-') {
-        Some(rest) => ("-", rest),
-        None => ("", mantissa),
-    };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    // ryu gives the shortest digits that read back as `value` and, between two as close, the
+    // even one, as Python's repr and orjson do (std's `{:e}` rounds 2^43 + 1/16 up, not to even).
+    let (sign, digits, exponent) = shortest_digits(value);
     if (-5..16).contains(&exponent) {
         let point = exponent + 1; // digits before the decimal point
         let text = if point <= 0 {
@@ -89,6 +81,32 @@ pub fn float_text(value: f64) -> String {
     };
     let exp_sign = if exponent < 0 { '-' } else { '+' };
     format!("{sign}{shown}e{exp_sign}{}", exponent.abs())
+}
+
+/// The sign, the significant digits and the power of ten of the first digit, as ryu prints them
+/// ("1.5e-7", "0.0001", "123.0" all come apart the same way).
+fn shortest_digits(value: f64) -> (&'static str, String, i32) {
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(value);
+    let (sign, text) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text),
+    };
+    let (mantissa, power) = match text.split_once('e') {
+        Some((mantissa, power)) => (
+            mantissa,
+            power
+                .parse::<i32>()
+                .expect("ryu writes an integer exponent"),
+        ),
+        None => (text, 0),
+    };
+    let point = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
+    let all: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let leading = all.len() - all.trim_start_matches('0').len();
+    let digits = all.trim_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    (sign, digits.to_string(), point - 1 - leading as i32 + power)
 }
 
 /// A SHA-256 digest as a JSON string of lowercase hex (nothing in it needs escaping).
@@ -124,6 +142,11 @@ mod tests {
             (6.103515625e-05, "0.00006103515625"),
             (1e-5, "0.00001"),
             (1.5e-6, "1.5e-6"),
+            (8796093022208.0625, "8796093022208.062"),
+            (-8796093022208.0625, "-8796093022208.062"),
+            (1.0, "1.0"),
+            (123.456, "123.456"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
         ];
         for (value, text) in cases {
             assert_eq!(float_text(value), text, "{value:?}");
