@@ -10,13 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import partial
 from hashlib import sha256
 from operator import itemgetter
 from typing import Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
-
-import pycountry
 
 from capi_sync.errors import ConfigError, InvalidValue
 from capi_sync.mappings import normalize, urls, values
@@ -31,6 +29,7 @@ from capi_sync.mappings.fields import (
     HASHED_USER_FIELDS,
 )
 from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
+from capi_sync.mappings.reference import reference
 from capi_sync.mappings.sources import DerivedFactory, SourceCompiler, resolve_column
 from capi_sync.mappings.spec import GROUPS, Derived, FieldSource, MappingSpec
 from capi_sync.mappings.validate import Problem, validate_event
@@ -630,9 +629,8 @@ def _currency(value: Any) -> str:
     return _currency_code(str(value).strip().upper())
 
 
-@lru_cache(maxsize=1024)  # a handful of codes, once per row: pycountry's lookup is the slow part
 def _currency_code(code: str) -> str:
-    if len(code) != 3 or pycountry.currencies.get(alpha_3=code) is None:
+    if code not in reference().currencies:
         raise InvalidValue("unknown_currency")
     return code
 

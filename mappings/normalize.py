@@ -14,14 +14,12 @@ import time
 import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Final
 
-import orjson
 import phonenumbers
-import pycountry
 
 from capi_sync.errors import InvalidValue
+from capi_sync.mappings.reference import reference
 
 Normalizer = Callable[[Any, "str | None"], str]
 
@@ -88,7 +86,7 @@ _NOT_LETTER_MARKS: Final = frozenset(
 _ASCII_NON_LETTERS: Final = {code: None for code in range(128) if not chr(code).isalpha()}
 
 
-def _letters(text: str) -> str:
+def letters(text: str) -> str:
     """Lowercase letters of any script, with the marks that belong to them (accents, the vowel
     signs of Indic scripts); no spaces, digits, punctuation, symbols, emoji or selectors."""
     lowered = text.lower()
@@ -232,67 +230,19 @@ def _without_nanp_punctuation(text: str) -> str:
 
 
 _NanpRule = tuple["re.Pattern[str] | None", "re.Pattern[str]", "re.Pattern[str]"]
-_nanp_rules_cache: list[tuple[_NanpRule, ...]] = []
 
 
+@lru_cache(maxsize=1)
 def _nanp_rules() -> tuple[_NanpRule, ...]:
-    if not _nanp_rules_cache:
-        _nanp_rules_cache.append(_compile_nanp_rules())
-    return _nanp_rules_cache[0]
-
-
-def _compile_nanp_rules() -> tuple[_NanpRule, ...]:
-    """Per region of country code 1, in the library's order: (leading digits, general, any type).
-
-    `phonenumbers.is_valid_number` picks the first region whose leading digits match (or, without
-    leading digits, whose patterns match) and then asks whether the number has a type there: the
-    general pattern and one of the type patterns, for its length. These are the same regexes,
-    joined once, for ten-digit numbers.
-    """
-    rules = []
-    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
-        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
-        if metadata is None:
-            continue
-        general = _desc_pattern(metadata.general_desc)
-        types = [  # fixed-line and mobile patterns are often the same: join each once
-            pattern
-            for desc in (getattr(metadata, name) for name in _NUMBER_TYPE_DESCS)
-            if (pattern := _desc_pattern(desc)) is not None
-        ]
-        types = list(dict.fromkeys(types))
-        leading = re.compile(metadata.leading_digits) if metadata.leading_digits is not None else None
-        rules.append(
-            (
-                leading,
-                re.compile(general or "(?!)"),
-                re.compile("|".join(f"(?:{pattern})" for pattern in types) or "(?!)"),
-            )
+    """The reference's NANP regions as compiled regexes: (leading digits, general, any type)."""
+    return tuple(
+        (
+            re.compile(region.leading) if region.leading is not None else None,
+            re.compile(region.general or "(?!)"),
+            re.compile("|".join(f"(?:{pattern})" for pattern in region.types) or "(?!)"),
         )
-    return tuple(rules)
-
-
-_NUMBER_TYPE_DESCS: Final = (
-    "premium_rate",
-    "toll_free",
-    "shared_cost",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
-    "fixed_line",
-    "mobile",
-)
-
-
-def _desc_pattern(desc: Any) -> str | None:
-    """A description's pattern if it admits ten-digit numbers (no lengths listed admits any)."""
-    if desc is None or not desc.national_number_pattern:
-        return None
-    if desc.possible_length and 10 not in desc.possible_length:
-        return None
-    return str(desc.national_number_pattern)
+        for region in reference().nanp
+    )
 
 
 def _nanp_is_valid(significant: str) -> bool:
@@ -319,19 +269,16 @@ def _valid_international(digits: str) -> phonenumbers.PhoneNumber | None:
 
 def name(value: Any, country: str | None) -> str:
     """First or last name: lowercase letters only, UTF-8 letters kept (`Valéry` -> `valéry`)."""
-    text = _letters(_text(value))
+    text = letters(_text(value))
     if not text:
         raise InvalidValue("invalid_name")
     return text
 
 
-_GENDERS: Final = {"m": "m", "male": "m", "man": "m", "f": "f", "female": "f", "woman": "f"}
-
-
 def gender(value: Any, country: str | None) -> str:
     """`m` or `f`; anything else is dropped rather than guessed."""
     try:
-        return _GENDERS[_text(value).lower()]
+        return reference().genders[_text(value).lower()]
     except KeyError:
         raise InvalidValue("invalid_gender") from None
 
@@ -481,7 +428,7 @@ def _calendar_date(year: int, month: int, day: int) -> dt.date:
 
 def city(value: Any, country: str | None) -> str:
     """Lowercase letters only: `New York` -> `newyork`."""
-    text = _letters(_text(value))
+    text = letters(_text(value))
     if not text:
         raise InvalidValue("invalid_city")
     return text
@@ -491,65 +438,13 @@ def _subdivision_codes(country: str | None) -> dict[str, str]:
     """Subdivision names, abbreviations and codes of one country (accents folded), mapped to the
     short code Meta expects. Without a country: US states, then Canadian provinces, as Meta's
     own parameter builder reads them (their names and codes do not overlap)."""
-    return _subdivision_table().get(country.lower() if country else "", {})
-
-
-# How people write US states and Canadian provinces beyond their names and codes: the AP and
-# Government Printing Office abbreviations (`Calif.`, `Fla.`, `Tex.`), French names of the
-# provinces, and the capital's usual names. Keys are letters only, accents folded.
-_SUBDIVISION_ALIASES: Final = {
-    "us": {
-        "ala": "al", "ariz": "az", "ark": "ar", "cal": "ca", "calif": "ca", "colo": "co", "conn": "ct",
-        "del": "de", "fla": "fl", "ill": "il", "ind": "in", "kan": "ks", "kans": "ks", "mass": "ma",
-        "mich": "mi", "minn": "mn", "miss": "ms", "mont": "mt", "neb": "ne", "nebr": "ne", "nev": "nv",
-        "okla": "ok", "ore": "or", "oreg": "or", "penn": "pa", "penna": "pa", "tenn": "tn", "tex": "tx",
-        "wash": "wa", "wva": "wv", "wis": "wi", "wisc": "wi", "wyo": "wy", "washingtondc": "dc",
-        "districtofcolumbia": "dc", "virginislands": "vi", "usvirginislands": "vi",
-    },
-    "ca": {
-        "alta": "ab", "man": "mb", "nfld": "nl", "newfoundland": "nl", "labrador": "nl", "ont": "on",
-        "que": "qc", "pq": "qc", "sask": "sk", "pei": "pe", "nwt": "nt", "yukonterritory": "yt",
-        "colombiebritannique": "bc", "nouveaubrunswick": "nb", "nouvelleecosse": "ns",
-        "ileduprinceedouard": "pe", "terreneuveetlabrador": "nl", "terreneuve": "nl",
-        "territoiresdunordouest": "nt",
-    },
-}  # fmt: skip
-
-
-@lru_cache(maxsize=1)
-def _subdivision_table() -> dict[str, dict[str, str]]:
-    """Per country: the folded letters of each subdivision's name, its two-letter code, and the
-    aliases above, to that code; under "" the US table, then Canada's where it adds a key.
-
-    Read from pycountry's data file in its order, not through `pycountry.subdivisions.get`: that
-    returns a set, so where two subdivisions share a name (`Papua`, `Veszprém`, `Toshkent`) the
-    code sent, and its hash, changed from one process to the next. Here a region beats a
-    subdivision inside it (`La Rioja` -> `ri`, not the province `lo`), the later of two peers in
-    the file wins, and a code always stands for itself. It also keeps 5 MB of pycountry's
-    objects out of every run.
-    """
-    with Path(pycountry.subdivisions.filename).open("rb") as file:
-        entries = orjson.loads(file.read())["3166-2"]
-    names: dict[str, dict[str, str]] = {}
-    shorts: dict[str, set[str]] = {}
-    # Stable sort: nested subdivisions first, so the regions that contain them overwrite them.
-    for entry in sorted(entries, key=lambda entry: "parent" not in entry):
-        country, _, short = entry["code"].lower().partition("-")
-        if len(short) == 2 and short.isalpha():
-            names.setdefault(country, {})[fold_accents(_letters(entry["name"]))] = short
-            shorts.setdefault(country, set()).add(short)
-    table = {
-        country: codes | _SUBDIVISION_ALIASES.get(country, {}) | {short: short for short in shorts[country]}
-        for country, codes in names.items()
-    }
-    table[""] = table["ca"] | table["us"]
-    return table
+    return reference().subdivisions.get(country.lower() if country else "", {})
 
 
 def state(value: Any, country: str | None) -> str:
     """Two-letter code where the country has one (`California`, `Calif.`, `Califórnia` -> `ca`;
     `Québec` -> `qc`), else lowercase letters; without a country, US and Canadian names count."""
-    text = _letters(_text(value))
+    text = letters(_text(value))
     if not text:
         raise InvalidValue("invalid_state")
     return _subdivision_codes(country).get(fold_accents(text), text)
@@ -575,30 +470,6 @@ def zip_code(value: Any, country: str | None) -> str:
     return text
 
 
-# Names people give countries that ISO 3166 and pycountry do not list (keys folded: see `_country_key`).
-_COUNTRY_ALIASES: Final = {
-    "uk": "gb", "greatbritain": "gb", "britain": "gb", "england": "gb", "scotland": "gb", "wales": "gb",
-    "northernireland": "gb", "america": "us", "unitedstatesofamerica": "us", "russia": "ru",
-    "turkey": "tr", "turkiye": "tr", "vatican": "va", "vaticancity": "va", "holysee": "va",
-    "ivorycoast": "ci", "southkorea": "kr", "republicofkorea": "kr", "northkorea": "kp",
-    "dprk": "kp", "laos": "la", "syria": "sy", "macedonia": "mk", "northmacedonia": "mk",
-    "micronesia": "fm", "palestine": "ps", "brunei": "bn", "capeverde": "cv", "burma": "mm",
-    "swaziland": "sz", "easttimor": "tl", "holland": "nl", "uae": "ae", "emirates": "ae",
-    "czechrepublic": "cz", "drc": "cd", "drcongo": "cd", "democraticrepublicofthecongo": "cd",
-    "congokinshasa": "cd", "republicofthecongo": "cg", "congobrazzaville": "cg", "macau": "mo",
-    "falklandislands": "fk", "usvirginislands": "vi", "britishvirginislands": "vg",
-    "saintkitts": "kn", "stkittsandnevis": "kn", "stlucia": "lc", "stvincentandthegrenadines": "vc",
-    "bosnia": "ba", "moldova": "md", "tanzania": "tz", "venezuela": "ve", "bolivia": "bo",
-    "iran": "ir", "vietnam": "vn", "taiwan": "tw", "hongkong": "hk", "kyrgyzstan": "kg",
-    "saotomeandprincipe": "st", "sainthelena": "sh", "mainlandchina": "cn", "prc": "cn",
-    # Names in the country's own language, in Latin script.
-    "deutschland": "de", "espana": "es", "brasil": "br", "italia": "it", "nederland": "nl",
-    "osterreich": "at", "schweiz": "ch", "suisse": "ch", "svizzera": "ch", "polska": "pl",
-    "sverige": "se", "norge": "no", "danmark": "dk", "suomi": "fi", "belgique": "be", "belgie": "be",
-    "magyarorszag": "hu", "eire": "ie", "ceskarepublika": "cz", "cesko": "cz", "turkiyecumhuriyeti": "tr",
-}  # fmt: skip
-
-
 def country_code(value: Any, country: str | None = None) -> str:
     """ISO 3166-1 alpha-2, lowercase, from a code (`US`, `USA`, `840`) or a name as people write it
     (`United-States`, `(US)`, `Türkiye`, `Ivory Coast`, `Great Britain`); never guessed."""
@@ -608,31 +479,14 @@ def country_code(value: Any, country: str | None = None) -> str:
 @lru_cache(maxsize=1024)
 def _country_code_of(text: str) -> str:  # cached on the text: a row's value may be a dict or a list
     try:
-        return _country_table()[_country_key(text)]
+        return reference().countries[country_key(text)]
     except KeyError:
         raise InvalidValue("unknown_country") from None
 
 
-def _country_key(text: str) -> str:
+def country_key(text: str) -> str:
     """Lowercase letters and digits, accents folded: `Côte d'Ivoire` -> `cotedivoire`."""
     return "".join(ch for ch in fold_accents(text.lower()) if ch.isalnum())
-
-
-@lru_cache(maxsize=1)
-def _country_table() -> dict[str, str]:
-    """Every key `_country_key` gives for a country's codes, names, official and common names (and
-    with a leading `the`), and for the aliases above, to its alpha-2 code."""
-    table: dict[str, str] = {}
-    for entry in pycountry.countries:
-        code = entry.alpha_2.lower()
-        for field, text in entry._fields.items():
-            if field == "flag" or not text:
-                continue
-            key = _country_key(str(text))
-            table.setdefault(key, code)
-            if field.endswith("name"):
-                table.setdefault("the" + key, code)
-    return table | _COUNTRY_ALIASES
 
 
 def external_id(value: Any, country: str | None) -> str:

@@ -30,14 +30,11 @@ from functools import cache
 from hashlib import sha256
 from typing import TYPE_CHECKING, Final
 
-import pycountry
-from phonenumbers import PhoneMetadata
-from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
-
 from capi_sync.errors import InvalidValue, PushdownError
 from capi_sync.mappings import normalize
 from capi_sync.mappings.dialects import DIALECT, Dialect
 from capi_sync.mappings.fields import HASHED_USER_FIELDS
+from capi_sync.mappings.reference import NanpRegion, reference
 from capi_sync.mappings.spec import Column as ColumnSource
 from capi_sync.mappings.spec import FieldSource, MappingSpec
 
@@ -213,7 +210,7 @@ def country_table() -> tuple[tuple[str, str], ...]:
     """Every lookup key `normalize.country_code` knows that domain text can give, with its code."""
     kept = set(_char_class_members(_key_class()))
     return tuple(
-        (key, code) for key, code in sorted(normalize._country_table().items()) if key and set(key) <= kept
+        (key, code) for key, code in sorted(reference().countries.items()) if key and set(key) <= kept
     )
 
 
@@ -229,17 +226,14 @@ def state_table() -> tuple[tuple[str, str, str], ...]:
     """(country, folded letters of a subdivision's name or abbreviation, code) wherever
     `normalize.state` maps one to a code; country '' holds the rows read without a country."""
     rows = []
-    for code in ["", *(country.alpha_2.lower() for country in pycountry.countries)]:
-        for name, short in normalize._subdivision_codes(code or None).items():
+    for code, names in reference().subdivisions.items():
+        for name, short in names.items():
             if name != short and in_domain(name):
                 rows.append((code, name, short))
     return tuple(sorted(rows))
 
 
 # --- NANP validity, from libphonenumber's metadata ---------------------------------------------
-
-_DESCS: Final = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
-                 "voicemail", "fixed_line", "mobile")  # fmt: skip
 
 
 def _portable_regex(pattern: str) -> str:
@@ -250,44 +244,23 @@ def _portable_regex(pattern: str) -> str:
     return portable
 
 
-def _desc_pattern(desc: object) -> str | None:
-    """The pattern `_is_number_matching_desc` applies to a 10-digit national number; None: no match."""
-    pattern = getattr(desc, "national_number_pattern", None) if desc is not None else None
-    lengths = getattr(desc, "possible_length", ()) if desc is not None else ()
-    if not pattern or (lengths and 10 not in lengths):
-        return None
-    return _portable_regex(pattern)
-
-
-def _region_metadata(region: str) -> PhoneMetadata:
-    """`phonenumbers`' metadata of a region it lists under a country code (so it has some)."""
-    metadata = PhoneMetadata.metadata_for_region(region)
-    if metadata is None:
-        raise LookupError(f"phonenumbers has no metadata for region {region}")
-    return metadata
-
-
-def _known_type(dialect: Dialect, number: str, region: str) -> str:
+def _known_type(dialect: Dialect, number: str, region: NanpRegion) -> str:
     """SQL for `_number_type_helper(...) != UNKNOWN`: the general pattern and any specific type's."""
-    metadata = _region_metadata(region)
-    general = _desc_pattern(metadata.general_desc)
-    # One alternation instead of a test per type: it fully matches exactly when one of them does.
-    specific = [p for name in _DESCS if (p := _desc_pattern(getattr(metadata, name)))]
-    if general is None or not specific:
+    if region.general is None or not region.types:
         return "false"
-    union = "|".join(f"({pattern})" for pattern in specific)
-    general_sql = dialect.full_match(number, dialect.pattern(general))
+    # One alternation instead of a test per type: it fully matches exactly when one of them does.
+    union = "|".join(f"({_portable_regex(pattern)})" for pattern in region.types)
+    general_sql = dialect.full_match(number, dialect.pattern(_portable_regex(region.general)))
     return f"({general_sql} and {dialect.full_match(number, dialect.pattern(union))})"
 
 
 def nanp_valid(dialect: Dialect, number: str) -> str:
     """SQL for `phonenumbers.is_valid_number(+1 number)`: the region is chosen as the library does."""
     branches = []
-    for region in COUNTRY_CODE_TO_REGION_CODE[1]:
-        metadata = _region_metadata(region)
+    for region in reference().nanp:
         known = _known_type(dialect, number, region)
-        if metadata.leading_digits is not None:
-            lead = dialect.pattern(f"({_portable_regex(metadata.leading_digits)})[0-9]*")
+        if region.leading is not None:
+            lead = dialect.pattern(f"({_portable_regex(region.leading)})[0-9]*")
             branches.append(f"when {dialect.full_match(number, lead)} then {known}")
         else:
             branches.append(f"when {known} then true")
@@ -353,7 +326,7 @@ def _trim(dialect: Dialect, expr: str) -> str:
 
 
 def _country_key(ctx: _Ctx, trimmed: str) -> str:
-    """`normalize._country_key` on domain text: lowercase, accents folded, letters and digits."""
+    """`normalize.country_key` on domain text: lowercase, accents folded, letters and digits."""
     return ctx.dialect.replace_all(ctx.fold(ctx.lower(trimmed)), ctx.lit(_key_class()))
 
 
@@ -384,7 +357,7 @@ def _gender(ctx: _Ctx, t: str) -> str:
     v = ctx.lower(t)
     cases = []
     for code in ("m", "f"):
-        words = ", ".join(ctx.lit(word) for word, value in normalize._GENDERS.items() if value == code)
+        words = ", ".join(ctx.lit(word) for word, value in reference().genders.items() if value == code)
         cases.append(f"when {v} in ({words}) then {ctx.lit(sha256(code.encode()).hexdigest())}")
     return f"case {' '.join(cases)} else {ctx.rule('invalid_gender')} end"
 

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pycountry
 import yaml
 from pydantic import (
     BaseModel,
@@ -27,6 +26,7 @@ from capi_sync.connectors.retry import RetryPolicy
 from capi_sync.envsubst import substitute
 from capi_sync.errors import ConfigError, TemplateProblem
 from capi_sync.mappings.fields import ACTION_SOURCES
+from capi_sync.mappings.reference import reference
 from capi_sync.mappings.spec import MappingSpec
 from capi_sync.schedules import make_trigger
 from capi_sync.windows import CursorClock, parse_duration, parse_start
@@ -224,7 +224,7 @@ class SyncSettings(BaseModel):
     def _region(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if pycountry.countries.get(alpha_2=value.upper()) is None:
+        if value.lower() not in reference().country_codes:
             msg = f"default_phone_region must be an ISO 3166-1 alpha-2 code like 'US', got {value!r}"
             raise ValueError(msg)
         return value.lower()

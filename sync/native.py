@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import pycountry
 
 from capi_sync.errors import NativeUnsupported
 from capi_sync.mappings import normalize, urls, validate
@@ -30,6 +29,7 @@ from capi_sync.mappings.fields import (
     WEAK_USER_FIELD_SETS,
 )
 from capi_sync.mappings.mapper import MappedRow
+from capi_sync.mappings.reference import reference
 from capi_sync.mappings.sources import SourceCompiler
 from capi_sync.mappings.spec import AllOf, Column, Constant, FirstOf, Lookup
 
@@ -188,7 +188,8 @@ def compile_plan(
         custom.append(
             {"key": key, "source": source(value, f"custom_data.{key}"), "type": CUSTOM_DATA_TYPES[key]}
         )
-    spec = {
+    tables = reference()
+    spec: dict[str, Any] = {
         "pipeline": options.pipeline,
         "key_columns": list(mapper.key_indexes),
         "event_name": source(server["event_name"], "server_event.event_name"),
@@ -235,18 +236,18 @@ def compile_plan(
         "action_sources": list(ACTION_SOURCES),
         "strong_keys": sorted(STRONG_USER_FIELDS),
         "weak_key_sets": [sorted(weak) for weak in WEAK_USER_FIELD_SETS],
-        "currencies": sorted(currency.alpha_3 for currency in pycountry.currencies),
+        "currencies": sorted(tables.currencies),
         "content_types": sorted(CONTENT_TYPES),
         "delivery_categories": sorted(DELIVERY_CATEGORIES),
-        "countries": normalize._country_table(),
-        "subdivisions": normalize._subdivision_table(),
+        "countries": tables.countries,
+        "subdivisions": tables.subdivisions,
         "nanp": [
             {
-                "leading": leading.pattern if leading is not None else None,
-                "general": None if general.pattern == "(?!)" else general.pattern,
-                "types": None if types.pattern == "(?!)" else types.pattern,
+                "leading": region.leading,
+                "general": region.general,
+                "types": "|".join(f"(?:{pattern})" for pattern in region.types) or None,
             }
-            for leading, general, types in normalize._nanp_rules()
+            for region in tables.nanp
         ],
         "max_age_seconds": validate.MAX_AGE_SECONDS,
         "max_age_seconds_physical_store": validate.MAX_AGE_SECONDS_PHYSICAL_STORE,

@@ -286,7 +286,7 @@ def test_every_subdivision_name_resolves_to_a_subdivision_of_that_name() -> None
         same_name = {
             other.code.lower().split("-", 1)[1]
             for other in pycountry.subdivisions.get(country_code=country.upper())
-            if normalize._letters(other.name) == normalize._letters(sub.name)
+            if normalize.letters(other.name) == normalize.letters(sub.name)
         }
         assert normalize.state(sub.name, country) in same_name, sub
         assert normalize.state(short, country) == short
