@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import faulthandler
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -195,6 +196,9 @@ def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job ignores SIGINT, and a child inherits that: Ctrl-C tests would
+        # then see a run that never hears it. The run starts with the terminal's default instead.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
