@@ -3,7 +3,6 @@ from __future__ import annotations
 import datetime as dt
 import faulthandler
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -188,17 +187,21 @@ def dry_run_both_engines(
 
 
 def start_run(folder: Path, *args: str) -> subprocess.Popen[str]:
-    """`capi-sync run purchases` as a real process (the installed console script)."""
+    """`capi-sync run purchases` as a real process (the installed console script).
+
+    It starts with SIGINT at its default: a shell's background job ignores SIGINT and a child
+    inherits that, so a suite started with `&` would see runs that never hear Ctrl-C. (A small
+    exec wrapper, because `preexec_fn` is unsafe in a process running the fake servers' threads.)
+    """
+    script = str(Path(sys.executable).parent / "capi-sync")
+    default_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "capi-sync"), "run", "purchases", *args],
+        [sys.executable, "-c", default_sigint, script, "run", "purchases", *args],
         cwd=folder,
         env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # A shell's background job ignores SIGINT, and a child inherits that: Ctrl-C tests would
-        # then see a run that never hears it. The run starts with the terminal's default instead.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

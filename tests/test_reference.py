@@ -35,8 +35,10 @@ def test_the_runtime_phonenumbers_is_the_one_the_tables_came_from() -> None:
 
 def test_the_tables_cover_what_the_rules_need() -> None:
     tables = reference()
-    assert tables.countries["unitedstates"] == "us" and tables.countries["uk"] == "gb"
-    assert tables.subdivisions["us"]["calif"] == "ca" and tables.subdivisions[""]["quebec"] == "qc"
+    assert tables.countries["unitedstates"] == "us"
+    assert tables.countries["uk"] == "gb"
+    assert tables.subdivisions["us"]["calif"] == "ca"
+    assert tables.subdivisions[""]["quebec"] == "qc"
     assert {"USD", "EUR", "JPY"} <= tables.currencies
     assert [region.region for region in tables.nanp][:2] == ["US", "AG"]
     assert tables.genders["female"] == "f"
