@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import closing
 from enum import IntEnum
@@ -24,7 +25,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from capi_sync import __version__, engine
+from capi_sync import __version__, engine, logs, results
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
 from capi_sync.building import make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
@@ -41,7 +42,7 @@ from capi_sync.errors import (
 from capi_sync.preparing import prepare, setup_problems, setup_stage
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, run_pipeline
-from capi_sync.secrets import ScrubbingFilter, scrub
+from capi_sync.secrets import scrub
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
@@ -56,7 +57,24 @@ class _Console(Console):
     a hint is data) and scrubs every secret of the loaded config from whatever it writes."""
 
     def _render_buffer(self, buffer: Any) -> str:
-        return scrub(super()._render_buffer(buffer))
+        text = scrub(super()._render_buffer(buffer))
+        if not logs.json_mode():
+            return text
+        # `--log-format json`: whatever a command prints becomes one JSON object per line
+        level = "warning" if self.stderr else "info"
+        return "".join(
+            orjson.dumps(
+                {
+                    "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "level": "error" if line.startswith("error:") else level,
+                    "event": "message",
+                    "message": line.rstrip(),
+                }
+            ).decode()
+            + "\n"
+            for line in text.splitlines()
+            if line.strip()
+        )
 
 
 out = _Console(highlight=False, markup=False)
@@ -88,21 +106,58 @@ class SetupFailed(RunFailed):
     exit_code = ExitCode.USAGE
 
 
+_GLOBAL_OPTIONS = ("config_file", "state_url", "log_format", "log_level", "verbose", "quiet")
+
+
 def project_options(fn: F) -> F:
-    """`-f FILE` and `--state URL`, declared once for every command that reads pipelines."""
-    fn = click.option(
-        "-f",
-        "--file",
-        "config_file",
-        type=click.Path(dir_okay=False),
-        help="Pipelines file [default: pipelines.yaml, then pipelines.example.yaml].",
-    )(fn)
-    return click.option(
-        "--state",
-        "state_url",
-        envvar="CAPI_SYNC_STATE",
-        help="State store URL [default: sqlite .capi-sync/state.db beside the file].",
-    )(fn)
+    """`-f FILE`, `--state URL` and the logging options, declared once for the group and every
+    command: they work before the subcommand (`capi-sync -f x.yaml run p`) and after it."""
+    options = [
+        click.option(
+            "-f",
+            "--file",
+            "config_file",
+            envvar="CAPI_SYNC_FILE",
+            type=click.Path(dir_okay=False),
+            help="Pipelines file [default: pipelines.yaml, then pipelines.example.yaml].",
+        ),
+        click.option(
+            "--state",
+            "state_url",
+            envvar="CAPI_SYNC_STATE",
+            help="State store URL [default: sqlite .capi-sync/state.db beside the file].",
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(logs.LOG_FORMATS),
+            envvar="CAPI_SYNC_LOG_FORMAT",
+            help="text, or json: every line on stdout and stderr one JSON object [default: text].",
+        ),
+        click.option("--log-level", type=click.Choice(logs.LEVELS), help="[default: info]"),
+        click.option("-v", "--verbose", is_flag=True, default=None, help="Log level debug."),
+        click.option("-q", "--quiet", is_flag=True, default=None, help="Warnings and errors only."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _merged_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The command's own global options, else those given before the subcommand."""
+    root = click.get_current_context().find_root()
+    before = root.obj if isinstance(root.obj, dict) else {}
+    return {
+        name: given.get(name) if given.get(name) is not None else before.get(name) for name in _GLOBAL_OPTIONS
+    }
+
+
+def configure_output(options: dict[str, Any]) -> None:
+    """Logging format and level for the whole process; `-q` also silences reports."""
+    level = options.get("log_level") or (
+        "debug" if options.get("verbose") else "warning" if options.get("quiet") else "info"
+    )
+    logs.configure(options.get("log_format") or "text", level)
+    out.quiet = logs.settings.level > logging.INFO
 
 
 class Context:
@@ -120,8 +175,10 @@ class Context:
 
 def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
-    def wrapper(config_file: str | None, state_url: str | None, **kwargs: Any) -> Any:
-        return fn(Context(config_file, state_url), **kwargs)
+    def wrapper(**kwargs: Any) -> Any:
+        options = _merged_options({name: kwargs.pop(name, None) for name in _GLOBAL_OPTIONS})
+        configure_output(options)
+        return fn(Context(options["config_file"], options["state_url"]), **kwargs)
 
     return wrapper
 
@@ -132,8 +189,12 @@ def with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
     prog_name="capi-sync",
     message="%(prog)s %(version)s (" + engine() + ")",
 )
-def cli() -> None:
+@project_options
+@click.pass_context
+def cli(ctx: click.Context, /, **options: Any) -> None:
     """Sync conversions from your warehouse to Meta's Conversions API."""
+    ctx.obj = options
+    configure_output(options)
 
 
 def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> int | Literal["auto"] | None:
@@ -152,9 +213,41 @@ workers_option = click.option(
 )
 
 
+def _share(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`2%` or `0.02`: a share of rows, as `--fail-on-rejected` takes it."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 <= share <= 1:
+        raise click.BadParameter(f"{value!r} is not a share of rows like 2% or 0.02", ctx, param)
+    return share
+
+
+results_option = click.option(
+    "--results",
+    "results_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the run's results as one JSON document here (schema: capi_sync/run_results.schema.json).",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print the results document on stdout instead of the summary."
+)
+fail_on_rejected_option = click.option(
+    "--fail-on-rejected",
+    metavar="SHARE",
+    callback=_share,
+    help="Exit 1 when more than this share of the rows read was rejected (2% or 0.02).",
+)
+
+
 @cli.command()
-@click.argument("pipeline")
+@click.argument("pipelines", nargs=-1)
 @project_options
+@click.option("--all", "run_all", is_flag=True, help="Run every pipeline in the file, one after another.")
 @click.option(
     "--dry-run", is_flag=True, help="Build the exact requests but send nothing; state is untouched."
 )
@@ -164,31 +257,78 @@ workers_option = click.option(
     help="With --dry-run: write each event as one JSON line to this file.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many rows.")
+@results_option
+@json_option
+@fail_on_rejected_option
 @workers_option
 @with_context
 def run(
     ctx: Context,
-    pipeline: str,
+    pipelines: tuple[str, ...],
     *,
+    run_all: bool,
     dry_run: bool,
     output: Path | None,
     limit: int | None,
+    results_path: Path | None,
+    as_json: bool,
+    fail_on_rejected: float | None,
     workers: int | Literal["auto"] | None,
 ) -> None:
-    """Run PIPELINE incrementally: send the rows past its cursor."""
+    """Run PIPELINES incrementally (or --all): send the rows past each one's cursor."""
+    names = _chosen(ctx.project, pipelines, run_all)
     if output is not None and not dry_run:
         raise click.UsageError("--output goes with --dry-run")
-    with ctx.store() as store, _progress(pipeline) as on_progress:
-        report = run_pipeline(
-            ctx.project,
-            pipeline,
-            store,
-            RunOptions(dry_run=dry_run, output=output, limit=limit, workers=workers),
-            progress=on_progress,
-        )
-    print_report(report, output)
-    if not report.ok:
-        raise RunFailed(report.error or "run failed")
+    if output is not None and len(names) > 1:
+        raise click.UsageError("--output takes one pipeline")
+    reports = []
+    with ctx.store() as store:
+        for name in names:
+            with _progress(name) as on_progress:
+                report = run_pipeline(
+                    ctx.project,
+                    name,
+                    store,
+                    RunOptions(dry_run=dry_run, output=output, limit=limit, workers=workers),
+                    progress=on_progress,
+                )
+            reports.append(report)
+            print_report(report, output, as_json=as_json)
+    _finish(reports, results_path, fail_on_rejected, "run failed")
+
+
+def _chosen(project: ProjectConfig, pipelines: tuple[str, ...], run_all: bool) -> list[str]:
+    """The pipelines a command runs, all checked to exist before the first one starts."""
+    if run_all and pipelines:
+        raise click.UsageError("name pipelines or give --all, not both")
+    if not run_all and not pipelines:
+        raise click.UsageError("name a pipeline, or give --all")
+    names = list(project.pipelines) if run_all else list(dict.fromkeys(pipelines))
+    for name in names:
+        project.pipeline(name)  # an unknown name is a config error (exit 2) before any row is read
+    return names
+
+
+def _finish(
+    reports: list[RunReport], results_path: Path | None, fail_on_rejected: float | None, what: str
+) -> None:
+    """Write `--results`, then fail the command if a run failed or rejected too many rows."""
+    if results_path is not None:
+        documents = [results.document(report) for report in reports]
+        results.write(results_path, documents[0] if len(documents) == 1 else documents)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        raise RunFailed("; ".join(f"{r.pipeline}: {r.error or what}" for r in failed))
+    if fail_on_rejected is not None:
+        over = [r for r in reports if r.rows_read and r.rows_rejected / r.rows_read > fail_on_rejected]
+        if over:
+            message = "; ".join(
+                f"{r.pipeline}: {r.rows_rejected:,} of {r.rows_read:,} rows rejected"
+                f" ({r.rows_rejected / r.rows_read:.1%}), above --fail-on-rejected {fail_on_rejected:.1%}"
+                for r in over
+            )
+            _failed(message, ExitCode.RUN_FAILED)
+            raise RunFailed(message)
 
 
 @cli.command()
@@ -198,6 +338,9 @@ def run(
 @click.option("--end", "end", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Day after the last.")
 @click.option("--clip", is_flag=True, help="Send only the part of the range Meta still accepts.")
 @click.option("--dry-run", is_flag=True, help="Build the requests but send nothing; progress is not saved.")
+@results_option
+@json_option
+@fail_on_rejected_option
 @workers_option
 @with_context
 def backfill(
@@ -208,6 +351,9 @@ def backfill(
     end: dt.datetime,
     clip: bool,
     dry_run: bool,
+    results_path: Path | None,
+    as_json: bool,
+    fail_on_rejected: float | None,
     workers: int | Literal["auto"] | None,
 ) -> None:
     """Send PIPELINE's rows dated in [--start, --end), day by day, leaving its cursor alone.
@@ -217,7 +363,10 @@ def backfill(
     """
 
     def announce(day: Day, number: int, total: int) -> None:
-        out.print(f"{pipeline}: day {number}/{total}: {day.date}")
+        if logs.json_mode():
+            logs.emit("backfill_day", pipeline=pipeline, day=day.date.isoformat(), number=number, days=total)
+        else:
+            out.print(f"{pipeline}: day {number}/{total}: {day.date}")
 
     with ctx.store() as store, _progress(pipeline) as on_progress:
         report = run_backfill(
@@ -231,9 +380,8 @@ def backfill(
             progress=on_progress,
             on_day=announce,
         )
-    print_report(report)
-    if not report.ok:
-        raise RunFailed(report.error or "backfill failed")
+    print_report(report, as_json=as_json)
+    _finish([report], results_path, fail_on_rejected, "backfill failed")
 
 
 @cli.command()
@@ -246,9 +394,6 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
 
     Runs in the foreground and logs one line per run; meant for systemd, a container or tmux.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ScrubbingFilter())
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
 
@@ -439,15 +584,14 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
     """Show recent runs, newest first."""
     with ctx.store() as store:
         history = store.list_runs(pipeline, limit)
-    if as_json:
-        for row in history:
-            click.echo(
-                scrub(orjson.dumps({str(k): v for k, v in row._mapping.items()}, default=str).decode())
-            )
+    if as_json or logs.json_mode():
+        for row in history:  # the documents `--results` wrote, one per line
+            click.echo(scrub(orjson.dumps(results.of_run(row)).decode()))
         return
     table = Table(title="runs")
     for column in (
         "id",
+        "run_id",
         "pipeline",
         "status",
         "started (UTC)",
@@ -466,6 +610,7 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
         detail = " ".join(filter(None, [row.error, row.fbtrace_ids]))
         table.add_row(
             str(row.id),
+            row.run_uid or "",
             row.pipeline,
             row.status,
             f"{row.started_at:%Y-%m-%d %H:%M:%S}",
@@ -518,15 +663,25 @@ def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
     is_flag=True,
     help="Also rows rejected for their data (after you fixed the mapping or the data).",
 )
+@results_option
+@json_option
+@fail_on_rejected_option
 @with_context
-def retry_command(ctx: Context, pipeline: str, retry_all: bool) -> None:
+def retry_command(
+    ctx: Context,
+    pipeline: str,
+    *,
+    retry_all: bool,
+    results_path: Path | None,
+    as_json: bool,
+    fail_on_rejected: float | None,
+) -> None:
     """Re-read PIPELINE's rejected rows by primary key and send them again now."""
     options = RunOptions(retry_only=True, retry_data_rejections=retry_all)
     with ctx.store() as store, _progress(pipeline) as on_progress:
         report = run_pipeline(ctx.project, pipeline, store, options, progress=on_progress)
-    print_report(report)
-    if not report.ok:
-        raise RunFailed(report.error or "retry failed")
+    print_report(report, as_json=as_json)
+    _finish([report], results_path, fail_on_rejected, "retry failed")
 
 
 @cli.group()
@@ -598,15 +753,20 @@ def state_reset(ctx: Context, pipeline: str, yes: bool) -> None:
     out.print(f"{pipeline}: cursor reset")
 
 
+PROGRESS_EVERY_SECONDS = 10.0
+
+
 def _progress(pipeline: str) -> Any:
-    """A live counter on stderr when it is a terminal; silent otherwise (logs, CI)."""
+    """A live counter on stderr when it is a terminal; without one (logs, CI, cron), a progress
+    line every ten seconds: rows read, sent, rejected and the rate."""
+    if not err.is_terminal or logs.json_mode():
+        return _ProgressLines(pipeline)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=not err.is_terminal,
     )
     task = progress.add_task(pipeline)
 
@@ -627,8 +787,47 @@ def _progress(pipeline: str) -> Any:
     return _Live()
 
 
-def print_report(report: RunReport, output: Path | None = None) -> None:
-    """The reason a run failed first, then figures that add up: read = sent + rejected + pending + skipped."""
+class _ProgressLines:
+    def __init__(self, pipeline: str, every: float = PROGRESS_EVERY_SECONDS) -> None:
+        self.pipeline = pipeline
+        self.every = every
+        self.started = self.last = time.monotonic()
+
+    def __enter__(self) -> Callable[[RunReport], None]:
+        return self.update
+
+    def update(self, report: RunReport) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = report.rows_fetched / max(now - self.started, 1e-9)
+        logs.emit(
+            "progress",
+            f"{self.pipeline}: {report.rows_fetched:,} read, {report.events_sent:,} sent,"
+            f" {report.rows_rejected:,} rejected, {rate:,.0f} rows/s",
+            rows_read=report.rows_fetched,
+            events_sent=report.events_sent,
+            rows_rejected=report.rows_rejected,
+            rows_per_second=round(rate, 1),
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def print_report(report: RunReport, output: Path | None = None, *, as_json: bool = False) -> None:
+    """The reason a run failed first, then figures that add up: read = sent + rejected + pending + skipped.
+
+    `--json` prints the results document instead; `--log-format json` makes it the run's last
+    line, `run_finished`, with warnings as their own lines before it.
+    """
+    if logs.json_mode():
+        _log_report(report)
+        return
+    if as_json:
+        click.echo(results.dumps(results.document(report)).decode(), nl=False)
+        return
     if report.error:
         err.print(styled(("error:", "red"), f" {report.error}"), soft_wrap=True)
     mode = " (dry run: nothing sent)" if report.dry_run else ""
@@ -698,6 +897,22 @@ def print_report(report: RunReport, output: Path | None = None) -> None:
     print_quality(report.quality)
 
 
+def _log_report(report: RunReport) -> None:
+    document = results.document(report)
+    level = logging.INFO if report.ok else logging.ERROR
+    for count, what in (
+        (report.pending_total, "rows_pending"),
+        (report.duplicate_keys, "duplicate_keys"),
+        (report.rows_null_key, "rows_null_key"),
+        (report.rows_null_cursor, "rows_null_cursor"),
+    ):
+        if count:
+            logs.emit("run_warning", f"{count:,} {what.replace('_', ' ')}", level=logging.WARNING,
+                      run_id=report.run_uid, pipeline=report.pipeline, kind=what, rows=count)  # fmt: skip
+    message = f"{report.pipeline}: {report.status}" + (f": {report.error}" if report.error else "")
+    logs.emit("run_finished", message, level=level, to_stdout=True, **document)
+
+
 def print_quality(quality: Any) -> None:
     rows = quality.rows()
     if not rows:
@@ -738,20 +953,30 @@ def _invoke(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="capi-sync", standalone_mode=False)
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C and our SIGTERM
-            err.print(
+            return _failed(
                 "interrupted: the cursor stands after the last accepted batch; run again to resume",
-                soft_wrap=True,
+                ExitCode.INTERRUPTED,
+                plain=True,
             )
-            return ExitCode.INTERRUPTED
-        err.print("aborted")
-        return ExitCode.RUN_FAILED
+        return _failed("aborted", ExitCode.RUN_FAILED, plain=True)
     except click.ClickException as exc:
+        if logs.json_mode():
+            return _failed(exc.format_message(), exc.exit_code)
         exc.show()
         return exc.exit_code
     except (ConfigError, SetupError, StateSetupError, MissingDependency) as exc:  # configuration or setup
-        err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
-        return ExitCode.USAGE
+        return _failed(str(exc), ExitCode.USAGE)
     except CapiSyncError as exc:
-        err.print(styled(("error:", "red"), f" {exc}"), soft_wrap=True)
-        return ExitCode.RUN_FAILED
+        return _failed(str(exc), ExitCode.RUN_FAILED)
     return ExitCode.OK
+
+
+def _failed(message: str, code: int, *, plain: bool = False) -> int:
+    """The reason a command failed, on stderr: `error: ...`, or one JSON line with the exit code."""
+    if logs.json_mode():
+        logs.emit("command_failed", scrub(message), level=logging.ERROR, exit_code=int(code))
+    elif plain:
+        err.print(message, soft_wrap=True)
+    else:
+        err.print(styled(("error:", "red"), f" {message}"), soft_wrap=True)
+    return code

@@ -6,6 +6,7 @@
     ├── MissingDependency            an optional driver is not installed                    → exit 2
     ├── SourceError                  the warehouse failed while reading                      → exit 1
     │   └── SetupError               it could not be opened, or the query not described      → exit 2
+    ├── ResultsNotWritten            `--results PATH` could not be written (the run is recorded) → exit 1
     ├── StateError                   the state store failed                                  → exit 1
     │   ├── StateSetupError          it could not be opened (bad URL, path, driver)          → exit 2
     │   └── PipelineLocked           another process is running this pipeline                → exit 1
@@ -72,6 +73,10 @@ class SourceError(CapiSyncError):
 class SetupError(SourceError):
     """Opening the warehouse or describing the query failed, before any row was read: a missing
     file, bad credentials, SQL that does not compile. Configuration or setup, so exit 2."""
+
+
+class ResultsNotWritten(CapiSyncError):
+    """`--results PATH` could not be written; the run itself is done and recorded."""
 
 
 class StateError(CapiSyncError):

@@ -7,6 +7,7 @@ console, `capi-sync runs` and the run's results agree, also for a run that faile
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,12 @@ class MatchQuality:
         """Count one sent event and the customer-information keys it carried."""
         self.events += 1
         self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1
+
+    def remove_event(self, user_keys: Iterable[str]) -> None:
+        """Take back an event counted by `add_event` (Meta refused it): its key set may be
+        counted under another order, so counts per key stay right even where a set goes below 0."""
+        self.events -= 1
+        self.shapes[tuple(user_keys)] -= 1
 
     def merge(self, other: MatchQuality) -> None:
         self.events += other.events
@@ -72,8 +79,9 @@ class MatchQuality:
 class RunReport:
     pipeline: str
     dry_run: bool = False
-    kind: str = "run"  # run | backfill
-    run_id: int | None = None
+    kind: str = "run"  # run | backfill | retry
+    run_id: int | None = None  # the state store's row for the run (None in a dry run)
+    run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # `run_id` in logs and results
     status: RunStatus = RunStatus.RUNNING
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     ended_at: dt.datetime | None = None

@@ -10,13 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from capi_sync import native
+import orjson
+
+from capi_sync import logs, native, results
 from capi_sync.batching import Batch
 from capi_sync.building import make_client, quality_notes
 from capi_sync.connectors import Source, Window, open_source
@@ -85,8 +87,10 @@ def run_pipeline(
 ) -> RunReport:
     """Run one pipeline incrementally; return its report (also when it failed)."""
     pipeline = project.pipeline(name)
-    report = RunReport(pipeline=name, dry_run=options.dry_run)
-    with session(project, pipeline, store, options, report, progress=progress, client=client) as run:
+    report = RunReport(pipeline=name, dry_run=options.dry_run, kind="retry" if options.retry_only else "run")
+    with session(
+        project, pipeline, store, options, report, kind=report.kind, progress=progress, client=client
+    ) as run:
         if options.retry_only:
             run.retry_rejected(transient_only=not options.retry_data_rejections)
         else:
@@ -140,7 +144,10 @@ def session(
         if prepared.engine_note:
             report.notes.append(prepared.engine_note)
         if not options.dry_run:
-            report.run_id = store.start_run(pipeline.name, kind)
+            report.run_id = store.start_run(pipeline.name, kind, run_uid=report.run_uid)
+        stack.enter_context(logs.run_context(report.run_uid, pipeline.name))
+        engine = "native core" if prepared.native is not None else "pure Python"
+        logs.emit("run_started", kind=kind, dry_run=options.dry_run, engine=engine)
         run = RunSession(
             pipeline=pipeline,
             prepared=prepared,
@@ -193,7 +200,14 @@ def session(
                     "rows_skipped": report.rows_skipped + report.rows_no_consent,
                     "rows_lost": report.rows_lost,
                 }
-                store.finish_run(report.run_id, report.status, report.error, report.fbtrace_ids, counts)
+                store.finish_run(
+                    report.run_id,
+                    report.status,
+                    report.error,
+                    report.fbtrace_ids,
+                    counts,
+                    results=results.dumps(results.document(report)).decode(),
+                )
 
 
 @dataclass
@@ -572,6 +586,7 @@ class RunSession:
             sent=len(delivered),
             retries=outcome.retries,
             new_state=new_state,
+            refused=refused.keys(),
         )
         if outcome.transient is not None:
             raise outcome.transient  # stop the run: Meta is unavailable; the rows wait in `rejected`
@@ -585,8 +600,13 @@ class RunSession:
         sent: int,
         retries: int,
         new_state: CursorState | None,
+        refused: Iterable[int] = (),
     ) -> None:
-        """The committed batch into the run's report: the same figures the state store now holds."""
+        """The committed batch into the run's report: the same figures the state store now holds.
+
+        Match quality counts the events Meta took: those it refused (`refused`, their indexes)
+        were counted when built and come off again.
+        """
         report = self.report
         for rejection in rejections:
             report.reject(rejection, pending=_is_transient(rejection))
@@ -596,6 +616,9 @@ class RunSession:
         if batch.advances_cursor:
             self._count_repeated_keys(batch.handled)
         report.quality.merge(batch.quality)
+        if len(batch.events) == batch.event_count:
+            for index in refused:
+                report.quality.remove_event(_user_keys(batch.events[index]))
         report.retries += retries
         report.events_sent += sent
         report.batches += 1 if batch.event_count else 0
@@ -649,6 +672,12 @@ def _settled(send: Callable[[Batch], Sent], batch: Batch) -> Future[Sent]:
     except CapiSyncError as exc:
         future.set_exception(exc)
     return future
+
+
+def _user_keys(event: dict[str, Any] | bytes) -> tuple[str, ...]:
+    """The customer-information keys an event carries (the reference's dict, or the core's JSON)."""
+    body = event if isinstance(event, dict) else orjson.loads(event)
+    return tuple(body.get("user_data", {}))
 
 
 def _is_transient(rejection: Rejection) -> bool:

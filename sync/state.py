@@ -29,7 +29,7 @@ from capi_sync.secrets import scrub, scrub_any
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 P = ParamSpec("P")
 R = TypeVar("R")
 LOCK_STALE_AFTER = dt.timedelta(minutes=10)
@@ -73,6 +73,8 @@ runs = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("fbtrace_ids", sa.Text),
     sa.Column("owner", sa.String(200)),  # v3: the process running it, to tell a run whose process died
+    sa.Column("run_uid", sa.String(32)),  # v4: the run's id in logs and results
+    sa.Column("results", sa.Text),  # v4: the run's results document (JSON), as --results writes it
 )  # fmt: skip
 rejected = sa.Table(
     "capi_rejected", metadata,
@@ -314,6 +316,9 @@ class StateStore:
                         sa.text(f"alter table capi_runs add column {column} integer not null default 0")
                     )
                 conn.execute(sa.text("alter table capi_runs add column owner varchar(200)"))
+            if version < 4:  # v4: runs keep their id for logs and their results document
+                conn.execute(sa.text("alter table capi_runs add column run_uid varchar(32)"))
+                conn.execute(sa.text("alter table capi_runs add column results text"))
             if version < SCHEMA_VERSION:
                 conn.execute(schema_info.update().values(version=SCHEMA_VERSION))
 
@@ -399,11 +404,12 @@ class StateStore:
     # -- runs -----------------------------------------------------------------------------------
 
     @_translated
-    def start_run(self, pipeline: str, kind: str = "run") -> int:
+    def start_run(self, pipeline: str, kind: str = "run", *, run_uid: str | None = None) -> int:
         self.settle_abandoned_runs(pipeline)
         with self.engine.begin() as conn:
             result = conn.execute(runs.insert().values(
                 pipeline=pipeline, kind=kind, status=RunStatus.RUNNING, started_at=utcnow(), owner=self.owner,
+                run_uid=run_uid,
                 rows_read=0, events_sent=0, rows_rejected=0, retries=0, rows_pending=0, rows_skipped=0,
                 rows_lost=0,
             ))  # fmt: skip
@@ -473,12 +479,16 @@ class StateStore:
         error: str | None = None,
         fbtrace_ids: Sequence[str] = (),
         counts: Mapping[str, int] | None = None,
+        *,
+        results: str | None = None,
     ) -> None:
-        """The run's end; `counts` (rows_read, rows_skipped, ...) are its final figures."""
+        """The run's end; `counts` (rows_read, rows_skipped, ...) are its final figures, `results`
+        its results document."""
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(
                 status=status, ended_at=utcnow(), error=scrub(error) if error else None,
-                fbtrace_ids=" ".join(fbtrace_ids) or None, **(counts or {}),
+                fbtrace_ids=" ".join(fbtrace_ids) or None, results=scrub(results) if results else None,
+                **(counts or {}),
             ))  # fmt: skip
 
     @_translated

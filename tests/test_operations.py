@@ -1,0 +1,227 @@
+"""Running capi-sync where nobody reads a terminal: JSON logs, results documents, global options
+before the subcommand, several pipelines per run, `--fail-on-rejected`, progress lines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from capi_sync import results
+from capi_sync.cli import _ProgressLines
+from capi_sync.report import RunReport
+from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.fake_graph import FakeGraph
+
+TWO_PIPELINES = """
+warehouses:
+  shop: {{type: duckdb, path: {db}}}
+destinations:
+  meta:
+    pixel_id: "123456789"
+    access_token: ${{FB_ACCESS_TOKEN}}
+    graph_url: {graph_url}
+    retry_base_seconds: 0.01
+pipelines:
+  purchases:
+    warehouse: shop
+    destination: meta
+    query: select * from orders
+    primary_key: order_id
+    cursor: updated_at
+    settings: {{action_source: website, default_phone_region: US}}
+    mapping:
+      server_event: {{event_name: {{value: Purchase}}, event_time: created_at, event_source_url: page_url}}
+      customer_info: {{em: email, ph: phone, client_ip_address: ip, client_user_agent: user_agent}}
+      custom_data: {{value: amount, currency: currency}}
+  leads:
+    warehouse: shop
+    destination: meta
+    query: select order_id, email, created_at, updated_at from orders where order_id % 2 = 0
+    primary_key: order_id
+    cursor: updated_at
+    settings: {{action_source: system_generated}}
+    mapping:
+      server_event: {{event_name: {{value: Lead}}, event_time: created_at}}
+      customer_info: {{em: email}}
+"""
+
+
+def capi_sync(
+    folder: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as cron or a container would start it (no terminal)."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "capi-sync"), *args],
+        cwd=folder,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def order_is(order_id: int) -> Any:
+    return lambda event: str(event.get("event_source_url", "")).endswith(f"/o/{order_id}")
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line parsed: a line that is not one JSON object fails the test."""
+    return [orjson.loads(line) for line in text.splitlines()]
+
+
+def validate(document: Any) -> None:
+    jsonschema.Draft202012Validator(results.schema(), format_checker=jsonschema.FormatChecker()).validate(
+        document
+    )
+
+
+def test_with_json_logs_every_line_is_a_json_object_and_the_last_is_run_finished(
+    tmp_path: Path, graph: FakeGraph
+) -> None:
+    make_orders(tmp_path / "shop.duckdb", 30)
+    write_pipelines(tmp_path, graph.url)
+    done = capi_sync(tmp_path, "--log-format", "json", "run", "purchases")
+    assert done.returncode == 0, done.stderr
+    stdout, stderr = json_lines(done.stdout), json_lines(done.stderr)
+    for line in stdout + stderr:
+        assert {"ts", "level", "event"} <= line.keys(), line
+        assert dt.datetime.fromisoformat(line["ts"]).utcoffset() == dt.timedelta(0)
+        assert TOKEN not in orjson.dumps(line).decode()
+    started = next(line for line in stderr if line["event"] == "run_started")
+    finished = stdout[-1]
+    assert finished["event"] == "run_finished"
+    assert (finished["pipeline"], finished["status"]) == ("purchases", "succeeded")
+    assert (finished["rows_read"], finished["events_sent"], finished["rows_rejected"]) == (30, 30, 0)
+    assert started["run_id"] == finished["run_id"]
+    assert started["pipeline"] == "purchases"
+    assert started["engine"] in {"native core", "pure Python"}
+
+
+def test_errors_are_json_lines_too_and_keep_their_exit_code(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 3)
+    write_pipelines(tmp_path, graph.url)
+    done = capi_sync(tmp_path, "run", "nope", env={"CAPI_SYNC_LOG_FORMAT": "json"})
+    assert done.returncode == 2
+    (line,) = json_lines(done.stderr)
+    assert (line["event"], line["level"], line["exit_code"]) == ("command_failed", "error", 2)
+    assert "no pipeline named 'nope'" in line["message"]
+    assert done.stdout == ""
+
+
+def test_results_match_the_schema_and_runs_returns_the_same_documents(
+    tmp_path: Path, graph: FakeGraph
+) -> None:
+    make_orders(tmp_path / "shop.duckdb", 20)
+    write_pipelines(tmp_path, graph.url)
+    graph.poisoned = order_is(7)  # one row Meta refuses: a rejection with its reason
+    done = capi_sync(tmp_path, "run", "purchases", "--results", "out/results.json")
+    assert done.returncode == 0, done.stderr
+    document = orjson.loads((tmp_path / "out" / "results.json").read_bytes())
+    validate(document)
+    assert document["rows_read"] == (
+        document["events_sent"]
+        + document["rows_rejected"]
+        + document["rows_pending"]
+        + document["rows_skipped"]
+    )
+    assert document["match_quality"]["keys"]["em"]["events"] == document["events_sent"]
+    assert document["cursor_after"] is not None
+    listed = capi_sync(tmp_path, "runs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (stored,) = json_lines(listed.stdout)
+    assert stored == document
+
+
+def test_runs_recorded_before_results_existed_still_list_as_valid_documents(tmp_path: Path) -> None:
+    from capi_sync.state import RunStatus, StateStore
+
+    with StateStore(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        run_id = store.start_run("purchases")  # no run_uid, no document: as a v3 store holds them
+        store.finish_run(run_id, RunStatus.FAILED, "Meta said no", ["AbC123"], {"rows_read": 0})
+        (row,) = store.list_runs("purchases")
+    document = results.of_run(row)
+    validate(document)
+    assert document["errors"] == [{"message": "Meta said no", "fbtrace_ids": ["AbC123"]}]
+
+
+def test_global_options_work_before_the_subcommand_and_from_the_environment(
+    tmp_path: Path, graph: FakeGraph
+) -> None:
+    make_orders(tmp_path / "shop.duckdb", 5)
+    write_pipelines(tmp_path, graph.url)
+    (tmp_path / "pipelines.yaml").rename(tmp_path / "prod.yaml")
+    before = capi_sync(
+        tmp_path, "-f", "prod.yaml", "--state", "sqlite:///s.db", "run", "purchases", "--dry-run"
+    )
+    assert before.returncode == 0, before.stderr
+    from_env = capi_sync(tmp_path, "validate", "--offline", env={"CAPI_SYNC_FILE": "prod.yaml"})
+    assert from_env.returncode == 0, from_env.stderr
+    assert "prod.yaml" in from_env.stdout
+    after = capi_sync(tmp_path, "run", "purchases", "-f", "prod.yaml", "--state", "sqlite:///s.db")
+    assert after.returncode == 0, after.stderr
+    assert (tmp_path / "s.db").exists()
+    assert len(graph.accepted_events) == 5
+
+
+def test_run_takes_several_pipelines_or_all(
+    tmp_path: Path, graph: FakeGraph, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 10)
+    write_pipelines(tmp_path, graph.url, text=TWO_PIPELINES)
+    assert cli("run", "purchases", "leads", "--results", "both.json") == 0
+    documents = orjson.loads((tmp_path / "both.json").read_bytes())
+    validate(documents)
+    assert [(d["pipeline"], d["events_sent"]) for d in documents] == [("purchases", 10), ("leads", 5)]
+    assert cli("run", "--all", "--dry-run") == 0
+    assert cli("run", "--all", "purchases") == 2
+    assert cli("run") == 2
+    assert cli("run", "purchases", "nope") == 2  # checked before any row is read
+    assert len(graph.accepted_events) == 15
+
+
+def test_fail_on_rejected_fails_a_run_above_the_share(
+    tmp_path: Path, graph: FakeGraph, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 10)
+    write_pipelines(tmp_path, graph.url)
+    graph.poisoned = order_is(3)
+    assert cli("run", "purchases", "--fail-on-rejected", "5%") == 1
+    assert "1 of 10 rows rejected (10.0%), above --fail-on-rejected 5.0%" in capsys.readouterr().err
+    make_orders(tmp_path / "shop.duckdb", 10, start_id=11, minutes_ago=300)
+    assert cli("run", "purchases", "--fail-on-rejected", "0.2") == 0
+    assert cli("run", "purchases", "--fail-on-rejected", "150%") == 2
+
+
+def test_without_a_terminal_progress_is_a_line_every_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    from capi_sync import logs
+
+    logs.configure("json")
+    try:
+        report = RunReport(pipeline="purchases")
+        with _ProgressLines("purchases", every=0.0) as update:
+            report.rows_fetched, report.events_sent = 5000, 4000
+            update(report)
+        with _ProgressLines("purchases", every=3600) as update:
+            update(report)  # within the interval: nothing
+    finally:
+        logs.configure("text")
+    (line,) = json_lines(capsys.readouterr().err)
+    assert (line["event"], line["rows_read"], line["events_sent"]) == ("progress", 5000, 4000)
+
+
+@pytest.mark.parametrize("value", ["2%", "0.02"])
+def test_a_share_reads_as_percent_or_fraction(value: str) -> None:
+    from capi_sync.cli import _share
+
+    assert _share(None, None, value) == pytest.approx(0.02)  # type: ignore[arg-type]
