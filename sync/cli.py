@@ -201,7 +201,13 @@ def _workers(ctx: click.Context, param: click.Parameter, value: str | None) -> i
     """`auto` or a count, as the pipeline's `workers` setting takes them (then ignored)."""
     if value is None or value.strip().lower() == "auto":
         return None if value is None else "auto"
-    return click.IntRange(min=1, max=64).convert(value, param, ctx)
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise click.BadParameter(f"{value!r} is neither auto nor a count from 1 to 64", ctx, param)
+    return count
 
 
 workers_option = click.option(
