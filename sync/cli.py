@@ -39,6 +39,7 @@ from capi_sync.errors import (
     SetupError,
     StateSetupError,
 )
+from capi_sync.metrics import Metrics
 from capi_sync.preparing import prepare, setup_problems, setup_stage
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, run_pipeline
@@ -242,6 +243,23 @@ results_option = click.option(
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print the results document on stdout instead of the summary."
 )
+
+
+def metrics_options(fn: F) -> F:
+    """`--metrics-textfile` and `--pushgateway`: the runs' metrics, once the command is done."""
+    fn = click.option(
+        "--pushgateway",
+        metavar="URL",
+        envvar="CAPI_SYNC_PUSHGATEWAY",
+        help="Push the runs' metrics to this Prometheus Pushgateway (job capi_sync).",
+    )(fn)
+    return click.option(
+        "--metrics-textfile",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the runs' metrics here for node_exporter's textfile collector (*.prom).",
+    )(fn)
+
+
 fail_on_rejected_option = click.option(
     "--fail-on-rejected",
     metavar="SHARE",
@@ -266,6 +284,7 @@ fail_on_rejected_option = click.option(
 @results_option
 @json_option
 @fail_on_rejected_option
+@metrics_options
 @workers_option
 @with_context
 def run(
@@ -279,6 +298,8 @@ def run(
     results_path: Path | None,
     as_json: bool,
     fail_on_rejected: float | None,
+    metrics_textfile: Path | None,
+    pushgateway: str | None,
     workers: int | Literal["auto"] | None,
 ) -> None:
     """Run PIPELINES incrementally (or --all): send the rows past each one's cursor."""
@@ -300,6 +321,7 @@ def run(
                 )
             reports.append(report)
             print_report(report, output, as_json=as_json)
+    _export_metrics(ctx.project, reports, metrics_textfile, pushgateway)
     _finish(reports, results_path, fail_on_rejected, "run failed")
 
 
@@ -313,6 +335,20 @@ def _chosen(project: ProjectConfig, pipelines: tuple[str, ...], run_all: bool) -
     for name in names:
         project.pipeline(name)  # an unknown name is a config error (exit 2) before any row is read
     return names
+
+
+def _export_metrics(
+    project: ProjectConfig, reports: list[RunReport], textfile: Path | None, gateway: str | None
+) -> None:
+    if textfile is None and gateway is None:
+        return
+    metrics = Metrics()
+    for report in reports:
+        metrics.observe(report, project.pipeline(report.pipeline).zone)
+    if textfile is not None:
+        metrics.write_textfile(textfile)
+    if gateway is not None:
+        metrics.push(gateway)
 
 
 def _finish(
@@ -347,6 +383,7 @@ def _finish(
 @results_option
 @json_option
 @fail_on_rejected_option
+@metrics_options
 @workers_option
 @with_context
 def backfill(
@@ -360,6 +397,8 @@ def backfill(
     results_path: Path | None,
     as_json: bool,
     fail_on_rejected: float | None,
+    metrics_textfile: Path | None,
+    pushgateway: str | None,
     workers: int | Literal["auto"] | None,
 ) -> None:
     """Send PIPELINE's rows dated in [--start, --end), day by day, leaving its cursor alone.
@@ -387,6 +426,7 @@ def backfill(
             on_day=announce,
         )
     print_report(report, as_json=as_json)
+    _export_metrics(ctx.project, [report], metrics_textfile, pushgateway)
     _finish([report], results_path, fail_on_rejected, "backfill failed")
 
 
@@ -394,8 +434,14 @@ def backfill(
 @click.argument("pipelines", nargs=-1)
 @project_options
 @click.option("--run-now", is_flag=True, help="Also run each pipeline once right away.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar="CAPI_SYNC_METRICS_PORT",
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics.",
+)
 @with_context
-def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
+def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool, metrics_port: int | None) -> None:
     """Run PIPELINES (default: all with a schedule) on their `schedule:` until SIGINT/SIGTERM.
 
     Runs in the foreground and logs one line per run; meant for systemd, a container or tmux.
@@ -403,13 +449,24 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
 
-    scheduler = Scheduler(ctx.project, pipelines, ctx.state_url, run_now=run_now)
+    metrics = Metrics()
+    scheduler = Scheduler(
+        ctx.project,
+        pipelines,
+        ctx.state_url,
+        run_now=run_now,
+        on_report=lambda report: metrics.observe(report, ctx.project.pipeline(report.pipeline).zone),
+    )
     # A broken pipeline would log the same error every interval, forever: refuse to start instead.
     scheduled = [ctx.project.pipeline(name) for name in scheduler.names]
     if errors := setup_problems(ctx.project, scheduled):
         raise ConfigError(errors, source=str(ctx.project.path))
     with ctx.store():
         pass  # the state store opens, or the scheduler does not start (exit 2)
+    if metrics_port is not None:
+        port = metrics.serve(metrics_port)
+        served = {"event": "metrics_serving", "port": port}
+        logs.logger.info("metrics at http://0.0.0.0:%d/metrics", port, extra=served)
 
     def stop(_signum: int, _frame: object) -> None:
         scheduler.stop()
@@ -672,6 +729,7 @@ def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
 @results_option
 @json_option
 @fail_on_rejected_option
+@metrics_options
 @with_context
 def retry_command(
     ctx: Context,
@@ -681,12 +739,15 @@ def retry_command(
     results_path: Path | None,
     as_json: bool,
     fail_on_rejected: float | None,
+    metrics_textfile: Path | None,
+    pushgateway: str | None,
 ) -> None:
     """Re-read PIPELINE's rejected rows by primary key and send them again now."""
     options = RunOptions(retry_only=True, retry_data_rejections=retry_all)
     with ctx.store() as store, _progress(pipeline) as on_progress:
         report = run_pipeline(ctx.project, pipeline, store, options, progress=on_progress)
     print_report(report, as_json=as_json)
+    _export_metrics(ctx.project, [report], metrics_textfile, pushgateway)
     _finish([report], results_path, fail_on_rejected, "retry failed")
 
 

@@ -5,6 +5,7 @@ It runs on the run's sender threads; the outcome comes back as a `Sent` and is c
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,18 @@ class Sent:
 
     refused: list[tuple[int, MetaRequestError]] = field(default_factory=list)  # (index, Meta's error)
     retries: int = 0
+    retry_codes: Counter[str] = field(default_factory=Counter)  # per Meta error code (or HTTP status)
     transient: MetaRetryableError | None = None  # the retry budget ran out: dead-letter the batch
+
+
+def retry_code(error: MetaError) -> str:
+    """A low-cardinality label for a retried error: Meta's code, else the HTTP status, else
+    `network` (a timeout, a refused connection)."""
+    if error.code is not None:
+        return str(error.code)
+    if error.status is not None:
+        return f"http_{error.status}"
+    return "network"
 
 
 class Sender:
@@ -52,16 +64,15 @@ class Sender:
     def send(self, events: Sequence[Any]) -> Sent:
         if not events:
             return Sent()
-        retries = 0
+        codes: Counter[str] = Counter()
 
-        def count(_error: MetaError, _pause: float) -> None:
-            nonlocal retries
-            retries += 1
+        def count(error: MetaError, _pause: float) -> None:
+            codes[retry_code(error)] += 1
 
         try:
-            return Sent(self._deliver(events, count, 0, whole=True), retries)
+            return Sent(self._deliver(events, count, 0, whole=True), codes.total(), codes)
         except MetaRetryableError as exc:
-            return Sent(retries=retries, transient=exc)
+            return Sent(retries=codes.total(), retry_codes=codes, transient=exc)
 
     def _prepare(self, events: Sequence[Any]) -> PreparedRequest:
         """The request's bytes, refused here when JSON cannot carry an event or it is too large."""

@@ -7,6 +7,7 @@
     ├── SourceError                  the warehouse failed while reading                      → exit 1
     │   └── SetupError               it could not be opened, or the query not described      → exit 2
     ├── ResultsNotWritten            `--results PATH` could not be written (the run is recorded) → exit 1
+    ├── MetricsNotExported           a metrics file, Pushgateway or port failed (run recorded) → exit 1
     ├── StateError                   the state store failed                                  → exit 1
     │   ├── StateSetupError          it could not be opened (bad URL, path, driver)          → exit 2
     │   └── PipelineLocked           another process is running this pipeline                → exit 1
@@ -77,6 +78,10 @@ class SetupError(SourceError):
 
 class ResultsNotWritten(CapiSyncError):
     """`--results PATH` could not be written; the run itself is done and recorded."""
+
+
+class MetricsNotExported(CapiSyncError):
+    """`--metrics-textfile`, `--pushgateway` or `--metrics-port` failed; runs are recorded."""
 
 
 class StateError(CapiSyncError):

@@ -101,6 +101,7 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # what the run decided on the user's behalf
     batches: int = 0
     retries: int = 0
+    retry_codes: Counter[str] = field(default_factory=Counter)  # retries per Meta code / HTTP status
     cursor_before: Any = None
     cursor_after: Any = None
     error: str | None = None

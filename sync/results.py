@@ -9,20 +9,19 @@ zone, and no string holds a secret.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from decimal import Decimal
 from importlib.resources import files
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from capi_sync.errors import ResultsNotWritten
+from capi_sync.files import write_atomically
 from capi_sync.secrets import scrub
 
 if TYPE_CHECKING:
     from collections import Counter
+    from pathlib import Path
 
     from capi_sync.report import MatchQuality, RunReport
 
@@ -64,6 +63,7 @@ def document(report: RunReport) -> dict[str, Any]:
         "rows_null_cursor": report.rows_null_cursor,
         "batches": report.batches,
         "retries": report.retries,
+        "retries_by_code": dict(report.retry_codes.most_common()),
         "rejected_by_reason": rejected_by_reason(report.rejected_by_rule),
         "match_quality": match_quality(report.quality),
         "cursor_before": _value(report.cursor_before),
@@ -108,6 +108,7 @@ def of_run(row: Any) -> dict[str, Any]:
         "rows_null_cursor": 0,
         "batches": 0,
         "retries": row.retries,
+        "retries_by_code": {},
         "rejected_by_reason": [],
         "match_quality": {"events": 0, "keys": {}},
         "cursor_before": None,
@@ -159,13 +160,7 @@ def dumps(results: dict[str, Any] | list[dict[str, Any]]) -> bytes:
 
 def write(path: Path, results: dict[str, Any] | list[dict[str, Any]]) -> None:
     """Write atomically: a reader polling the file never sees half a document."""
-    path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "wb", dir=path.parent, prefix=f".{path.name}.", delete=False
-        ) as file:
-            file.write(dumps(results))
-        os.replace(file.name, path)
+        write_atomically(path, dumps(results))
     except OSError as exc:
         raise ResultsNotWritten(f"cannot write the run's results to {path}: {exc.strerror or exc}") from exc

@@ -587,6 +587,7 @@ class RunSession:
             retries=outcome.retries,
             new_state=new_state,
             refused=refused.keys(),
+            retry_codes=outcome.retry_codes,
         )
         if outcome.transient is not None:
             raise outcome.transient  # stop the run: Meta is unavailable; the rows wait in `rejected`
@@ -601,6 +602,7 @@ class RunSession:
         retries: int,
         new_state: CursorState | None,
         refused: Iterable[int] = (),
+        retry_codes: Counter[str] | None = None,
     ) -> None:
         """The committed batch into the run's report: the same figures the state store now holds.
 
@@ -620,6 +622,7 @@ class RunSession:
             for index in refused:
                 report.quality.remove_event(_user_keys(batch.events[index]))
         report.retries += retries
+        report.retry_codes.update(retry_codes or {})
         report.events_sent += sent
         report.batches += 1 if batch.event_count else 0
         if new_state is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from capi_sync import results
 from capi_sync.errors import CapiSyncError, ConfigError, PipelineLocked
 from capi_sync.runner import RunOptions, run_pipeline
 from capi_sync.schedules import make_trigger
@@ -40,6 +41,7 @@ class Scheduler:
         *,
         run_now: bool = False,
         summarize: Callable[[RunReport], str] | None = None,
+        on_report: Callable[[RunReport], None] | None = None,
     ) -> None:
         pipelines = [project.pipeline(name) for name in names] or [
             p for p in project.pipelines.values() if p.schedule
@@ -55,6 +57,7 @@ class Scheduler:
         self.project = project
         self.state_url = state_url
         self.summarize = summarize or _summary
+        self.on_report = on_report  # each finished run's report (metrics, alerts)
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._running = 0
@@ -101,7 +104,11 @@ class Scheduler:
         try:
             with StateStore(self.state_url) as store:
                 report = run_pipeline(self.project, name, store, RunOptions(stop=self._stop))
-            log.info("%s", self.summarize(report))
+            log.info(
+                "%s", self.summarize(report), extra={"event": "run_finished", **results.document(report)}
+            )
+            if self.on_report is not None:
+                self.on_report(report)
         except KeyboardInterrupt:
             log.info("%s: interrupted after committing the batches in flight", name)
         except PipelineLocked as exc:

@@ -225,3 +225,113 @@ def test_a_share_reads_as_percent_or_fraction(value: str) -> None:
     from capi_sync.cli import _share
 
     assert _share(None, None, value) == pytest.approx(0.02)  # type: ignore[arg-type]
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples as prometheus-client's own parser reads them: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_textfile_holds_the_runs_figures(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 12)
+    write_pipelines(tmp_path, graph.url)
+    graph.poisoned = order_is(5)
+    graph.script = lambda number, _body: (
+        (500, {"error": {"code": 2, "message": "busy"}}) if number == 1 else None
+    )
+    done = capi_sync(tmp_path, "run", "purchases", "--metrics-textfile", "capi_sync.prom")
+    assert done.returncode == 0, done.stderr
+    samples = metric_samples((tmp_path / "capi_sync.prom").read_text())
+    pipeline = (("pipeline", "purchases"),)
+    assert samples["capi_sync_events_sent_total", pipeline] == 11
+    assert samples["capi_sync_rows_read_total", pipeline] == 12
+    rejected = {
+        labels: value for (name, labels), value in samples.items() if name == "capi_sync_rows_rejected_total"
+    }
+    assert sum(rejected.values()) == 1
+    assert samples["capi_sync_retries_total", (("code", "2"), ("pipeline", "purchases"))] == 1
+    assert samples["capi_sync_runs_total", (("pipeline", "purchases"), ("status", "succeeded"))] == 1
+    assert samples["capi_sync_rows_pending", pipeline] == 0
+    assert 0 <= samples["capi_sync_cursor_lag_seconds", pipeline] < 24 * 3600
+    last_success = samples["capi_sync_last_success_timestamp_seconds", pipeline]
+    assert abs(last_success - dt.datetime.now(dt.UTC).timestamp()) < 120
+
+
+def test_metrics_are_pushed_to_a_pushgateway(tmp_path: Path, graph: FakeGraph) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            received.append(("PUT", self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        make_orders(tmp_path / "shop.duckdb", 4)
+        write_pipelines(tmp_path, graph.url)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done = capi_sync(tmp_path, "run", "purchases", "--pushgateway", url)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((method, path, body),) = received
+    assert (method, path) == ("PUT", "/metrics/job/capi_sync")
+    assert metric_samples(body.decode())["capi_sync_events_sent_total", (("pipeline", "purchases"),)] == 4
+
+
+def test_schedule_serves_metrics_while_it_runs(tmp_path: Path, graph: FakeGraph) -> None:
+    import signal
+    import threading
+    import urllib.request
+
+    make_orders(tmp_path / "shop.duckdb", 6)
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace(
+            "    cursor: updated_at\n", "    cursor: updated_at\n    schedule: '@hourly'\n"
+        )
+    )
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "capi-sync"), "--log-format", "json", "schedule", "--run-now",
+         "--metrics-port", "0"],
+        cwd=tmp_path,
+        env={**os.environ, "FB_ACCESS_TOKEN": TOKEN},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    lines: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: lines.extend(orjson.loads(line) for line in process.stderr))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        from tests.conftest import wait_for
+
+        wait_for(lambda: any(line["event"] == "run_finished" for line in lines), timeout=60)
+        (serving,) = [line for line in lines if line["event"] == "metrics_serving"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{serving['port']}/metrics", timeout=10) as answer:
+            samples = metric_samples(answer.read().decode())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        reader.join(timeout=10)
+    assert process.returncode == 0
+    assert samples["capi_sync_events_sent_total", (("pipeline", "purchases"),)] == 6
+    finished = next(line for line in lines if line["event"] == "run_finished")
+    validate(
+        {key: value for key, value in finished.items() if key not in {"ts", "level", "event", "message"}}
+    )
