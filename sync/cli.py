@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from capi_sync import __version__, engine, logs, results
+from capi_sync.alerts import Alerter
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
 from capi_sync.building import make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
@@ -321,6 +322,7 @@ def run(
                 )
             reports.append(report)
             print_report(report, output, as_json=as_json)
+            Alerter(ctx.project, store).after_run(report)
     _export_metrics(ctx.project, reports, metrics_textfile, pushgateway)
     _finish(reports, results_path, fail_on_rejected, "run failed")
 
@@ -425,7 +427,8 @@ def backfill(
             progress=on_progress,
             on_day=announce,
         )
-    print_report(report, as_json=as_json)
+        print_report(report, as_json=as_json)
+        Alerter(ctx.project, store).after_run(report)
     _export_metrics(ctx.project, [report], metrics_textfile, pushgateway)
     _finish([report], results_path, fail_on_rejected, "backfill failed")
 
@@ -450,12 +453,26 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool, metrics_po
     from capi_sync.scheduler import Scheduler  # noqa: PLC0415 (APScheduler loads for `schedule` only)
 
     metrics = Metrics()
+    started = dt.datetime.now(dt.UTC)
+
+    def after_run(report: RunReport) -> None:
+        metrics.observe(report, ctx.project.pipeline(report.pipeline).zone)
+        with ctx.store() as store:
+            Alerter(ctx.project, store).after_run(report)
+
+    def check_stale() -> None:
+        with ctx.store() as store:
+            alerter = Alerter(ctx.project, store)
+            for name in scheduler.names:
+                alerter.check_stale(ctx.project.pipeline(name), started)
+
     scheduler = Scheduler(
         ctx.project,
         pipelines,
         ctx.state_url,
         run_now=run_now,
-        on_report=lambda report: metrics.observe(report, ctx.project.pipeline(report.pipeline).zone),
+        on_report=after_run,
+        every_minute=check_stale,
     )
     # A broken pipeline would log the same error every interval, forever: refuse to start instead.
     scheduled = [ctx.project.pipeline(name) for name in scheduler.names]
@@ -746,7 +763,8 @@ def retry_command(
     options = RunOptions(retry_only=True, retry_data_rejections=retry_all)
     with ctx.store() as store, _progress(pipeline) as on_progress:
         report = run_pipeline(ctx.project, pipeline, store, options, progress=on_progress)
-    print_report(report, as_json=as_json)
+        print_report(report, as_json=as_json)
+        Alerter(ctx.project, store).after_run(report)
     _export_metrics(ctx.project, [report], metrics_textfile, pushgateway)
     _finish([report], results_path, fail_on_rejected, "retry failed")
 

@@ -239,6 +239,53 @@ class PresetOptions(BaseModel):
     content_type: Literal["product", "product_group"] | None = None
 
 
+AlertTrigger = Literal["failed", "rejected", "stranded", "coverage_drop", "stale"]
+ALERT_TRIGGERS: tuple[AlertTrigger, ...] = ("failed", "rejected", "stranded", "coverage_drop", "stale")
+
+
+class AlertConfig(BaseModel):
+    """A webhook told when runs go wrong (`alerts:` at the top of the file)."""
+
+    model_config = _FROZEN
+    webhook: SecretStr  # Slack's incoming-webhook URLs carry their token in the path
+    format: Literal["json", "slack"] = "json"
+    on: tuple[AlertTrigger, ...] = ALERT_TRIGGERS
+    rejected_share: float = Field(0.05, ge=0, le=1)  # `5%` or 0.05: above it, `rejected` fires
+    coverage_drop: float = Field(10.0, gt=0, le=100)  # points below the median of 10 good runs
+    stale_after: dt.timedelta = dt.timedelta(hours=24)  # under `schedule`: no success this long
+    timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        """YAML 1.1 reads a bare `on:` key as the boolean true (as in GitHub Actions files)."""
+        if isinstance(data, dict) and True in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
+
+    @field_validator("rejected_share", mode="before")
+    @classmethod
+    def _share(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return float(value.strip()[:-1]) / 100
+            except ValueError:
+                raise ValueError(f"not a share: {value!r} (use e.g. 5% or 0.05)") from None
+        return value
+
+    @field_validator("stale_after", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("webhook")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        if urlsplit(value.get_secret_value()).scheme not in {"http", "https"}:
+            raise ValueError("webhook must be an http(s) URL")
+        return value
+
+
 class PipelineConfig(BaseModel):
     """One query, one mapping, one destination."""
 
@@ -265,6 +312,7 @@ class PipelineConfig(BaseModel):
     preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
     preset_options: PresetOptions = PresetOptions()
     mapping: MappingSpec = MappingSpec(preset="commanders_act")  # only valid with a preset; checked below
+    alerts: tuple[str, ...] | None = None  # names from the top-level `alerts:`; None: every one
 
     @model_validator(mode="before")
     @classmethod
@@ -359,6 +407,7 @@ class ProjectConfig(BaseModel):
     warehouses: dict[str, Warehouse]
     destinations: dict[str, MetaDestination]
     pipelines: dict[str, PipelineConfig]
+    alerts: dict[str, AlertConfig] = {}
     path: Path | None = None
 
     @model_validator(mode="after")
@@ -369,6 +418,11 @@ class ProjectConfig(BaseModel):
                 errors.append(_missing_ref(name, "warehouse", pipeline.warehouse, self.warehouses))
             if pipeline.destination not in self.destinations:
                 errors.append(_missing_ref(name, "destination", pipeline.destination, self.destinations))
+            errors += [
+                _missing_ref(name, "alert", a, self.alerts)
+                for a in pipeline.alerts or ()
+                if a not in self.alerts
+            ]
         errors += self._secrets_in_pipelines()
         if errors:
             raise ValueError("; ".join(errors))
@@ -394,7 +448,7 @@ class ProjectConfig(BaseModel):
     def secrets(self) -> list[str]:
         """Every secret value in the file (tokens, passwords, URL passwords), to scrub from messages."""
         found: list[str] = []
-        for model in (*self.warehouses.values(), *self.destinations.values()):
+        for model in (*self.warehouses.values(), *self.destinations.values(), *self.alerts.values()):
             for name in type(model).model_fields:
                 value = getattr(model, name)
                 if isinstance(value, SecretStr) and (secret := value.get_secret_value()):
@@ -417,6 +471,11 @@ class ProjectConfig(BaseModel):
 
     def destination_of(self, pipeline: PipelineConfig) -> MetaDestination:
         return self.destinations[pipeline.destination]
+
+    def alerts_of(self, pipeline: PipelineConfig) -> dict[str, AlertConfig]:
+        """The alerts a pipeline's runs go to: those it names, or every alert in the file."""
+        names = self.alerts if pipeline.alerts is None else pipeline.alerts
+        return {name: self.alerts[name] for name in names}
 
 
 def _strings(node: Any, where: str) -> Iterator[tuple[str, str]]:

@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from capi_sync import results
 from capi_sync.errors import CapiSyncError, ConfigError, PipelineLocked
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from capi_sync.report import RunReport
 
 log = logging.getLogger("capi_sync.scheduler")
+CHECKS_JOB = "capi-sync-checks"
 
 
 class Scheduler:
@@ -42,6 +44,7 @@ class Scheduler:
         run_now: bool = False,
         summarize: Callable[[RunReport], str] | None = None,
         on_report: Callable[[RunReport], None] | None = None,
+        every_minute: Callable[[], None] | None = None,
     ) -> None:
         pipelines = [project.pipeline(name) for name in names] or [
             p for p in project.pipelines.values() if p.schedule
@@ -77,11 +80,17 @@ class Scheduler:
                 **first_run,
             )
         self.names = [p.name for p in pipelines]
+        if every_minute is not None:  # checks between runs (stale pipelines)
+            self.scheduler.add_job(
+                every_minute, IntervalTrigger(minutes=1), id=CHECKS_JOB, coalesce=True, max_instances=1
+            )
 
     def run(self) -> None:
         """Block until `stop()`; then wait for the runs in flight to commit and finish."""
         now = dt.datetime.now(dt.UTC)
         for job in self.scheduler.get_jobs():
+            if job.id == CHECKS_JOB:
+                continue
             first = getattr(job, "next_run_time", None) or job.trigger.get_next_fire_time(None, now)
             log.info("%s: scheduled (%s), first run %s", job.name, job.trigger, _when(first))
         self.scheduler.start()
@@ -108,7 +117,10 @@ class Scheduler:
                 "%s", self.summarize(report), extra={"event": "run_finished", **results.document(report)}
             )
             if self.on_report is not None:
-                self.on_report(report)
+                try:
+                    self.on_report(report)
+                except CapiSyncError as exc:  # metrics or alerts failing never stop the scheduler
+                    log.warning("%s: after the run: %s", name, exc)
         except KeyboardInterrupt:
             log.info("%s: interrupted after committing the batches in flight", name)
         except PipelineLocked as exc:

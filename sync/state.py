@@ -97,6 +97,14 @@ locks = sa.Table(
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
 )  # fmt: skip
+alerts_firing = sa.Table(  # v4: an alert's condition that fired and has not cleared: no second alert
+    "capi_alerts_firing", metadata,
+    sa.Column("alert", sa.String(200), primary_key=True),
+    sa.Column("pipeline", sa.String(200), primary_key=True),
+    sa.Column("trigger", sa.String(40), primary_key=True),
+    sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_uid", sa.String(32)),
+)  # fmt: skip
 schema_info = sa.Table(
     "capi_schema", metadata,
     sa.Column("version", sa.Integer, nullable=False),
@@ -559,6 +567,55 @@ class StateStore:
             query = query.where(runs.c.pipeline == pipeline)
         with self.engine.connect() as conn:
             return list(conn.execute(query))
+
+    @_translated
+    def successful_results(self, pipeline: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The results documents of the pipeline's last `limit` successful runs, newest first."""
+        query = (
+            sa.select(runs.c.results)
+            .where(
+                runs.c.pipeline == pipeline, runs.c.status == RunStatus.SUCCEEDED, runs.c.results.is_not(None)
+            )
+            .order_by(runs.c.id.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [orjson.loads(text) for text in conn.execute(query).scalars()]
+
+    @_translated
+    def last_success(self, pipeline: str) -> dt.datetime | None:
+        """When the pipeline's last successful run ended."""
+        query = sa.select(sa.func.max(runs.c.ended_at)).where(
+            runs.c.pipeline == pipeline, runs.c.status == RunStatus.SUCCEEDED
+        )
+        with self.engine.connect() as conn:
+            ended = conn.execute(query).scalar()
+        return _aware(ended) if ended is not None else None
+
+    @_translated
+    def alerts_firing(self, pipeline: str) -> set[tuple[str, str]]:
+        """(alert, trigger) pairs whose condition fired and has not cleared since."""
+        query = sa.select(alerts_firing.c.alert, alerts_firing.c.trigger).where(
+            alerts_firing.c.pipeline == pipeline
+        )
+        with self.engine.connect() as conn:
+            return {(alert, trigger) for alert, trigger in conn.execute(query)}
+
+    @_translated
+    def set_alert_firing(
+        self, alert: str, pipeline: str, trigger: str, *, firing: bool, run_uid: str | None
+    ) -> None:
+        key = (
+            (alerts_firing.c.alert == alert)
+            & (alerts_firing.c.pipeline == pipeline)
+            & (alerts_firing.c.trigger == trigger)
+        )
+        with self.engine.begin() as conn:
+            conn.execute(alerts_firing.delete().where(key))
+            if firing:
+                conn.execute(alerts_firing.insert().values(
+                    alert=alert, pipeline=pipeline, trigger=trigger, since=utcnow(), run_uid=run_uid
+                ))  # fmt: skip
 
     @_translated
     def list_rejected(
