@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,6 +46,7 @@ from capi_sync.preparing import prepare, setup_problems, setup_stage
 from capi_sync.report import MatchQuality
 from capi_sync.runner import RunOptions, plan_incremental, run_pipeline
 from capi_sync.secrets import scrub
+from capi_sync.starter import WAREHOUSE_TYPES, env_example, pipelines_yaml
 from capi_sync.state import StateStore, default_state_url
 from capi_sync.windows import CursorClock, kind_of_value, parse_cursor_value
 
@@ -79,8 +81,17 @@ class _Console(Console):
         )
 
 
-out = _Console(highlight=False, markup=False)
-err = _Console(stderr=True, highlight=False, markup=False)
+def _console(*, stderr: bool) -> _Console:
+    """Rich wraps and folds to the terminal's width; without a terminal (a log file, a pipe,
+    cron) nothing is cut: lines and tables keep their full width."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else UNLIMITED_WIDTH
+    return _Console(stderr=stderr, highlight=False, markup=False, width=width)
+
+
+UNLIMITED_WIDTH = 100_000
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
@@ -654,6 +665,85 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
     print_quality(quality)
 
 
+@cli.command()
+@click.option(
+    "--warehouse",
+    "kind",
+    type=click.Choice(WAREHOUSE_TYPES),
+    default="duckdb",
+    show_default=True,
+    help="The warehouse the starter reads.",
+)
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(),
+    help="Where to write [default: here].",
+)
+@click.option("--force", is_flag=True, help="Overwrite files that exist.")
+def init(kind: str, folder: Path, force: bool) -> None:
+    """Write a commented starter pipelines.yaml and .env.example for a warehouse type."""
+    files = {folder / "pipelines.yaml": pipelines_yaml(kind), folder / ".env.example": env_example(kind)}
+    existing = [str(path) for path in files if path.exists()]
+    if existing and not force:
+        raise click.UsageError(
+            f"{', '.join(existing)} already there: keep it, or pass --force to overwrite it"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, text in files.items():
+        path.write_text(text)
+        out.print(f"wrote {path}")
+    out.print("next: fill in .env, then `capi-sync validate` and `capi-sync run conversions --dry-run`")
+
+
+@cli.command("list")
+@project_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pipeline, for scripts.")
+@with_context
+def list_command(ctx: Context, as_json: bool) -> None:
+    """The file's pipelines: warehouse, schedule, cursor and last run."""
+    rows = []
+    with ctx.store() as store:
+        for name, pipeline in ctx.project.pipelines.items():
+            cursor = store.load_cursor(name).value
+            last = next(iter(store.list_runs(name, 1)), None)
+            rows.append(
+                {
+                    "pipeline": name,
+                    "warehouse": pipeline.warehouse,
+                    "warehouse_type": ctx.project.warehouse_of(pipeline).type,
+                    "destination": pipeline.destination,
+                    "schedule": pipeline.schedule,
+                    "cursor": results.json_value(cursor),
+                    "last_run": results.of_run(last) if last is not None else None,
+                }
+            )
+    if as_json or logs.json_mode():
+        for row in rows:
+            click.echo(scrub(orjson.dumps(row).decode()))
+        return
+    table = Table(title="pipelines")
+    for column in ("pipeline", "warehouse", "schedule", "cursor", "last run"):
+        table.add_column(column)
+    for row in rows:
+        last_run = row["last_run"]
+        summary = (
+            f"{last_run['status']} {last_run['started_at'][:19].replace('T', ' ')} UTC:"
+            f" {last_run['events_sent']:,} sent, {last_run['rows_rejected']:,} rejected"
+            if last_run
+            else "never"
+        )
+        table.add_row(
+            row["pipeline"],
+            f"{row['warehouse']} ({row['warehouse_type']})",
+            row["schedule"] or "",
+            "" if row["cursor"] is None else str(row["cursor"]),
+            summary,
+        )
+    out.print(table)
+
+
 @cli.command("runs")
 @click.argument("pipeline", required=False)
 @project_options
@@ -701,7 +791,7 @@ def runs_command(ctx: Context, pipeline: str | None, limit: int, as_json: bool) 
             str(row.rows_pending),
             str(row.rows_skipped),
             str(row.retries),
-            detail[:120],
+            detail if not out.is_terminal else detail[:120],
         )
     out.print(table)
 

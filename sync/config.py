@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -623,10 +624,53 @@ def _with_pipeline_names(errors: list[str]) -> list[str]:
     return named
 
 
+def _known_fields(loc: list[str]) -> list[str]:
+    """The keys the file may hold at `loc` (a path of keys from the top), for "did you mean"."""
+    node: Any = ProjectConfig
+    for part in loc:
+        node = _step(node, part)
+        if node is None:
+            return []
+    model = _model_in(node, None)
+    return [field.alias or name for name, field in model.model_fields.items()] if model else []
+
+
+def _step(node: Any, part: str) -> Any:
+    """One key down from a type: a model's field, a dict's value, a tagged union's member."""
+    if get_origin(node) is Annotated:
+        node = get_args(node)[0]
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        for name, field in node.model_fields.items():
+            if part in (name, field.alias):
+                return field.annotation
+        return None
+    if get_origin(node) is dict:
+        return get_args(node)[1]
+    return _model_in(node, part)
+
+
+def _model_in(node: Any, tag: str | None) -> type[BaseModel] | None:
+    """The model a type stands for: itself, the one member of an optional, or the union member
+    whose `type` is `tag` (a warehouse)."""
+    if get_origin(node) is Annotated:
+        node = get_args(node)[0]
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return node
+    members = [arg for arg in get_args(node) if isinstance(arg, type) and issubclass(arg, BaseModel)]
+    for member in members:
+        kind = member.model_fields.get("type")
+        if tag is not None and kind is not None and get_args(kind.annotation) == (tag,):
+            return member
+    return members[0] if len(members) == 1 else None
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
     messages = []
     for error in exc.errors(include_url=False):
         loc = [str(part) for part in error["loc"]]
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _known_fields(loc[:-1]), n=1)
+            error["msg"] = "unknown field" + (f"; did you mean '{close[0]}'?" if close else "")
         # Discriminated unions add the tag to the path (warehouses.shop.duckdb.path): drop it.
         if (
             len(loc) > 2
@@ -635,8 +679,6 @@ def _format_errors(exc: ValidationError) -> list[str]:
         ):
             del loc[2]
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field"
         where = ".".join(loc)
         if loc[:1] == ["pipelines"] and len(loc) > 1:
             where = f"pipeline '{loc[1]}': " + ".".join(loc[2:])

@@ -66,8 +66,8 @@ def document(report: RunReport) -> dict[str, Any]:
         "retries_by_code": dict(report.retry_codes.most_common()),
         "rejected_by_reason": rejected_by_reason(report.rejected_by_rule),
         "match_quality": match_quality(report.quality),
-        "cursor_before": _value(report.cursor_before),
-        "cursor_after": _value(report.cursor_after),
+        "cursor_before": json_value(report.cursor_before),
+        "cursor_after": json_value(report.cursor_after),
         "notes": [scrub(note) for note in report.notes],
         "errors": errors,
     }
@@ -142,7 +142,7 @@ def _time(value: dt.datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
 
 
-def _value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     """A cursor value as JSON: times with their zone (naive ones are wall times: no zone is
     invented), decimals as text so no digit is lost, numbers and strings as they are."""
     if value is None or isinstance(value, bool | int | float | str):

@@ -335,3 +335,70 @@ def test_schedule_serves_metrics_while_it_runs(tmp_path: Path, graph: FakeGraph)
     validate(
         {key: value for key, value in finished.items() if key not in {"ts", "level", "event", "message"}}
     )
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres", "snowflake", "bigquery"])
+def test_init_writes_a_starter_that_validates(tmp_path: Path, kind: str) -> None:
+    done = capi_sync(tmp_path, "init", "--warehouse", kind, "--dir", "project")
+    assert done.returncode == 0, done.stderr
+    env_names = [
+        line.split("=")[0]
+        for line in (tmp_path / "project" / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert {"FB_PIXEL_ID", "FB_ACCESS_TOKEN"} <= set(env_names)
+    checked = capi_sync(
+        tmp_path / "project",
+        "validate",
+        "--offline",
+        env={**dict.fromkeys(env_names, "x1"), "FB_PIXEL_ID": "123"},
+    )
+    assert checked.returncode == 0, checked.stderr
+    again = capi_sync(tmp_path, "init", "--warehouse", kind, "--dir", "project")
+    assert again.returncode == 2
+    assert "--force" in again.stderr
+
+
+def test_unknown_keys_get_a_did_you_mean_at_every_level(tmp_path: Path) -> None:
+    assert capi_sync(tmp_path, "init").returncode == 0
+    path = tmp_path / "pipelines.yaml"
+    text = path.read_text()
+    for typo, right in [
+        ("    path: warehouse.duckdb", "    pth: warehouse.duckdb"),
+        ("    schedule:", "    schedul:"),
+        ("      action_source: website", "      action_sorce: website"),
+        ("      server_event:", "      server_evnt:"),
+    ]:
+        text = text.replace(typo, right)
+    path.write_text(text)
+    done = capi_sync(tmp_path, "validate", "--offline", env={"FB_PIXEL_ID": "1", "FB_ACCESS_TOKEN": "x1"})
+    assert done.returncode == 2
+    for hint in ("'path'", "'schedule'", "'action_source'", "'server_event'"):
+        assert f"did you mean {hint}?" in done.stderr, done.stderr
+
+
+def test_list_shows_pipelines_with_their_cursor_and_last_run(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 3)
+    write_pipelines(tmp_path, graph.url)
+    assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+    (row,) = json_lines(capi_sync(tmp_path, "list", "--json").stdout)
+    assert (row["pipeline"], row["warehouse_type"], row["last_run"]["events_sent"]) == (
+        "purchases",
+        "duckdb",
+        3,
+    )
+    assert row["cursor"] is not None
+    validate(row["last_run"])
+    table = capi_sync(tmp_path, "list").stdout
+    assert "purchases" in table
+    assert "succeeded" in table
+
+
+def test_without_a_terminal_nothing_is_cut_to_80_columns(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 3)
+    write_pipelines(tmp_path, graph.url)
+    graph.poisoned = order_is(2)
+    assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+    runs = capi_sync(tmp_path, "runs").stdout
+    assert max(len(line) for line in runs.splitlines()) > 80
+    assert "…" not in runs
