@@ -513,8 +513,9 @@ def schedule(ctx: Context, pipelines: tuple[str, ...], run_now: bool, metrics_po
 @click.argument("pipeline", required=False)
 @project_options
 @click.option("--offline", is_flag=True, help="Skip the Graph API; check the warehouses only.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per check, for scripts.")
 @with_context
-def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
+def check(ctx: Context, pipeline: str | None, offline: bool, as_json: bool) -> None:
     """Connect to each warehouse and the Graph API and report what works; sends no event."""
     pipelines = [ctx.project.pipeline(pipeline)] if pipeline else list(ctx.project.pipelines.values())
     secrets = ctx.project.secrets()
@@ -550,7 +551,16 @@ def check(ctx: Context, pipeline: str | None, offline: bool) -> None:
             setup_failed |= not ok and not label.startswith("destination")
             mark = ("ok", "green") if ok else ("FAILED", "red")
             table.add_row(config.name, label, styled(mark, " " + _scrub(message, secrets)))
-    out.print(table)
+            if as_json or logs.json_mode():
+                verdict = {
+                    "pipeline": config.name,
+                    "check": label,
+                    "ok": ok,
+                    "result": _scrub(message, secrets),
+                }
+                click.echo(scrub(orjson.dumps(verdict).decode()))
+    if not (as_json or logs.json_mode()):
+        out.print(table)
     if setup_failed:  # a warehouse, query or mapping: configuration or setup, as everywhere
         raise SetupFailed("check failed")
     if failed:
@@ -620,10 +630,22 @@ def render(ctx: Context, pipeline: str, start: dt.datetime | None, end: dt.datet
 @cli.command()
 @project_options
 @click.option("--offline", is_flag=True, help="Check the file only; do not connect to warehouses.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: file, ok, pipelines, errors.")
 @with_context
-def validate(ctx: Context, offline: bool) -> None:
+def validate(ctx: Context, offline: bool, as_json: bool) -> None:
     """Check the pipelines file, and each query's columns against its mapping."""
     errors = [] if offline else setup_problems(ctx.project, ctx.project.pipelines.values())
+    if as_json:
+        verdict = {
+            "file": str(ctx.project.path),
+            "ok": not errors,
+            "pipelines": list(ctx.project.pipelines),
+            "errors": errors,
+        }
+        click.echo(scrub(orjson.dumps(verdict).decode()))
+        if errors:
+            raise SetupFailed("validation failed")
+        return
     if errors:
         raise ConfigError(errors, source=str(ctx.project.path))
     names = ", ".join(ctx.project.pipelines) or "no pipelines"
@@ -715,7 +737,7 @@ def list_command(ctx: Context, as_json: bool) -> None:
                     "warehouse_type": ctx.project.warehouse_of(pipeline).type,
                     "destination": pipeline.destination,
                     "schedule": pipeline.schedule,
-                    "cursor": results.json_value(cursor),
+                    "cursor": results.json_value(cursor, pipeline.timezone),
                     "last_run": results.of_run(last) if last is not None else None,
                 }
             )
@@ -867,13 +889,30 @@ def state() -> None:
 @state.command("show")
 @click.argument("pipeline")
 @project_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
 @with_context
-def state_show(ctx: Context, pipeline: str) -> None:
+def state_show(ctx: Context, pipeline: str, as_json: bool) -> None:
     """Show PIPELINE's cursor, the rows remembered near it, and backfills in progress."""
     config = ctx.project.pipeline(pipeline)
     with ctx.store() as store:
         cursor = store.load_cursor(pipeline)
         backfills = store.list_cursors(backfill_prefix(pipeline))
+    if as_json or logs.json_mode():
+        shown = {
+            "pipeline": pipeline,
+            "cursor": results.json_value(cursor.value, config.timezone),
+            "cursor_kind": kind_of_value(cursor.value) if cursor.value is not None else None,
+            "rows_settled": len(cursor.settled),
+            "backfills": [
+                {
+                    "range": name.removeprefix(backfill_prefix(pipeline)),
+                    "position": results.json_value(p.value, config.timezone),
+                }
+                for name, p in backfills
+            ],
+        }
+        click.echo(scrub(orjson.dumps(shown).decode()))
+        return
     if cursor.value is None:
         out.print(f"{pipeline}: no cursor yet; the next run starts at {config.start or 'Meta age limit'}")
     else:

@@ -80,6 +80,7 @@ class RunReport:
     pipeline: str
     dry_run: bool = False
     kind: str = "run"  # run | backfill | retry
+    timezone: str = "UTC"  # the pipeline's: naive cursor values are wall times there
     run_id: int | None = None  # the state store's row for the run (None in a dry run)
     run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # `run_id` in logs and results
     status: RunStatus = RunStatus.RUNNING

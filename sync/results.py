@@ -12,6 +12,7 @@ import datetime as dt
 from decimal import Decimal
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -66,8 +67,8 @@ def document(report: RunReport) -> dict[str, Any]:
         "retries_by_code": dict(report.retry_codes.most_common()),
         "rejected_by_reason": rejected_by_reason(report.rejected_by_rule),
         "match_quality": match_quality(report.quality),
-        "cursor_before": json_value(report.cursor_before),
-        "cursor_after": json_value(report.cursor_after),
+        "cursor_before": json_value(report.cursor_before, report.timezone),
+        "cursor_after": json_value(report.cursor_after, report.timezone),
         "notes": [scrub(note) for note in report.notes],
         "errors": errors,
     }
@@ -142,12 +143,14 @@ def _time(value: dt.datetime | None) -> str | None:
     return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
 
 
-def json_value(value: Any) -> Any:
-    """A cursor value as JSON: times with their zone (naive ones are wall times: no zone is
-    invented), decimals as text so no digit is lost, numbers and strings as they are."""
+def json_value(value: Any, timezone: str = "UTC") -> Any:
+    """A cursor value as JSON: timestamps in ISO 8601 with their zone (a naive one is a wall time
+    in the pipeline's `timezone`), dates as dates, decimals as text so no digit is lost."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, dt.datetime | dt.date):
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo is not None else value.replace(tzinfo=ZoneInfo(timezone))).isoformat()
+    if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)

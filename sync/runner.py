@@ -127,6 +127,7 @@ def session(
     and its mapping compiled once per run.
     """
     report.quality.notes[:] = quality_notes(pipeline)
+    report.timezone = pipeline.timezone
     if not options.dry_run:
         check_sendable(project, pipeline)
     with ExitStack() as stack:

@@ -134,7 +134,9 @@ def test_results_match_the_schema_and_runs_returns_the_same_documents(
         + document["rows_skipped"]
     )
     assert document["match_quality"]["keys"]["em"]["events"] == document["events_sent"]
-    assert document["cursor_after"] is not None
+    assert dt.datetime.fromisoformat(document["cursor_after"]).utcoffset() == dt.timedelta(0)  # with its zone
+    for moment in (document["started_at"], document["ended_at"]):
+        assert dt.datetime.fromisoformat(moment).utcoffset() == dt.timedelta(0)
     listed = capi_sync(tmp_path, "runs", "--json")
     assert listed.returncode == 0, listed.stderr
     (stored,) = json_lines(listed.stdout)
@@ -402,3 +404,29 @@ def test_without_a_terminal_nothing_is_cut_to_80_columns(tmp_path: Path, graph: 
     runs = capi_sync(tmp_path, "runs").stdout
     assert max(len(line) for line in runs.splitlines()) > 80
     assert "…" not in runs
+
+
+def test_validate_check_and_state_show_answer_in_json(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 3)
+    write_pipelines(tmp_path, graph.url)
+    assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+    (verdict,) = json_lines(capi_sync(tmp_path, "validate", "--json").stdout)
+    assert (verdict["ok"], verdict["pipelines"], verdict["errors"]) == (True, ["purchases"], [])
+    checks = json_lines(capi_sync(tmp_path, "check", "--json").stdout)
+    assert [(c["check"], c["ok"]) for c in checks] == [
+        ("warehouse shop", True),
+        ("query and mapping", True),
+        ("destination meta", True),
+    ]
+    (state,) = json_lines(capi_sync(tmp_path, "state", "show", "purchases", "--json").stdout)
+    assert dt.datetime.fromisoformat(state["cursor"]).utcoffset() == dt.timedelta(0)
+    assert (state["cursor_kind"], state["rows_settled"]) == ("timestamp", 1)
+    broken = (
+        (tmp_path / "pipelines.yaml").read_text().replace("select * from orders", "select * from nowhere")
+    )
+    (tmp_path / "pipelines.yaml").write_text(broken)
+    failed = capi_sync(tmp_path, "validate", "--json")
+    assert failed.returncode == 2
+    (verdict,) = json_lines(failed.stdout)
+    assert verdict["ok"] is False
+    assert "nowhere" in verdict["errors"][0]
