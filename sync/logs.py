@@ -125,8 +125,22 @@ def configure(log_format: LogFormat = "text", level: str | int = "info") -> None
         target.addHandler(handler)
         target.propagate = False
         target.setLevel(settings.level)
-    # other libraries' records (urllib3, the warehouses' drivers) at warning and above only
-    logging.getLogger().setLevel(logging.WARNING)
+    # other libraries' records (urllib3, the warehouses' drivers): warnings and above, in the
+    # same format, instead of Python's bare last-resort lines
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "capi_sync", False)]:
+        root.removeHandler(handler)
+    others = _StandardStream("stderr")
+    others.capi_sync = True  # type: ignore[attr-defined]
+    others.addFilter(_RunContext())
+    others.addFilter(ScrubbingFilter())
+    others.setFormatter(
+        _JsonLines("%(message)s")
+        if log_format == "json"
+        else _Text("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root.addHandler(others)
+    root.setLevel(logging.WARNING)
 
 
 def emit(
