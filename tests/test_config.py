@@ -82,7 +82,10 @@ def test_unknown_setting_is_reported(folder: Path) -> None:
     path.write_text(path.read_text().replace("action_source: website", "action_sorce: website"))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert "pipeline 'purchases': settings.action_sorce: unknown field" in caught.value.errors
+    assert (
+        "pipeline 'purchases': settings.action_sorce: unknown field; did you mean 'action_source'?"
+        in caught.value.errors
+    )
 
 
 @pytest.mark.parametrize(
