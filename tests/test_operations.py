@@ -17,30 +17,12 @@ import pytest
 from capi_sync import results
 from capi_sync.cli import _ProgressLines
 from capi_sync.report import RunReport
-from tests.conftest import TOKEN, cli, make_orders, write_pipelines
+from tests.conftest import PIPELINES, TOKEN, cli, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph
 
-TWO_PIPELINES = """
-warehouses:
-  shop: {{type: duckdb, path: {db}}}
-destinations:
-  meta:
-    pixel_id: "123456789"
-    access_token: ${{FB_ACCESS_TOKEN}}
-    graph_url: {graph_url}
-    retry_base_seconds: 0.01
-pipelines:
-  purchases:
-    warehouse: shop
-    destination: meta
-    query: select * from orders
-    primary_key: order_id
-    cursor: updated_at
-    settings: {{action_source: website, default_phone_region: US}}
-    mapping:
-      server_event: {{event_name: {{value: Purchase}}, event_time: created_at, event_source_url: page_url}}
-      customer_info: {{em: email, ph: phone, client_ip_address: ip, client_user_agent: user_agent}}
-      custom_data: {{value: amount, currency: currency}}
+TWO_PIPELINES = (
+    PIPELINES
+    + """
   leads:
     warehouse: shop
     destination: meta
@@ -52,6 +34,7 @@ pipelines:
       server_event: {{event_name: {{value: Lead}}, event_time: created_at}}
       customer_info: {{em: email}}
 """
+)
 
 
 def capi_sync(
