@@ -368,7 +368,7 @@ JSON_MAPPING = {
 }  # fmt: skip
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(docs=st.lists(DOCS, min_size=1, max_size=8))
 def test_paths_into_json_text(docs: list[str | None]) -> None:
     """Event tables keep nested values as JSON text: the core walks each row's text as
