@@ -323,7 +323,7 @@ def run(
     reports = []
     with ctx.store() as store:
         for name in names:
-            with _progress(name) as on_progress:
+            with _progress(name, total=limit) as on_progress:
                 report = run_pipeline(
                     ctx.project,
                     name,
@@ -828,9 +828,9 @@ def rejected(ctx: Context, pipeline: str, as_json: bool) -> None:
     ctx.project.pipeline(pipeline)
     with ctx.store() as store:
         rows = store.list_rejected(pipeline)
-    if as_json:
-        for row in rows:
-            click.echo(scrub(orjson.dumps(row, default=str).decode()))
+    if as_json or logs.json_mode():
+        for row in rows:  # the store's times are UTC: written with their zone
+            click.echo(scrub(orjson.dumps(row, default=str, option=orjson.OPT_NAIVE_UTC).decode()))
         return
     table = Table(title=f"{pipeline}: {len(rows)} rejected row(s)")
     for column in ("row", "reasons", "attempts", "last seen (UTC)"):
@@ -970,11 +970,12 @@ def state_reset(ctx: Context, pipeline: str, yes: bool) -> None:
 PROGRESS_EVERY_SECONDS = 10.0
 
 
-def _progress(pipeline: str) -> Any:
+def _progress(pipeline: str, total: int | None = None) -> Any:
     """A live counter on stderr when it is a terminal; without one (logs, CI, cron), a progress
-    line every ten seconds: rows read, sent, rejected and the rate."""
+    line every ten seconds: rows read, sent, rejected, the rate, and an ETA when the total is
+    known (`--limit`)."""
     if not err.is_terminal or logs.json_mode():
-        return _ProgressLines(pipeline)
+        return _ProgressLines(pipeline, total=total)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -1002,9 +1003,12 @@ def _progress(pipeline: str) -> Any:
 
 
 class _ProgressLines:
-    def __init__(self, pipeline: str, every: float = PROGRESS_EVERY_SECONDS) -> None:
+    def __init__(
+        self, pipeline: str, every: float = PROGRESS_EVERY_SECONDS, total: int | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.every = every
+        self.total = total
         self.started = self.last = time.monotonic()
 
     def __enter__(self) -> Callable[[RunReport], None]:
@@ -1016,14 +1020,19 @@ class _ProgressLines:
             return
         self.last = now
         rate = report.rows_fetched / max(now - self.started, 1e-9)
+        eta = None
+        if self.total is not None and rate > 0:
+            eta = round(max(self.total - report.rows_fetched, 0) / rate, 1)
         logs.emit(
             "progress",
             f"{self.pipeline}: {report.rows_fetched:,} read, {report.events_sent:,} sent,"
-            f" {report.rows_rejected:,} rejected, {rate:,.0f} rows/s",
+            f" {report.rows_rejected:,} rejected, {rate:,.0f} rows/s"
+            + (f", about {eta:,.0f}s left" if eta is not None else ""),
             rows_read=report.rows_fetched,
             events_sent=report.events_sent,
             rows_rejected=report.rows_rejected,
             rows_per_second=round(rate, 1),
+            eta_seconds=eta,
         )
 
     def __exit__(self, *exc: object) -> None:

@@ -120,6 +120,9 @@ def test_results_match_the_schema_and_runs_returns_the_same_documents(
     assert dt.datetime.fromisoformat(document["cursor_after"]).utcoffset() == dt.timedelta(0)  # with its zone
     for moment in (document["started_at"], document["ended_at"]):
         assert dt.datetime.fromisoformat(moment).utcoffset() == dt.timedelta(0)
+    (kept,) = json_lines(capi_sync(tmp_path, "rejected", "purchases", "--json").stdout)
+    for moment in (kept["first_seen"], kept["last_seen"]):
+        assert dt.datetime.fromisoformat(moment).utcoffset() == dt.timedelta(0)  # was naive before
     listed = capi_sync(tmp_path, "runs", "--json")
     assert listed.returncode == 0, listed.stderr
     (stored,) = json_lines(listed.stdout)
@@ -197,12 +200,17 @@ def test_without_a_terminal_progress_is_a_line_every_interval(capsys: pytest.Cap
         with _ProgressLines("purchases", every=0.0) as update:
             report.rows_fetched, report.events_sent = 5000, 4000
             update(report)
+        with _ProgressLines("purchases", every=0.0, total=20000) as update:  # `--limit`: an ETA
+            update(report)
         with _ProgressLines("purchases", every=3600) as update:
             update(report)  # within the interval: nothing
     finally:
         logs.configure("text")
-    (line,) = json_lines(capsys.readouterr().err)
+    line, with_total = json_lines(capsys.readouterr().err)
     assert (line["event"], line["rows_read"], line["events_sent"]) == ("progress", 5000, 4000)
+    assert line["eta_seconds"] is None
+    assert with_total["eta_seconds"] >= 0
+    assert "left" in with_total["message"]
 
 
 @pytest.mark.parametrize("value", ["2%", "0.02"])
