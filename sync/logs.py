@@ -141,6 +141,7 @@ def configure(log_format: LogFormat = "text", level: str | int = "info") -> None
     )
     root.addHandler(others)
     root.setLevel(logging.WARNING)
+    logging.captureWarnings(log_format == "json")  # a library's warnings.warn() as a JSON line too
 
 
 def emit(
