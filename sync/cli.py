@@ -1191,6 +1191,12 @@ def _invoke(argv: list[str] | None) -> int:
         return _failed(str(exc), ExitCode.USAGE)
     except CapiSyncError as exc:
         return _failed(str(exc), ExitCode.RUN_FAILED)
+    except Exception:
+        if not logs.json_mode():
+            raise  # a bug: its traceback is what a bug report needs
+        # JSON logs stay parseable even for a bug: the traceback goes inside one line
+        logs.logger.exception("internal error", extra={"event": "internal_error", "exit_code": 1})
+        return ExitCode.RUN_FAILED
     return ExitCode.OK
 
 

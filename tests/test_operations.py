@@ -421,3 +421,18 @@ def test_validate_check_and_state_show_answer_in_json(tmp_path: Path, graph: Fak
     (verdict,) = json_lines(failed.stdout)
     assert verdict["ok"] is False
     assert "nowhere" in verdict["errors"][0]
+
+
+def test_a_bug_under_json_logs_is_one_json_line_with_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(_path: object) -> None:
+        raise RuntimeError("a bug, not a user error")
+
+    monkeypatch.setattr("capi_sync.cli.load_config", broken)
+    assert cli("--log-format", "json", "validate", "--offline") == 1
+    (line,) = json_lines(capsys.readouterr().err)
+    assert (line["event"], line["level"], line["exit_code"]) == ("internal_error", "error", 1)
+    assert "RuntimeError: a bug, not a user error" in line["exc_info"]
+    with pytest.raises(RuntimeError):  # in text mode the traceback is printed as Python prints it
+        cli("validate", "--offline")
