@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import logging
 import socket
 import threading
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 MAX_EVENTS_PER_REQUEST = 1000
+VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"
+log = logging.getLogger("capi_sync.meta")
 _THROTTLING_CODES = frozenset({4, 17, 32, 613, 80003, 80004})
 _TRANSIENT_CODES = frozenset({1, 2, 341, 368})
 _PERMISSION_CODES = frozenset({3, 10, *range(200, 300)})
@@ -184,6 +187,7 @@ class MetaClient:
             self._extra["appsecret_proof"] = proof
         # What follows the events in a body, as orjson writes `{"data": [...], **extra}`.
         self._extra_json = (b"," + orjson.dumps(self._extra)[1:]) if self._extra else b"}"
+        self._version_warned = False  # Meta's deprecation warning is logged once per client
         self._session = session or requests.Session()
         adapter = _DeadlineAdapter()
         self._session.mount("http://", adapter)
@@ -258,6 +262,7 @@ class MetaClient:
         raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
 
     def _result(self, response: requests.Response, body: bytes, sent: int) -> SendResult:
+        self._note_version_warning(response)
         payload = _json(body)
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
             received = payload.get("events_received")
@@ -269,6 +274,17 @@ class MetaClient:
             messages = tuple(self._scrub(str(m)[:500]) for m in listed) if isinstance(listed, list) else ()
             return SendResult(received, trace, messages)
         raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
+
+    def _note_version_warning(self, response: requests.Response) -> None:
+        """Meta names the API version it will retire in `X-Ad-Api-Version-Warning`: say so, once."""
+        warning = response.headers.get(VERSION_WARNING_HEADER)
+        if warning and not self._version_warned:
+            self._version_warned = True
+            log.warning(
+                "Meta warns about this pipeline's api_version: %s",
+                self._scrub(warning[:500]),
+                extra={"event": "api_version_warning"},
+            )
 
     def _error(self, status: int, payload: Any, text: str, location: str | None = None) -> MetaError:
         """Map an HTTP status and Graph error body to the exception that says what to do."""

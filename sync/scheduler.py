@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("capi_sync.scheduler")
 CHECKS_JOB = "capi-sync-checks"
+TEST_CODE_WARNING = (
+    "settings.test_event_code is set under a schedule: Meta shows these events as test events and still"
+    " counts them; remove it once the pipeline is checked"
+)
 
 
 class Scheduler:
@@ -80,6 +84,8 @@ class Scheduler:
                 **first_run,
             )
         self.names = [p.name for p in pipelines]
+        # Test events are still counted by Meta: a schedule left with a test code sends them for real.
+        self.testing = {p.name for p in pipelines if p.settings.test_event_code}
         if every_minute is not None:  # checks between runs (stale pipelines)
             self.scheduler.add_job(
                 every_minute, IntervalTrigger(minutes=1), id=CHECKS_JOB, coalesce=True, max_instances=1
@@ -88,6 +94,13 @@ class Scheduler:
     def run(self) -> None:
         """Block until `stop()`; then wait for the runs in flight to commit and finish."""
         now = dt.datetime.now(dt.UTC)
+        for name in sorted(self.testing):
+            log.warning(
+                "%s: %s",
+                name,
+                TEST_CODE_WARNING,
+                extra={"event": "test_event_code_scheduled", "pipeline": name},
+            )
         for job in self.scheduler.get_jobs():
             if job.id == CHECKS_JOB:
                 continue
@@ -113,9 +126,8 @@ class Scheduler:
         try:
             with StateStore(self.state_url) as store:
                 report = run_pipeline(self.project, name, store, RunOptions(stop=self._stop))
-            log.info(
-                "%s", self.summarize(report), extra={"event": "run_finished", **results.document(report)}
-            )
+            summary = self.summarize(report) + (f" ({TEST_CODE_WARNING})" if name in self.testing else "")
+            log.info("%s", summary, extra={"event": "run_finished", **results.document(report)})
             if self.on_report is not None:
                 try:
                     self.on_report(report)

@@ -166,3 +166,35 @@ def test_fatal_errors_are_not_retried() -> None:
     with pytest.raises(MetaAuthError):
         call_with_retry(fatal, RetryPolicy(), sleep=lambda _s: None)
     assert len(calls) == 1
+
+
+def test_metas_version_warning_is_logged_once(graph: FakeGraph) -> None:
+    import logging
+
+    import orjson
+
+    from tests.fake_graph import Raw
+
+    warning = "API version v26.0 will be deprecated on 2027-09-12. Please upgrade to v27.0"
+    graph.script = lambda _n, body: Raw(
+        200,
+        orjson.dumps({"events_received": len(body["data"]), "fbtrace_id": "t"}),
+        {"X-Ad-Api-Version-Warning": warning, "Content-Type": "application/json"},
+    )
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger, keep = logging.getLogger("capi_sync.meta"), Keep()
+    logger.addHandler(keep)
+    try:
+        meta = client(graph)
+        meta.send([EVENT])
+        meta.send([EVENT])
+    finally:
+        logger.removeHandler(keep)
+    (record,) = records
+    assert warning in record.getMessage()
+    assert record.event == "api_version_warning"  # type: ignore[attr-defined]

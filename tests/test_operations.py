@@ -294,10 +294,12 @@ def test_schedule_serves_metrics_while_it_runs(tmp_path: Path, graph: FakeGraph)
 
     make_orders(tmp_path / "shop.duckdb", 6)
     path = write_pipelines(tmp_path, graph.url)
+    text = path.read_text().replace(
+        "    cursor: updated_at\n", "    cursor: updated_at\n    schedule: '@hourly'\n"
+    )
+    # a test code left under a schedule: Meta still counts those events, so the scheduler warns
     path.write_text(
-        path.read_text().replace(
-            "    cursor: updated_at\n", "    cursor: updated_at\n    schedule: '@hourly'\n"
-        )
+        text.replace("action_source: website,", "action_source: website, test_event_code: TEST42,")
     )
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "capi-sync"), "--log-format", "json", "schedule", "--run-now",
@@ -324,7 +326,10 @@ def test_schedule_serves_metrics_while_it_runs(tmp_path: Path, graph: FakeGraph)
         reader.join(timeout=10)
     assert process.returncode == 0
     assert samples["capi_sync_events_sent_total", (("pipeline", "purchases"),)] == 6
+    (warned,) = [line for line in lines if line["event"] == "test_event_code_scheduled"]
+    assert (warned["level"], warned["pipeline"]) == ("warning", "purchases")
     finished = next(line for line in lines if line["event"] == "run_finished")
+    assert "test_event_code is set under a schedule" in finished["message"]
     validate(
         {key: value for key, value in finished.items() if key not in {"ts", "level", "event", "message"}}
     )
