@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 MAX_EVENTS_PER_REQUEST = 1000
 VERSION_WARNING_HEADER = "X-Ad-Api-Version-Warning"
+# Meta's rate-limit usage headers: JSON with percentages of the budget used (Graph API docs,
+# "Rate Limiting"): the app's, the ad account's, and per business use case.
+USAGE_HEADERS = ("X-App-Usage", "X-Ad-Account-Usage", "X-Business-Use-Case-Usage")
+_USAGE_FIELDS = frozenset({"call_count", "total_cputime", "total_time", "acc_id_util_pct"})
 log = logging.getLogger("capi_sync.meta")
 _THROTTLING_CODES = frozenset({4, 17, 32, 613, 80003, 80004})
 _TRANSIENT_CODES = frozenset({1, 2, 341, 368})
@@ -188,6 +192,7 @@ class MetaClient:
         # What follows the events in a body, as orjson writes `{"data": [...], **extra}`.
         self._extra_json = (b"," + orjson.dumps(self._extra)[1:]) if self._extra else b"}"
         self._version_warned = False  # Meta's deprecation warning is logged once per client
+        self.usage: float | None = None  # the highest share (%) of a rate-limit budget Meta reported last
         self._session = session or requests.Session()
         adapter = _DeadlineAdapter()
         self._session.mount("http://", adapter)
@@ -263,6 +268,8 @@ class MetaClient:
 
     def _result(self, response: requests.Response, body: bytes, sent: int) -> SendResult:
         self._note_version_warning(response)
+        if (usage := usage_percent(response.headers)) is not None:
+            self.usage = usage
         payload = _json(body)
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
             received = payload.get("events_received")
@@ -387,3 +394,29 @@ def _json(body: bytes) -> Any:
 
 def _as_text(body: bytes) -> str:
     return body[:2000].decode("utf-8", errors="replace")
+
+
+def usage_percent(headers: Any) -> float | None:
+    """The highest share (%) of any rate-limit budget in Meta's usage headers, or None without
+    them. Malformed headers are ignored: they must never fail a delivery."""
+    found: list[float] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _USAGE_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+                    found.append(float(value))
+                else:
+                    collect(value)
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    for name in USAGE_HEADERS:
+        text = headers.get(name)
+        if text:
+            try:
+                collect(orjson.loads(text))
+            except orjson.JSONDecodeError:
+                continue
+    return max(found) if found else None

@@ -244,6 +244,7 @@ class RunSession:
         # Set on interrupt or stop: senders give up their backoff so the run can commit and exit.
         self.abort = self.options.stop or threading.Event()
         self.sender = Sender(self.client, self.retry, self.abort, dry_run=self.options.dry_run)
+        self._last_allowed: int | None = None  # requests allowed in flight, as last logged
 
     def incremental(self, now: dt.datetime | None = None) -> None:
         """Send the rows past the pipeline's cursor, up to the settle watermark."""
@@ -359,7 +360,7 @@ class RunSession:
             try:
                 for batch in batches:
                     pending.append((batch, pool.submit(self._send, batch)))
-                    while pending and (len(pending) >= in_flight or pending[0][1].done()):
+                    while pending and (len(pending) >= self._allowed(in_flight) or pending[0][1].done()):
                         self._commit_oldest(pending)
                 while pending:
                     self._commit_oldest(pending)
@@ -373,6 +374,29 @@ class RunSession:
             finally:
                 for _, future in pending:
                     future.cancel()
+
+    def _allowed(self, in_flight: int) -> int:
+        """Fewer requests in flight as Meta's usage headers near 100% of a rate-limit budget,
+        back to `max_in_flight` as they fall: slowing down before Meta throttles."""
+        allowed = allowed_in_flight(getattr(self.client, "usage", None), in_flight)
+        if allowed != self._last_allowed:
+            if allowed < in_flight:
+                logs.logger.warning(
+                    "%s: Meta reports %.0f%% of a rate limit used: %d request(s) in flight",
+                    self.pipeline.name,
+                    getattr(self.client, "usage", 0) or 0,
+                    allowed,
+                    extra={"event": "rate_limit_slowdown", "in_flight": allowed},
+                )
+            elif self._last_allowed is not None:
+                logs.logger.info(
+                    "%s: back to %d request(s) in flight",
+                    self.pipeline.name,
+                    allowed,
+                    extra={"event": "rate_limit_recovered", "in_flight": allowed},
+                )
+            self._last_allowed = allowed
+        return allowed
 
     def _drain(self, pending: deque[tuple[Batch, Future[Sent]]]) -> None:
         """Stop cleanly: commit, in order, the batches already on the wire; drop the rest unsent."""
@@ -676,6 +700,19 @@ def _settled(send: Callable[[Batch], Sent], batch: Batch) -> Future[Sent]:
     except CapiSyncError as exc:
         future.set_exception(exc)
     return future
+
+
+SLOW_AT_PERCENT = 75.0  # half the requests in flight from here
+ONE_AT_PERCENT = 90.0  # one at a time from here
+
+
+def allowed_in_flight(usage: float | None, in_flight: int) -> int:
+    """Requests allowed in flight at Meta's reported usage (% of the tightest budget)."""
+    if usage is None or usage < SLOW_AT_PERCENT:
+        return in_flight
+    if usage < ONE_AT_PERCENT:
+        return max(1, in_flight // 2)
+    return 1
 
 
 def _user_keys(event: dict[str, Any] | bytes) -> tuple[str, ...]:

@@ -198,3 +198,63 @@ def test_metas_version_warning_is_logged_once(graph: FakeGraph) -> None:
     (record,) = records
     assert warning in record.getMessage()
     assert record.event == "api_version_warning"  # type: ignore[attr-defined]
+
+
+def test_usage_headers_give_the_tightest_budget() -> None:
+    from capi_sync.connectors.meta import usage_percent
+
+    headers = {
+        "X-App-Usage": '{"call_count": 12, "total_cputime": 30, "total_time": 41}',
+        "X-Ad-Account-Usage": '{"acc_id_util_pct": 9.5, "reset_time_duration": 0}',
+        "X-Business-Use-Case-Usage": (
+            '{"1234": [{"type": "ads_management", "call_count": 88, "total_cputime": 2,'
+            ' "total_time": 3, "estimated_time_to_regain_access": 0}]}'
+        ),
+    }
+    assert usage_percent(headers) == 88
+    assert usage_percent({"X-App-Usage": "not json"}) is None
+    assert usage_percent({}) is None
+
+
+def test_requests_in_flight_shrink_as_usage_nears_the_limit(
+    graph: FakeGraph, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta reports 95% of the app's budget from the first answer on: after the requests already
+    on the wire, the run sends one at a time; at 10% it would keep four in flight."""
+    import threading
+    import time
+
+    import orjson
+
+    from capi_sync.runner import allowed_in_flight
+    from tests.conftest import cli, make_orders, write_pipelines
+    from tests.fake_graph import Raw
+
+    assert [allowed_in_flight(u, 4) for u in (None, 10, 80, 95, 120)] == [4, 4, 2, 1, 1]
+    active, overlaps, answered = [0], [], [0]
+    lock = threading.Lock()
+
+    def busy(_number: int, body: dict[str, Any]) -> Raw:
+        with lock:
+            active[0] += 1
+            if answered[0] >= 4:  # the first wave was sent before Meta's first answer
+                overlaps.append(active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+            answered[0] += 1
+        usage = orjson.dumps({"call_count": 95, "total_cputime": 20, "total_time": 20}).decode()
+        reply = orjson.dumps({"events_received": len(body["data"]), "fbtrace_id": "t"})
+        return Raw(200, reply, {"X-App-Usage": usage, "Content-Type": "application/json"})
+
+    graph.script = busy
+    monkeypatch.setenv("FB_ACCESS_TOKEN", TOKEN)
+    make_orders(tmp_path / "shop.duckdb", 1200)
+    path = write_pipelines(tmp_path, graph.url)
+    path.write_text(
+        path.read_text().replace("default_phone_region: US", "default_phone_region: US, batch_size: 100")
+    )
+    assert cli("run", "purchases") == 0
+    assert graph.arrived == 12  # 1,200 rows in batches of 100
+    assert overlaps
+    assert max(overlaps) == 1
