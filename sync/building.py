@@ -69,6 +69,19 @@ def effective_mapping(pipeline: PipelineConfig) -> MappingSpec:
     return pushdown.pushed_spec(pipeline.mapping, hash_external_id=pipeline.settings.hash_external_id)
 
 
+# The platform name Meta's agent filter knows capi-sync's events by: Meta documents `partner_agent`
+# as `[partner_name]_[majorVersion]_[minorVersion]` and filters the Dataset Quality API with the
+# lowercase partner name alone (`agent_name`), so the name itself carries no `_`.
+PARTNER_NAME = "capisync"
+
+
+def partner_agent(version: str = __version__) -> str:
+    """`capisync_<major>_<minor>`: the form Meta's Dataset Quality API filters on (`agent_name`)."""
+    numbers = [int(part) if part.isdigit() else 0 for part in version.split(".")[:2]]
+    major, minor = (*numbers, 0, 0)[:2]
+    return f"{PARTNER_NAME}_{major}_{minor}"
+
+
 def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
     """The pipeline's destination as a client; the token stays inside it."""
     destination = project.destination_of(pipeline)
@@ -80,7 +93,7 @@ def make_client(project: ProjectConfig, pipeline: PipelineConfig) -> MetaClient:
         timeout=destination.timeout,
         max_request_bytes=destination.max_request_bytes,
         test_event_code=pipeline.settings.test_event_code,
-        partner_agent=f"capi-sync/{__version__}",
+        partner_agent=partner_agent(),
         app_secret=destination.app_secret.get_secret_value() if destination.app_secret else None,
     )
 

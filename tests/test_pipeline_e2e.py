@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -12,6 +13,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from capi_sync import __version__
+from capi_sync.building import PARTNER_NAME
 from capi_sync.state import StateStore
 from tests.conftest import (
     TOKEN,
@@ -68,7 +71,12 @@ def test_token_travels_in_the_header_never_the_url(project: Path, graph: FakeGra
     request = graph.requests[0]
     assert TOKEN not in request.path
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
-    assert request.body["partner_agent"].startswith("capi-sync/")
+    # Meta's documented partner form, `[partner_name]_[major]_[minor]`: its Dataset Quality API
+    # filters by the lowercase name before the first `_` (`agent_name`).
+    agent = request.body["partner_agent"]
+    assert re.fullmatch(r"[a-z]+_\d+_\d+", agent), agent
+    assert agent.split("_")[0] == PARTNER_NAME == "capisync"
+    assert agent == f"capisync_{'_'.join(__version__.split('.')[:2])}"
     state_db = (project.parent / ".capi-sync" / "state.db").read_bytes()
     assert TOKEN.encode() not in state_db
 
