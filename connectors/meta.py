@@ -175,7 +175,9 @@ class MetaClient:
         app_secret: str | None = None,
         session: requests.Session | None = None,
     ) -> None:
-        self.pixel_url = f"{graph_url.rstrip('/')}/{api_version}/{pixel_id}"
+        self.pixel_id = pixel_id
+        self.version_url = f"{graph_url.rstrip('/')}/{api_version}"
+        self.pixel_url = f"{self.version_url}/{pixel_id}"
         self.url = f"{self.pixel_url}/events"
         self._token = access_token
         self._secrets = tuple(secret for secret in (access_token, app_secret) if secret)
@@ -248,11 +250,27 @@ class MetaClient:
         Returns the pixel's name (or id); raises `MetaAuthError`, `MetaPermissionError` or
         `MetaRequestError` (code 100 subcode 33: no such pixel, or no access) like `send` does.
         """
+        payload = self._get(self.pixel_url, {"fields": "id,name"})
+        return str(payload.get("name") or payload.get("id") or "")
+
+    def dataset_quality(self, fields: str, agent_name: str | None = None) -> dict[str, Any]:
+        """Meta's Dataset Quality API for this pixel: `GET /{version}/dataset_quality`.
+
+        `agent_name` keeps to the events sent with that `partner_agent` (Meta normalizes the agent
+        to the lowercase name before its first `_`); without it, all the dataset's server events.
+        """
+        params = {"dataset_id": self.pixel_id, "fields": fields}
+        if agent_name:
+            params["agent_name"] = agent_name
+        return self._get(f"{self.version_url}/dataset_quality", params)
+
+    def _get(self, url: str, params: dict[str, str]) -> dict[str, Any]:
+        """A Graph API read, the token in the header; the answer's JSON object, or `MetaError`."""
         try:
             with _Deadline(self._timeout):
                 response = self._session.get(
-                    self.pixel_url,
-                    params={"fields": "id,name"},
+                    url,
+                    params=params,
                     headers={"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
                     timeout=self._timeout,
                     allow_redirects=False,
@@ -261,9 +279,10 @@ class MetaClient:
                 body = _read_capped(response)  # inside the deadline
         except requests.RequestException as exc:
             raise MetaRetryableError(self._scrub(f"could not reach the Graph API: {exc}")) from None
+        self._note_version_warning(response)
         payload = _json(body)
         if response.status_code == 200 and isinstance(payload, dict) and "error" not in payload:
-            return str(payload.get("name") or payload.get("id") or "")
+            return payload
         raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
 
     def _result(self, response: requests.Response, body: bytes, sent: int) -> SendResult:

@@ -48,6 +48,7 @@ class MappedRow(NamedTuple):
     key: tuple[Any, ...] = ()  # the primary key's values, typed, to find the row again
     skipped: str | None = None  # a rule that holds the row back without rejecting it (consent)
     user_keys: tuple[str, ...] | None = None  # the customer-information keys of a JSON event
+    event_name: str = ""  # the name of a JSON event
 
 
 @dataclass(frozen=True, slots=True)

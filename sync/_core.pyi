@@ -5,6 +5,7 @@ from typing import Any, final
 __version__: str
 build_profile: str  # "release" or "debug"; benchmarks refuse a debug build
 unicode_version: str  # the Unicode of the CPython whose tables the core carries
+NAME_SHIFT: int  # a shape's bits from here up: the index of its event's name in `Built.event_names`
 
 @final
 class Plan:
@@ -26,6 +27,8 @@ class Built:
     def events(self) -> list[bytes]: ...
     @property
     def shapes(self) -> list[int]: ...
+    @property
+    def event_names(self) -> list[str]: ...
 
 def build(plan: Plan, batch: Any, now: float) -> Built: ...
 def derive_event_id(pipeline: str, row_key: str) -> str: ...

@@ -26,10 +26,10 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from capi_sync import __version__, engine, logs, results
+from capi_sync import __version__, engine, logs, quality, results
 from capi_sync.alerts import Alerter
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
-from capi_sync.building import make_client, quality_notes
+from capi_sync.building import PARTNER_NAME, make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, open_source
 from capi_sync.errors import (
@@ -676,7 +676,7 @@ def preview(ctx: Context, pipeline: str, rows: int) -> None:
                     table.add_row(mapped.row_key, styled(("rejected", "red")), reasons)
                 else:
                     event = mapped.event if isinstance(mapped.event, dict) else orjson.loads(mapped.event)
-                    quality.add_event(event["user_data"].keys())
+                    quality.add_event(event["user_data"].keys(), event["event_name"])
                     quality.dropped.update((p.field, p.rule) for p in mapped.problems)
                     body = orjson.dumps(event, option=orjson.OPT_INDENT_2).decode()
                     if mapped.problems:
@@ -764,6 +764,94 @@ def list_command(ctx: Context, as_json: bool) -> None:
             summary,
         )
     out.print(table)
+
+
+@cli.command("quality")
+@click.argument("pipeline")
+@project_options
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    help="capi-sync's side: the runs started in this period (7d, 36h, 2w).",
+)
+@click.option(
+    "--all-agents",
+    is_flag=True,
+    help=f"Meta's score over all the dataset's server events, not only those capi-sync sent"
+    f" (agent_name={PARTNER_NAME}).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event name, for scripts.")
+@with_context
+def quality_command(ctx: Context, pipeline: str, since: str, all_agents: bool, as_json: bool) -> None:
+    """Meta's Event Match Quality per event name beside what capi-sync sent.
+
+    Reads Meta's Dataset Quality API for the pipeline's dataset (pixel) and the pipeline's run
+    history; sends no event.
+    """
+    config = ctx.project.pipeline(pipeline)
+    try:
+        period = quality.parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    started = dt.datetime.now(dt.UTC) - period
+    with ctx.store() as store:
+        documents = [results.of_run(row) for row in store.runs_since(config.name, started)]
+    sent, without_names = quality.sent_quality(documents)
+    with closing(make_client(ctx.project, config)) as client:
+        meta = quality.fetch(client, None if all_agents else PARTNER_NAME)
+    rows = quality.comparison(meta, sent)
+    notes = []
+    if without_names:
+        notes.append(
+            f"{without_names} run(s) in the period kept no counts per event name (before capi-sync 0.1)"
+        )
+    if not meta:
+        notes.append("Meta has no Event Match Quality for this dataset yet (it scores web events only)")
+    if as_json or logs.json_mode():
+        for row in rows:
+            click.echo(scrub(orjson.dumps({"pipeline": config.name, "since": since, **row}).decode()))
+        for note in notes:
+            logs.emit("quality_note", note)
+        return
+    table = Table(
+        title=f"match quality, both sides: {config.name} (its runs since {started:%Y-%m-%d %H:%M} UTC)"
+    )
+    for column in (
+        "event name",
+        "Meta EMQ",
+        "event coverage",
+        "sent",
+        "key",
+        "Meta coverage %",
+        "sent with key %",
+    ):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        theirs = row["meta"] or {}
+        first = True
+        for key, figures in row["keys"].items() or {"": {"meta_coverage": None, "sent_share": None}}.items():
+            table.add_row(
+                row["event_name"] if first else "",
+                _figure(theirs.get("composite_score"), "/10") if first else "",
+                _figure(theirs.get("event_coverage"), "%") if first else "",
+                f"{row['events_sent']:,}" if first else "",
+                key,
+                _figure(figures["meta_coverage"]),
+                _figure(figures["sent_share"]),
+            )
+            first = False
+    out.print(table)
+    for row in rows:
+        for diagnostic in (row["meta"] or {}).get("diagnostics", []):
+            share = _figure(diagnostic["percentage"], "% of events")
+            out.print(f"{row['event_name']}: {diagnostic['name']} ({share}). {diagnostic['solution'] or ''}")
+    for note in notes:
+        out.print(f"note: {note}")
+
+
+def _figure(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:g}{unit}"
 
 
 @cli.command("runs")

@@ -336,6 +336,7 @@ class Built:
         self.row_keys: list[str | None] = built.row_keys
         self.events: list[bytes] = built.events
         self.shapes: list[int] = built.shapes
+        self.event_names: list[str] = built.event_names
         key_columns = [batch.column(index).to_pylist() for index in native.key_indexes]
         self.key_values: list[tuple[Any, ...]] = list(zip(*key_columns, strict=True))
         self.all_native: bool = len(self.events) == batch.num_rows
@@ -349,15 +350,26 @@ class Built:
             found = self._shape_keys[shape] = tuple(k for i, k in enumerate(order) if shape >> i & 1)
         return found
 
+    def event_name(self, shape: int) -> str:
+        """The name of the event a shape belongs to (the core keeps it above the key bits)."""
+        return self.event_names[shape >> _core.NAME_SHIFT]
+
     def mapped_rows(self) -> Iterator[MappedRow]:
         """Every row, in order, as the reference would map it (events the core wrote are bytes)."""
         events, shapes = iter(self.events), iter(self.shapes)
         rows: list[Any] | None = None
         for position, flag in enumerate(self.flags):
             if flag:
-                user_keys = self.user_keys(next(shapes))
+                shape = next(shapes)
                 row_key = self.row_keys[position]
-                yield MappedRow(row_key, next(events), (), self.key_values[position], user_keys=user_keys)  # type: ignore[arg-type]
+                yield MappedRow(
+                    row_key,  # type: ignore[arg-type]
+                    next(events),
+                    (),
+                    self.key_values[position],
+                    user_keys=self.user_keys(shape),
+                    event_name=self.event_name(shape),
+                )
                 continue
             if rows is None:  # the reference reads Python values, as the row path would hand them over
                 rows = _rows_of(self._batch, self._native.used)

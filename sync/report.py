@@ -25,41 +25,40 @@ SAMPLE_REJECTIONS = 20
 
 @dataclass
 class MatchQuality:
-    """Per customer-information key: how many sent events carry it, and why values were dropped."""
+    """Per customer-information key: how many sent events carry it, and why values were dropped.
+
+    Events are counted per event name too, so that `capi-sync quality` can set them beside Meta's
+    score for the same event name.
+    """
 
     events: int = 0
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
-    # Events counted by their set of keys: rows share a handful of shapes, so counting one costs a
-    # dict update instead of one per key (this runs once per event).
-    shapes: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    # Events counted by their name and set of keys: rows share a handful of shapes, so counting one
+    # costs a dict update instead of one per key (this runs once per event).
+    shapes: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)  # how the pipeline's settings read values
 
-    def add_event(self, user_keys: Iterable[str]) -> None:
+    def add_event(self, user_keys: Iterable[str], event_name: str = "") -> None:
         """Count one sent event and the customer-information keys it carried."""
         self.events += 1
-        self.shapes[user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1
+        self.shapes[event_name, user_keys if user_keys.__class__ is tuple else tuple(user_keys)] += 1
 
-    def remove_event(self, user_keys: Iterable[str]) -> None:
+    def remove_event(self, user_keys: Iterable[str], event_name: str = "") -> None:
         """Take back an event counted by `add_event` (Meta refused it): its key set may be
         counted under another order, so counts per key stay right even where a set goes below 0."""
         self.events -= 1
-        self.shapes[tuple(user_keys)] -= 1
+        self.shapes[event_name, tuple(user_keys)] -= 1
 
     def merge(self, other: MatchQuality) -> None:
         self.events += other.events
         self.shapes.update(other.shapes)
         self.dropped.update(other.dropped)
 
-    def add_shapes(self, shapes: Counter[tuple[str, ...]]) -> None:
-        """Count events by their key sets, a block at a time (a worker counted them)."""
-        self.events += shapes.total()
-        self.shapes.update(shapes)
-
     @property
     def present(self) -> Counter[str]:
         """Per key, how many counted events carry it."""
         present: Counter[str] = Counter()
-        for shape, count in self.shapes.items():
+        for (_name, shape), count in self.shapes.items():
             for key in shape:
                 present[key] += count
         return present
@@ -69,10 +68,41 @@ class MatchQuality:
         dropped_by_key: Counter[str] = Counter()
         for (name, _rule), count in self.dropped.items():
             dropped_by_key[name.removeprefix("customer_info.")] += count
-        present = self.present
-        keys = [k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS) if present[k] or dropped_by_key[k]]
-        events = self.events or 1
-        return [(k, present[k], present[k] / events, dropped_by_key[k]) for k in keys]
+        return _key_rows(self.events, self.present, dropped_by_key)
+
+    def by_event(self) -> dict[str, tuple[int, list[tuple[str, int, float, int]]]]:
+        """Per event name, most events first: (events, rows as `rows` gives them, without drops).
+
+        Past `MAX_EVENT_NAMES` names (a name mapped from a column of ids, say), the rest are
+        counted together under `OTHER_EVENT_NAMES`, so a results document stays small.
+        """
+        events: Counter[str] = Counter()
+        present: dict[str, Counter[str]] = {}
+        for (name, shape), count in self.shapes.items():
+            events[name] += count
+            keys = present.setdefault(name, Counter())
+            for key in shape:
+                keys[key] += count
+        named = [name for name, count in events.most_common() if count > 0]
+        kept, rest = named[:MAX_EVENT_NAMES], named[MAX_EVENT_NAMES:]
+        if rest:
+            other: Counter[str] = Counter()
+            for name in rest:
+                other.update(present[name])
+            events[OTHER_EVENT_NAMES] = sum(events[name] for name in rest)
+            present[OTHER_EVENT_NAMES] = other
+            kept.append(OTHER_EVENT_NAMES)
+        empty: Counter[str] = Counter()
+        return {name: (events[name], _key_rows(events[name], present[name], empty)) for name in kept}
+
+
+MAX_EVENT_NAMES = 50
+OTHER_EVENT_NAMES = "(other event names)"
+
+
+def _key_rows(events: int, present: Counter[str], dropped: Counter[str]) -> list[tuple[str, int, float, int]]:
+    keys = [k for k in (*HASHED_USER_FIELDS, *UNHASHED_USER_FIELDS) if present[k] or dropped[k]]
+    return [(k, present[k], present[k] / (events or 1), dropped[k]) for k in keys]
 
 
 @dataclass

@@ -111,7 +111,7 @@ def of_run(row: Any) -> dict[str, Any]:
         "retries": row.retries,
         "retries_by_code": {},
         "rejected_by_reason": [],
-        "match_quality": {"events": 0, "keys": {}},
+        "match_quality": {"events": 0, "keys": {}, "by_event": {}},
         "cursor_before": None,
         "cursor_after": None,
         "notes": ["recorded without its results document: the figures are the run history's"],
@@ -133,6 +133,15 @@ def match_quality(quality: MatchQuality) -> dict[str, Any]:
         "keys": {
             key: {"events": events, "share": round(share, 6), "dropped": dropped.get(key, {})}
             for key, events, share, _ in quality.rows()
+        },
+        "by_event": {
+            name: {
+                "events": events,
+                "keys": {
+                    key: {"events": carrying, "share": round(share, 6)} for key, carrying, share, _ in rows
+                },
+            }
+            for name, (events, rows) in quality.by_event().items()
         },
     }
 

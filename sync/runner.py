@@ -443,9 +443,11 @@ class RunSession:
             batch.add_rejection(cursor, rejection)
             return
         batch.add_event(mapped.row_key, cursor, mapped.event, mapped.key)
-        event: Any = mapped.event  # JSON bytes from the native core come with their keys
-        user_keys = mapped.user_keys if event.__class__ is bytes else event["user_data"].keys()
-        batch.quality.add_event(user_keys or ())
+        event: Any = mapped.event  # JSON bytes from the native core come with their keys and name
+        if event.__class__ is bytes:
+            batch.quality.add_event(mapped.user_keys or (), mapped.event_name)
+        else:
+            batch.quality.add_event(event["user_data"].keys(), event["event_name"])
         if mapped.problems:
             batch.quality.dropped.update((p.field, p.rule) for p in mapped.problems)
 
@@ -520,7 +522,7 @@ class RunSession:
                         built.key_values[position:end],
                     )
                     for shape, count in Counter(built.shapes[position:end]).items():
-                        batch.quality.shapes[built.user_keys(shape)] += count
+                        batch.quality.shapes[built.event_name(shape), built.user_keys(shape)] += count
                     batch.quality.events += end - position
                     report.rows_fetched += end - position
                     position = end
@@ -645,7 +647,7 @@ class RunSession:
         report.quality.merge(batch.quality)
         if len(batch.events) == batch.event_count:
             for index in refused:
-                report.quality.remove_event(_user_keys(batch.events[index]))
+                report.quality.remove_event(*_user_keys(batch.events[index]))
         report.retries += retries
         report.retry_codes.update(retry_codes or {})
         report.events_sent += sent
@@ -715,10 +717,11 @@ def allowed_in_flight(usage: float | None, in_flight: int) -> int:
     return 1
 
 
-def _user_keys(event: dict[str, Any] | bytes) -> tuple[str, ...]:
-    """The customer-information keys an event carries (the reference's dict, or the core's JSON)."""
+def _user_keys(event: dict[str, Any] | bytes) -> tuple[tuple[str, ...], str]:
+    """The customer-information keys an event carries, and its name (the reference's dict, or the
+    core's JSON)."""
     body = event if isinstance(event, dict) else orjson.loads(event)
-    return tuple(body.get("user_data", {}))
+    return tuple(body.get("user_data", {})), str(body.get("event_name", ""))
 
 
 def _is_transient(rejection: Rejection) -> bool:

@@ -569,6 +569,18 @@ class StateStore:
             return list(conn.execute(query))
 
     @_translated
+    def runs_since(self, pipeline: str, since: dt.datetime) -> list[sa.Row[Any]]:
+        """The pipeline's runs started at or after `since`, oldest first."""
+        self.settle_abandoned_runs(pipeline)
+        query = (
+            sa.select(runs)
+            .where(runs.c.pipeline == pipeline, runs.c.started_at >= since.astimezone(dt.UTC))
+            .order_by(runs.c.id)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    @_translated
     def successful_results(self, pipeline: str, limit: int = 10) -> list[dict[str, Any]]:
         """The results documents of the pipeline's last `limit` successful runs, newest first."""
         query = (

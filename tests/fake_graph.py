@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 PATH = re.compile(r"^/(v\d+\.\d+)/(\d+)/events$")
 PIXEL = re.compile(r"^/(v\d+\.\d+)/(\d+)$")
+QUALITY = re.compile(r"^/(v\d+\.\d+)/dataset_quality$")
 DROP = (0, {})  # a script returning this closes the connection without answering
 
 
@@ -55,6 +57,11 @@ class FakeGraph:
     poisoned: Callable[[dict[str, Any]], bool] | None = None
     # Bodies larger than this get a plain-text 413, as a proxy in front of the Graph API answers.
     max_body: int | None = None
+    # The Dataset Quality API's answers by `agent_name` (None: asked without one); a key missing
+    # answers `{"web": []}`, as Meta does for a dataset without scores. A reply here replaces it.
+    quality: dict[str | None, dict[str, Any]] = field(default_factory=dict)
+    quality_reply: Reply | None = None
+    quality_requests: list[dict[str, str]] = field(default_factory=list)  # each one's query
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -103,6 +110,21 @@ class FakeGraph:
             if problem := _check_event(event):
                 return 400, _error(100, "Invalid parameter", f"event {index}: {problem}", 2804050)
         return 200, {"events_received": len(data), "messages": [], "fbtrace_id": f"trace{number}"}
+
+    def quality_answer(self, headers: dict[str, str], query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """`GET /{version}/dataset_quality` as Meta's page documents it: `dataset_id` and
+        `fields` (with `web`) required, `agent_name` optional, the answer `{"web": [...]}`."""
+        with self._lock:
+            self.quality_requests.append(query)
+        if headers.get("authorization") != f"Bearer {self.token}" and query.get("access_token") != self.token:
+            return 400, _error(190, "Invalid OAuth access token - Cannot parse access token")
+        if isinstance(self.quality_reply, tuple):
+            return self.quality_reply
+        if "web" not in query.get("fields", ""):
+            return 400, _error(100, "Invalid parameter", "fields must name web")
+        if query.get("dataset_id") != self.pixel_id:
+            return 400, _error(100, "Unsupported get request. Object does not exist", None, 33)
+        return 200, self.quality.get(query.get("agent_name"), {"web": []})
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         graph = self
@@ -162,10 +184,13 @@ class FakeGraph:
                 except OSError:
                     pass  # the client gave up on us
 
-            def do_GET(self) -> None:  # the pixel itself: what `capi-sync check` reads
+            def do_GET(self) -> None:  # the pixel itself (`capi-sync check`), or dataset quality
                 headers = {key.lower(): value for key, value in self.headers.items()}
-                match = PIXEL.match(self.path.split("?", 1)[0])
-                if headers.get("authorization") != f"Bearer {graph.token}":
+                path, _, query = self.path.partition("?")
+                match = PIXEL.match(path)
+                if QUALITY.match(path):
+                    status, payload = graph.quality_answer(headers, dict(parse_qsl(query)))
+                elif headers.get("authorization") != f"Bearer {graph.token}":
                     status, payload = (
                         400,
                         _error(190, "Invalid OAuth access token - Cannot parse access token"),

@@ -164,7 +164,7 @@ def report_with_shares(shares: dict[str, float], events: int = 100) -> RunReport
     report = RunReport(pipeline="purchases", status=RunStatus.SUCCEEDED, rows_read=events, events_sent=events)
     report.quality.events = events
     for key, share in shares.items():
-        report.quality.shapes[(key,)] += round(share * events)
+        report.quality.shapes["Purchase", (key,)] += round(share * events)
     return report
 
 

@@ -2,6 +2,7 @@
 //! the Python reference, which words every rejection and dropped value itself.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -28,6 +29,8 @@ pub struct RowOut {
     pub row_key: Option<String>,
     /// Bit i: the event carries the plan's i-th customer-information key (`Plan::user_order`).
     pub shape: u64,
+    /// The event's name, as an index into its part's `names`.
+    pub name: u32,
 }
 
 pub struct Batch<'a> {
@@ -45,6 +48,8 @@ pub struct Batch<'a> {
 pub struct Part {
     pub bytes: Vec<u8>,
     pub rows: Vec<RowOut>,
+    /// The event names this part's events carry, each once.
+    pub names: Vec<String>,
 }
 
 /// Buffers a task reuses from row to row.
@@ -53,6 +58,8 @@ struct Scratch<'p> {
     /// Custom-data fields in the order the event carries them, their JSON in `custom_bytes`.
     custom: Vec<(&'p str, Range<usize>)>,
     custom_bytes: Vec<u8>,
+    /// The name of the event last written.
+    name: String,
 }
 
 const MAX_ROW_KEY_CHARS: usize = 300;
@@ -69,11 +76,13 @@ impl<'p> Batch<'p> {
                     event: None,
                     row_key: None,
                     shape: 0,
+                    name: 0,
                 })
                 .collect();
             return vec![Part {
                 bytes: Vec::new(),
                 rows,
+                names: Vec::new(),
             }];
         }
         // About four parts per thread, so that a slow part does not leave a core idle.
@@ -90,6 +99,8 @@ impl<'p> Batch<'p> {
     fn part(&self, rows: Range<usize>) -> Part {
         let mut bytes = Vec::with_capacity(rows.len() * EVENT_BYTES_GUESS);
         let mut scratch = Scratch::default();
+        let mut names: Vec<String> = Vec::new();
+        let mut name_ids: HashMap<String, u32> = HashMap::new();
         let outcomes = rows
             .map(|row| {
                 if self.declined.get(row).copied().unwrap_or(false) {
@@ -97,6 +108,7 @@ impl<'p> Batch<'p> {
                         event: None,
                         row_key: None,
                         shape: 0,
+                        name: 0,
                     };
                 }
                 let row_key = self.row_key(row);
@@ -104,19 +116,28 @@ impl<'p> Batch<'p> {
                 let shape = row_key
                     .as_deref()
                     .and_then(|key| self.event(row, key, &mut bytes, &mut scratch));
+                let mut name = 0;
                 if shape.is_none() {
                     bytes.truncate(start);
+                } else if let Some(id) = name_ids.get(scratch.name.as_str()) {
+                    name = *id;
+                } else {
+                    name = u32::try_from(names.len()).unwrap_or(u32::MAX);
+                    names.push(scratch.name.clone());
+                    name_ids.insert(scratch.name.clone(), name);
                 }
                 RowOut {
                     event: shape.map(|_| start..bytes.len()),
                     row_key,
                     shape: shape.unwrap_or(0),
+                    name,
                 }
             })
             .collect();
         Part {
             bytes,
             rows: outcomes,
+            names,
         }
     }
 
@@ -222,6 +243,8 @@ impl<'p> Batch<'p> {
             }
         };
         let event_time = unix_seconds(&self.get(&spec.event_time, row), spec.utc)?;
+        scratch.name.clear();
+        scratch.name.push_str(&name);
         out.extend_from_slice(b"{\"event_name\":");
         json::write_str(out, &name);
         out.extend_from_slice(b",\"event_time\":");
@@ -355,6 +378,7 @@ impl<'p> Batch<'p> {
         let Scratch {
             custom,
             custom_bytes,
+            ..
         } = scratch;
         custom.clear();
         custom_bytes.clear();

@@ -13,6 +13,8 @@ mod text;
 mod unicode_tables;
 mod value;
 
+use std::collections::HashMap;
+
 use arrow_array::ffi::{from_ffi, FFI_ArrowArray, FFI_ArrowSchema};
 use arrow_array::{Array, StructArray};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -53,9 +55,13 @@ struct Built {
     /// The events the core wrote, in row order, each as its JSON.
     #[pyo3(get)]
     events: Py<PyList>,
-    /// Per event, the customer-information keys it carries (bits of `Plan.user_order`).
+    /// Per event, the customer-information keys it carries (bits of `Plan.user_order`), and from
+    /// bit `NAME_SHIFT` up its name's index in `event_names`.
     #[pyo3(get)]
     shapes: Py<PyList>,
+    /// The names the events carry, each once.
+    #[pyo3(get)]
+    event_names: Py<PyList>,
 }
 
 /// Columns of `batch` (anything with `__arrow_c_array__`: a pyarrow RecordBatch) the core reads.
@@ -114,16 +120,41 @@ fn build(
         })
         .collect();
     let events = PyList::new(py, events)?;
-    let shapes: Vec<u64> = outcomes()
-        .filter(|o| o.event.is_some())
-        .map(|o| o.shape)
+    // each part numbered its names on its own: one numbering for the batch
+    let mut event_names: Vec<&str> = Vec::new();
+    let mut numbers: HashMap<&str, u64> = HashMap::new();
+    let renumbered: Vec<Vec<u64>> = parts
+        .iter()
+        .map(|part| {
+            part.names
+                .iter()
+                .map(|name| {
+                    *numbers.entry(name.as_str()).or_insert_with(|| {
+                        event_names.push(name);
+                        (event_names.len() - 1) as u64
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let shapes: Vec<u64> = parts
+        .iter()
+        .zip(&renumbered)
+        .flat_map(|(part, number)| {
+            part.rows
+                .iter()
+                .filter(|o| o.event.is_some())
+                .map(move |o| o.shape | number[o.name as usize] << plan::NAME_SHIFT)
+        })
         .collect();
     let shapes = PyList::new(py, shapes)?;
+    let event_names = PyList::new(py, event_names)?;
     Ok(Built {
         native: PyBytes::new(py, &native).unbind(),
         row_keys: row_keys.unbind(),
         events: events.unbind(),
         shapes: shapes.unbind(),
+        event_names: event_names.unbind(),
     })
 }
 
@@ -136,6 +167,7 @@ fn derive_event_id(pipeline: &str, row_key: &str) -> String {
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add("NAME_SHIFT", plan::NAME_SHIFT)?;
     // A debug build is correct but several times slower: benchmarks refuse it.
     module.add(
         "build_profile",

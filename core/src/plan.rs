@@ -8,6 +8,10 @@ use std::collections::{HashMap, HashSet};
 use regex::Regex;
 use serde::Deserialize;
 
+/// Bits of a shape from here up carry the event's name (its index in `Built.event_names`); the
+/// bits below are the customer-information keys.
+pub const NAME_SHIFT: u32 = 40;
+
 /// Where a field's value comes from: a column of the batch, or a constant.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(untagged)]
@@ -246,8 +250,8 @@ impl Plan {
             .chain(spec.user.iter())
             .map(|f| f.key.clone())
             .collect();
-        if user_order.len() > 64 {
-            return Err("more than 64 customer-information keys".into());
+        if user_order.len() > NAME_SHIFT as usize {
+            return Err(format!("more than {NAME_SHIFT} customer-information keys"));
         }
         let mask = |keys: &[String]| {
             user_order
