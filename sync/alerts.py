@@ -1,5 +1,6 @@
 """Alerts: a webhook told when a run fails, rejects too many rows, strands rows Meta could not take,
-loses match-key coverage, or (under `schedule`) has not succeeded for too long.
+loses match-key coverage, sees Meta's match-quality score fall, or (under `schedule`) has not
+succeeded for too long.
 
 Each (alert, pipeline, trigger) fires once and stays quiet until its condition clears: the state
 store remembers what is firing, so a pipeline failing every 15 minutes sends one alert, not a
@@ -73,7 +74,31 @@ def conditions(
         )
     if "coverage_drop" in alert.on and report.status == RunStatus.SUCCEEDED:
         found["coverage_drop"] = _coverage_drop(alert, report, history)
+    if "quality_drop" in alert.on and report.meta_quality is not None:  # Meta's scores came
+        found["quality_drop"] = _quality_drop(alert, report, history)
     return found
+
+
+def _quality_drop(alert: AlertConfig, report: RunReport, history: list[dict[str, Any]]) -> Condition | None:
+    """Meta's composite score for an event name fell more than `quality_drop` below its median
+    over the last successful runs that fetched it (`settings.fetch_quality`)."""
+    past: dict[str, list[float]] = {}
+    for document in history:
+        for entry in document.get("meta_quality") or []:
+            if isinstance(entry.get("composite_score"), int | float):
+                past.setdefault(entry["event_name"], []).append(entry["composite_score"])
+    drops = []
+    for entry in report.meta_quality or []:
+        score, scores = entry["composite_score"], past.get(entry["event_name"])
+        if score is None or not scores:
+            continue
+        median = statistics.median(scores)
+        if median - score > alert.quality_drop:
+            drops.append(f"{entry['event_name']} {score:g} (median {median:g})")
+    if not drops:
+        return None
+    message = f"{report.pipeline}: Meta's Event Match Quality fell: {', '.join(drops)}"
+    return Condition("quality_drop", message)
 
 
 def _coverage_drop(alert: AlertConfig, report: RunReport, history: list[dict[str, Any]]) -> Condition | None:

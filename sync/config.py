@@ -213,6 +213,7 @@ class SyncSettings(BaseModel):
     fbc_from_fbclid: bool = True  # no fbc but the URL has ?fbclid=: fb.1.<event ms>.<fbclid>
     url_redaction: Literal["none", "query", "path"] = "none"  # strip ?query#fragment, or the path too
     missing_standard_fields: Literal["reject", "warn"] = "reject"  # Purchase without value/currency
+    fetch_quality: bool = False  # after each successful run, Meta's Event Match Quality into its results
 
     @model_validator(mode="after")
     def _consent_pair(self) -> SyncSettings:
@@ -240,8 +241,15 @@ class PresetOptions(BaseModel):
     content_type: Literal["product", "product_group"] | None = None
 
 
-AlertTrigger = Literal["failed", "rejected", "stranded", "coverage_drop", "stale"]
-ALERT_TRIGGERS: tuple[AlertTrigger, ...] = ("failed", "rejected", "stranded", "coverage_drop", "stale")
+AlertTrigger = Literal["failed", "rejected", "stranded", "coverage_drop", "quality_drop", "stale"]
+ALERT_TRIGGERS: tuple[AlertTrigger, ...] = (
+    "failed",
+    "rejected",
+    "stranded",
+    "coverage_drop",
+    "quality_drop",
+    "stale",
+)
 
 
 class AlertConfig(BaseModel):
@@ -253,6 +261,7 @@ class AlertConfig(BaseModel):
     on: tuple[AlertTrigger, ...] = ALERT_TRIGGERS
     rejected_share: float = Field(0.05, ge=0, le=1)  # `5%` or 0.05: above it, `rejected` fires
     coverage_drop: float = Field(10.0, gt=0, le=100)  # points below the median of 10 good runs
+    quality_drop: float = Field(1.0, gt=0, le=10)  # Meta's score (of 10) below its median, `fetch_quality`
     stale_after: dt.timedelta = dt.timedelta(hours=24)  # under `schedule`: no success this long
     timeout: float = Field(10.0, gt=0)
 

@@ -113,6 +113,7 @@ class RunReport:
     timezone: str = "UTC"  # the pipeline's: naive cursor values are wall times there
     run_id: int | None = None  # the state store's row for the run (None in a dry run)
     run_uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # `run_id` in logs and results
+    meta_quality: list[dict[str, Any]] | None = None  # Meta's scores after the run (`fetch_quality`)
     status: RunStatus = RunStatus.RUNNING
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     ended_at: dt.datetime | None = None

@@ -8,6 +8,7 @@ first row not yet settled, and re-sent rows carry the same `event_id`.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -18,9 +19,9 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from capi_sync import logs, native, results
+from capi_sync import logs, native, quality, results
 from capi_sync.batching import Batch
-from capi_sync.building import make_client, quality_notes
+from capi_sync.building import PARTNER_NAME, make_client, quality_notes
 from capi_sync.connectors import Source, Window, open_source
 from capi_sync.delivery import Sender, Sent, event_lines
 from capi_sync.errors import (
@@ -164,6 +165,8 @@ def session(
         try:
             yield run
             report.status = RunStatus.SUCCEEDED
+            if pipeline.settings.fetch_quality and not options.dry_run:
+                _fetch_meta_quality(client, report)
         except (KeyboardInterrupt, SystemExit):
             report.status = RunStatus.INTERRUPTED
             report.error = "interrupted"
@@ -715,6 +718,29 @@ def allowed_in_flight(usage: float | None, in_flight: int) -> int:
     if usage < ONE_AT_PERCENT:
         return max(1, in_flight // 2)
     return 1
+
+
+def _fetch_meta_quality(client: MetaClient, report: RunReport) -> None:
+    """Meta's latest Event Match Quality into the run's results (`settings.fetch_quality`).
+
+    Meta's scores are a courtesy to the run: when Meta will not give them, the run says why in its
+    notes and succeeds all the same, its events being delivered.
+    """
+    try:
+        found = quality.fetch(client, PARTNER_NAME)
+    except MetaError as exc:
+        note = f"Meta's Event Match Quality was not fetched: {exc}"
+        report.notes.append(note)
+        logs.emit("quality_not_fetched", note, level=logging.WARNING)
+        return
+    report.meta_quality = [
+        {
+            "event_name": entry.event_name,
+            "composite_score": entry.composite_score,
+            "match_keys": {quality.our_key(name): coverage for name, coverage in entry.match_keys.items()},
+        }
+        for entry in found
+    ]
 
 
 def _user_keys(event: dict[str, Any] | bytes) -> tuple[tuple[str, ...], str]:

@@ -20,6 +20,7 @@ from capi_sync import quality
 from capi_sync.report import OTHER_EVENT_NAMES, MatchQuality
 from tests.conftest import PIPELINES, TOKEN, make_orders, write_pipelines
 from tests.fake_graph import FakeGraph, error_reply
+from tests.test_alerts import Receiver
 from tests.test_operations import capi_sync, json_lines
 
 # Meta's documented examples, put together for two event names.
@@ -231,3 +232,74 @@ def test_past_fifty_event_names_the_rest_count_together() -> None:
     assert len(by_event) == 51
     assert next(iter(by_event)) == "Event0"
     assert by_event[OTHER_EVENT_NAMES][0] == sum(100 - number for number in range(50, 60))
+
+
+def fetching(folder: Path, graph: FakeGraph, alerts: str = "") -> None:
+    path = write_pipelines(folder, graph.url)
+    text = path.read_text().replace(
+        "default_phone_region: US}", "default_phone_region: US, fetch_quality: true}"
+    )
+    path.write_text(alerts + text)
+
+
+def scored(score: float) -> dict[str, Any]:
+    return {
+        "web": [
+            {**PURCHASE, "event_match_quality": {**PURCHASE["event_match_quality"], "composite_score": score}}
+        ]
+    }
+
+
+def test_fetch_quality_keeps_metas_scores_in_the_runs_results(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 5)
+    fetching(tmp_path, graph)
+    graph.quality["capisync"] = {"web": [PURCHASE]}
+    done = capi_sync(tmp_path, "run", "purchases", "--results", "results.json")
+    assert done.returncode == 0, done.stderr
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["meta_quality"] == [
+        {
+            "event_name": "Purchase",
+            "composite_score": 7.2,
+            "match_keys": {"em": 100, "client_ip_address": 99.9, "ph": 88},
+        }
+    ]
+    assert graph.quality_requests[0]["agent_name"] == "capisync"
+    runs = json_lines(capi_sync(tmp_path, "runs", "--json").stdout)
+    assert runs[0]["meta_quality"] == document["meta_quality"]
+
+
+def test_a_refused_fetch_is_a_note_and_the_run_still_succeeds(tmp_path: Path, graph: FakeGraph) -> None:
+    make_orders(tmp_path / "shop.duckdb", 5)
+    fetching(tmp_path, graph)
+    graph.quality_reply = error_reply(403, 10, "Permission denied")  # type: ignore[assignment]
+    done = capi_sync(tmp_path, "run", "purchases", "--results", "results.json")
+    assert done.returncode == 0, done.stderr
+    document = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert document["events_sent"] == 5
+    assert document["meta_quality"] is None
+    assert any(
+        "Event Match Quality was not fetched" in note and "ads_read" in note for note in document["notes"]
+    )
+
+
+def test_metas_score_falling_raises_a_quality_drop_alert(tmp_path: Path, graph: FakeGraph) -> None:
+    hook = Receiver()
+    try:
+        alerts = f"alerts:\n  ops:\n    webhook: {hook.url}\n    on: [quality_drop]\n    quality_drop: 1.5\n"
+        make_orders(tmp_path / "shop.duckdb", 3)
+        fetching(tmp_path, graph, alerts)
+        graph.quality["capisync"] = scored(8.0)
+        assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+        make_orders(tmp_path / "shop.duckdb", 3, start_id=100, minutes_ago=300)
+        graph.quality["capisync"] = scored(7.0)  # within 1.5 of the median (8.0)
+        assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+        assert hook.bodies == []
+        make_orders(tmp_path / "shop.duckdb", 3, start_id=200, minutes_ago=200)
+        graph.quality["capisync"] = scored(5.5)  # median of 8.0 and 7.0 is 7.5
+        assert capi_sync(tmp_path, "run", "purchases").returncode == 0
+        (sent,) = hook.bodies
+        assert sent["json"]["trigger"] == "quality_drop"
+        assert "Purchase 5.5 (median 7.5)" in sent["json"]["message"]
+    finally:
+        hook.close()
