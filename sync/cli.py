@@ -31,7 +31,7 @@ from capi_sync.alerts import Alerter
 from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
 from capi_sync.building import PARTNER_NAME, make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
-from capi_sync.connectors import Window, open_source
+from capi_sync.connectors import Window, api_versions, open_source
 from capi_sync.errors import (
     CapiSyncError,
     ConfigError,
@@ -525,7 +525,7 @@ def check(ctx: Context, pipeline: str | None, offline: bool, as_json: bool) -> N
     failed = setup_failed = False
     pixels: dict[str, tuple[bool, str]] = {}
     for config in pipelines:
-        rows: list[tuple[str, bool, str]] = []
+        rows: list[tuple[str, bool | None, str]] = []  # None: a warning, which fails nothing
         warehouse = config.warehouse
         try:
             with open_source(ctx.project.warehouse_of(config)) as source:
@@ -546,16 +546,19 @@ def check(ctx: Context, pipeline: str | None, offline: bool, as_json: bool) -> N
                 pixels[config.destination] = _check_destination(ctx.project, config)
             ok, message = pixels[config.destination]
             rows.append((f"destination {config.destination}", ok, message))
+        version = api_versions.verdict(ctx.project.destination_of(config).api_version)
+        rows.append(("api_version", True if version.ok else None, version.message))
         for label, ok, message in rows:
-            failed |= not ok
-            setup_failed |= not ok and not label.startswith("destination")
-            mark = ("ok", "green") if ok else ("FAILED", "red")
+            failed |= ok is False
+            setup_failed |= ok is False and not label.startswith("destination")
+            mark = ("ok", "green") if ok else ("FAILED", "red") if ok is False else ("warning", "yellow")
             table.add_row(config.name, label, styled(mark, " " + _scrub(message, secrets)))
             if as_json or logs.json_mode():
                 verdict = {
                     "pipeline": config.name,
                     "check": label,
-                    "ok": ok,
+                    "ok": ok is not False,
+                    "warning": ok is None,
                     "result": _scrub(message, secrets),
                 }
                 click.echo(scrub(orjson.dumps(verdict).decode()))

@@ -413,6 +413,7 @@ def test_validate_check_and_state_show_answer_in_json(tmp_path: Path, graph: Fak
         ("warehouse shop", True),
         ("query and mapping", True),
         ("destination meta", True),
+        ("api_version", True),
     ]
     (state,) = json_lines(capi_sync(tmp_path, "state", "show", "purchases", "--json").stdout)
     assert dt.datetime.fromisoformat(state["cursor"]).utcoffset() == dt.timedelta(0)
