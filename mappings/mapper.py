@@ -27,6 +27,7 @@ from capi_sync.mappings.fields import (
     EXTINFO_SLOTS,
     EXTINFO_VERSIONS,
     HASHED_USER_FIELDS,
+    LEAD_CREATED_AT,
 )
 from capi_sync.mappings.hashing import is_sha256_hex, sha256_hex
 from capi_sync.mappings.reference import reference
@@ -131,6 +132,8 @@ class EventMapper:
             (key, getter, _APP_CONVERTERS.get(key, values.to_text))
             for key, getter in getters["app_data"].items()
         ]
+        self._original = getters.get("original_event_data", {})
+        self._lead_created_at = self._server.get(LEAD_CREATED_AT)
         self.key_indexes = key_indexes
         self._key = itemgetter(*key_indexes) if len(key_indexes) > 1 else (lambda row: (row[key_indexes[0]],))
         self._clock = clock
@@ -218,6 +221,10 @@ class EventMapper:
             _convert_fields(row, self._app_typed, "app_data.", app_data, rejected)
             if app_data:
                 event["app_data"] = app_data
+        if self._original:
+            self._original_event_data(row, event, rejected)
+        if self._lead_created_at is not None:
+            self._check_lead_created(row, event, rejected)
         if not rejected:
             rejected += validate_event(
                 event,
@@ -272,6 +279,44 @@ class EventMapper:
                 event[name] = text
         _convert_fields(row, self._server_typed, "", event, rejected)
         return event
+
+    def _original_event_data(self, row: Row, event: dict[str, Any], rejected: list[Problem]) -> None:
+        """`original_event_data`: the earlier event this one updates, its name and time required."""
+        original: dict[str, Any] = {}
+        for key, getter in self._original.items():
+            raw = getter(row)
+            if raw is None or _is_empty(raw):
+                continue
+            try:
+                if key == "event_time":
+                    original[key] = values.unix_seconds(raw, self._zone)
+                else:
+                    original[key] = values.to_text(raw)
+            except InvalidValue as exc:
+                rejected.append(Problem(f"original_event_data.{key}", exc.rule, values.to_text(raw)[:64]))
+                return
+        missing = [key for key in ("event_name", "event_time") if not original.get(key)]
+        if len(missing) == 2 and not original:
+            return  # the row updates no earlier event
+        for key in missing:
+            rejected.append(Problem(f"original_event_data.{key}", "required_in_original_event_data"))
+        if not missing:
+            event["original_event_data"] = original
+
+    def _check_lead_created(self, row: Row, event: dict[str, Any], rejected: list[Problem]) -> None:
+        """Meta discards a lead's event dated before the lead was created: reject it here."""
+        assert self._lead_created_at is not None
+        raw = self._lead_created_at(row)
+        if raw is None or "event_time" not in event:
+            return
+        try:
+            created = values.unix_seconds(raw, self._zone)
+        except InvalidValue as exc:
+            rejected.append(Problem(f"server_event.{LEAD_CREATED_AT}", exc.rule, values.to_text(raw)[:64]))
+            return
+        if event["event_time"] < created:
+            detail = f"event_time {event['event_time']} is before the lead was created ({created})"
+            rejected.append(Problem("event_time", "before_lead_created", detail=detail))
 
     def _user_data(self, row: Row, rejected: list[Problem], dropped: list[Problem]) -> dict[str, Any]:
         user: dict[str, Any] = {}

@@ -19,6 +19,7 @@ from typing import Any, Final
 import phonenumbers
 
 from capi_sync.errors import InvalidValue
+from capi_sync.mappings.fields import LEAD_ID_DIGITS
 from capi_sync.mappings.reference import reference
 
 Normalizer = Callable[[Any, "str | None"], str]
@@ -526,6 +527,14 @@ def integer_id(value: Any, country: str | None) -> str:
     return text
 
 
+def lead_id(value: Any, country: str | None) -> str:
+    """Meta's lead id: the 15 or 16-digit `leadgen_id` of a lead form; sent as it is, never hashed."""
+    text = integer_id(value, country)
+    if len(text) not in LEAD_ID_DIGITS:
+        raise InvalidValue("invalid_lead_id")
+    return text
+
+
 def plain(value: Any, country: str | None) -> str:
     """Sent as given, trimmed."""
     text = _opaque_text(value)
@@ -551,7 +560,7 @@ NORMALIZERS: Final[dict[str, Normalizer]] = {
     "external_id": external_id,
     "client_ip_address": ip_address,
     "fb_login_id": integer_id,
-    "lead_id": integer_id,
+    "lead_id": lead_id,
 }
 
 

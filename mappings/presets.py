@@ -1,4 +1,5 @@
-"""Default mappings for tables of collected events, from the seeds (`preset: commanders_act`).
+"""Default mappings: for tables of collected events, from the seeds (`preset: commanders_act`),
+and for a CRM's lead stages (`preset: crm_leads`).
 
 A preset fills every field the user did not map. Its paths are optional: a table without an
 `integrations` column simply has no overrides. What a path cannot express (contents built from
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from capi_sync.mappings.sources import Getter, Row, SourceCompiler
 
-PRESETS = ("commanders_act",)
+PRESETS = ("commanders_act", "crm_leads")
 _FB = "integrations.facebook"
 _USER_OVERRIDE = f"{_FB}.user_data"
 
@@ -210,6 +211,29 @@ def _nested_text(value: Any) -> bool:
 def _custom_overrides(compiler: SourceCompiler) -> Getter:
     get = compiler.optional(f"{_FB}.custom_data")
     return lambda row: value if isinstance(value := get(row), dict) else None
+
+
+def crm_leads(options: dict[str, Any]) -> dict[str, dict[str, FieldSource]]:
+    """Conversion Leads from a CRM, as Meta's payload specification has them: `system_generated`,
+    `custom_data.event_source: crm` and the CRM's name as `lead_event_source`. The user maps the
+    lead's id (`customer_info.lead_id`), its stage (`event_name`) and when it changed (`event_time`),
+    and may map `server_event.lead_created_at` so that an event dated before the lead is rejected."""
+    custom: dict[str, FieldSource] = {"event_source": Constant(value="crm")}
+    if options.get("lead_event_source"):
+        custom["lead_event_source"] = Constant(value=options["lead_event_source"])
+    return {
+        "server_event": {"action_source": Constant(value="system_generated")},
+        "custom_data": custom,
+    }
+
+
+def preset_fields(preset: str | None, options: dict[str, Any]) -> dict[str, dict[str, FieldSource]] | None:
+    """The fields a pipeline's preset fills where the mapping leaves them out."""
+    if preset == "commanders_act":
+        return commanders_act(options)
+    if preset == "crm_leads":
+        return crm_leads(options)
+    return None
 
 
 def derived_values(

@@ -62,7 +62,14 @@ class Derived(BaseModel):
     derive: str
 
 
-GROUPS = ("server_event", "customer_info", "custom_data", "custom_properties", "app_data")
+GROUPS = (
+    "server_event",
+    "customer_info",
+    "custom_data",
+    "custom_properties",
+    "app_data",
+    "original_event_data",
+)
 
 FieldSource = str | Constant | Column | FirstOf | AllOf | Lookup | Derived
 """A plain string names a column of the query result, or a path into a JSON/STRUCT column
@@ -95,6 +102,7 @@ class MappingSpec(BaseModel):
     custom_data: dict[str, FieldSource] = {}
     custom_properties: dict[str, FieldSource] = {}
     app_data: dict[str, FieldSource] = {}
+    original_event_data: dict[str, FieldSource] = {}  # the earlier event this one updates
     preset: str | None = None  # copied from the pipeline's `preset`, which provides the required fields
 
     @field_validator("customer_info", mode="after")
@@ -115,7 +123,7 @@ class MappingSpec(BaseModel):
         for group, known in MAPPING_GROUPS.items():
             names = known | set(USER_FIELD_ALIASES) if known is USER_FIELDS else known
             errors += [_unknown(group, key, names) for key in getattr(self, group) if key not in known]
-        if self.preset is None:
+        if self.preset is None:  # a preset's own check says what it needs
             errors += [
                 f"server_event.{key} is required"
                 for key in REQUIRED_SERVER_EVENT_FIELDS
@@ -129,6 +137,12 @@ class MappingSpec(BaseModel):
             for key in self.custom_properties
             if key in CUSTOM_DATA_FIELDS
         ]
+        if self.original_event_data:
+            errors += [
+                f"original_event_data.{key} is required when the group is mapped"
+                for key in ("event_name", "event_time")
+                if key not in self.original_event_data
+            ]
         if errors:
             raise ValueError("; ".join(errors))
         return self

@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from capi_sync.mappings.fields import STRONG_USER_FIELDS, WEAK_USER_FIELD_SETS
+from capi_sync.mappings.fields import (
+    BUSINESS_MESSAGING_EVENTS,
+    CRM_EVENT_SOURCE,
+    MESSAGING_CHANNEL_KEYS,
+    STRONG_USER_FIELDS,
+    WEAK_USER_FIELD_SETS,
+)
 
 MAX_AGE_SECONDS: Final = 7 * 86_400
 MAX_AGE_SECONDS_PHYSICAL_STORE: Final = 62 * 86_400
@@ -66,14 +72,67 @@ def validate_event(event: dict[str, Any], *, now: float, strong_key_required: bo
             for key in ("advertiser_tracking_enabled", "extinfo")
             if key not in app_data
         ]
+    if action_source == "business_messaging" or "messaging_channel" in event:
+        problems += _business_messaging(event, action_source, user_data)
+    custom = event.get("custom_data") or {}
+    if custom.get("event_source") == CRM_EVENT_SOURCE:
+        problems += _conversion_lead(action_source, user_data, custom)
     if (floor := _match_floor(user_data, strong_key_required)) is not None:
         problems.append(floor)
     if event.get("event_name") == "Purchase":
-        custom = event.get("custom_data") or {}
         if "value" not in custom:
             problems.append(Problem("custom_data.value", "required_for_purchase"))
         if "currency" not in custom:
             problems.append(Problem("custom_data.currency", "required_for_purchase"))
+    return problems
+
+
+def _business_messaging(
+    event: dict[str, Any], action_source: Any, user_data: dict[str, Any]
+) -> list[Problem]:
+    """A chat's event: its channel, that channel's ids, and an event name Meta takes from chats."""
+    channel = event.get("messaging_channel")
+    channels = ", ".join(MESSAGING_CHANNEL_KEYS)
+    if action_source != "business_messaging":
+        return [
+            Problem(
+                "messaging_channel",
+                "requires_business_messaging",
+                detail="action_source is not business_messaging",
+            )
+        ]
+    problems = []
+    if channel is None:
+        problems.append(
+            Problem("messaging_channel", "required_for_business_messaging", detail=f"one of {channels}")
+        )
+    elif channel not in MESSAGING_CHANNEL_KEYS:
+        problems.append(
+            Problem("messaging_channel", "unknown_messaging_channel", str(channel)[:64], f"one of {channels}")
+        )
+    else:
+        problems += [
+            Problem(f"customer_info.{key}", f"required_for_{channel}")
+            for key in MESSAGING_CHANNEL_KEYS[channel]
+            if key not in user_data
+        ]
+    if (name := event.get("event_name")) is not None and name not in BUSINESS_MESSAGING_EVENTS:
+        detail = f"Meta takes {', '.join(sorted(BUSINESS_MESSAGING_EVENTS))} from business messaging"
+        problems.append(Problem("event_name", "not_a_business_messaging_event", str(name)[:64], detail))
+    return problems
+
+
+def _conversion_lead(action_source: Any, user_data: dict[str, Any], custom: dict[str, Any]) -> list[Problem]:
+    """A CRM lead-stage event (`custom_data.event_source: crm`): Meta matches it on the lead id alone."""
+    problems = []
+    if "lead_id" not in user_data:
+        problems.append(
+            Problem("customer_info.lead_id", "required_for_crm", detail="Meta's 15 or 16-digit lead id")
+        )
+    if action_source != "system_generated":
+        problems.append(Problem("action_source", "crm_requires_system_generated", str(action_source)[:64]))
+    if not custom.get("lead_event_source"):
+        problems.append(Problem("custom_data.lead_event_source", "required_for_crm", detail="the CRM's name"))
     return problems
 
 

@@ -11,7 +11,7 @@ from capi_sync.connectors.meta import MetaClient
 from capi_sync.mappings import normalize, pushdown
 from capi_sync.mappings.events import build_renames
 from capi_sync.mappings.mapper import EventMapper, MapperOptions, compile_mapping
-from capi_sync.mappings.presets import commanders_act, derived_values
+from capi_sync.mappings.presets import derived_values, preset_fields
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +36,8 @@ def mapper_for(
         hash_external_id=settings.hash_external_id,
         timezone=pipeline.timezone,
         event_renames=build_renames(
-            settings.event_names, standard=settings.standard_event_names or pipeline.preset is not None
+            settings.event_names,
+            standard=settings.standard_event_names or pipeline.preset == "commanders_act",
         ),
         consent_column=settings.consent_column,
         consent_category=settings.consent_category,
@@ -57,7 +58,7 @@ def mapper_for(
         columns,
         clock,
         derived=derived_values(pipeline.preset, preset_options),
-        preset=commanders_act(preset_options) if pipeline.preset == "commanders_act" else None,
+        preset=preset_fields(pipeline.preset, preset_options),
     )
 
 

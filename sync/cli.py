@@ -544,8 +544,8 @@ def check(ctx: Context, pipeline: str | None, offline: bool, as_json: bool) -> N
         else:
             if config.destination not in pixels:
                 pixels[config.destination] = _check_destination(ctx.project, config)
-            ok, message = pixels[config.destination]
-            rows.append((f"destination {config.destination}", ok, message))
+            reached, message = pixels[config.destination]
+            rows.append((f"destination {config.destination}", reached, message))
         version = api_versions.verdict(ctx.project.destination_of(config).api_version)
         rows.append(("api_version", True if version.ok else None, version.message))
         for label, ok, message in rows:
@@ -554,14 +554,14 @@ def check(ctx: Context, pipeline: str | None, offline: bool, as_json: bool) -> N
             mark = ("ok", "green") if ok else ("FAILED", "red") if ok is False else ("warning", "yellow")
             table.add_row(config.name, label, styled(mark, " " + _scrub(message, secrets)))
             if as_json or logs.json_mode():
-                verdict = {
+                line = {
                     "pipeline": config.name,
                     "check": label,
                     "ok": ok is not False,
                     "warning": ok is None,
                     "result": _scrub(message, secrets),
                 }
-                click.echo(scrub(orjson.dumps(verdict).decode()))
+                click.echo(scrub(orjson.dumps(line).decode()))
     if not (as_json or logs.json_mode()):
         out.print(table)
     if setup_failed:  # a warehouse, query or mapping: configuration or setup, as everywhere

@@ -233,12 +233,13 @@ class SyncSettings(BaseModel):
 
 
 class PresetOptions(BaseModel):
-    """Commanders Act's destination settings, for `preset: commanders_act`."""
+    """A preset's settings: Commanders Act's destination settings, or the CRM's name."""
 
     model_config = _FROZEN
     app_tracking: bool = False  # "Enable App tracking": action_source app, app_data, madid
     send_all_properties: bool = False  # string/number/boolean root properties as custom data
     content_type: Literal["product", "product_group"] | None = None
+    lead_event_source: str | None = None  # crm_leads: the CRM's name (HubSpot, Salesforce, ...)
 
 
 AlertTrigger = Literal["failed", "rejected", "stranded", "coverage_drop", "quality_drop", "stale"]
@@ -319,7 +320,8 @@ class PipelineConfig(BaseModel):
     # Normalize and hash customer information in the warehouse's SQL: plain PII never leaves it.
     pushdown: bool = False
     settings: SyncSettings = SyncSettings()
-    preset: Literal["commanders_act"] | None = None  # default mappings for a table of collected events
+    # default mappings: a table of collected events, or a CRM's lead stages (Conversion Leads)
+    preset: Literal["commanders_act", "crm_leads"] | None = None
     preset_options: PresetOptions = PresetOptions()
     mapping: MappingSpec = MappingSpec(preset="commanders_act")  # only valid with a preset; checked below
     alerts: tuple[str, ...] | None = None  # names from the top-level `alerts:`; None: every one
@@ -397,6 +399,8 @@ class PipelineConfig(BaseModel):
     def _action_source_known(self) -> PipelineConfig:
         if self.preset is None and self.mapping.preset is not None:
             raise ValueError("mapping is required (or set preset: commanders_act)")
+        if self.preset == "crm_leads":
+            self._check_crm_leads()
         has_source = "action_source" in self.mapping.server_event or self.preset is not None
         if self.settings.action_source is None and not has_source:
             msg = "action_source is required: set settings.action_source or map server_event.action_source"
@@ -404,6 +408,35 @@ class PipelineConfig(BaseModel):
         if self.lookback and self.cursor is None:
             raise ValueError("lookback needs a cursor column")
         return self
+
+    def _check_crm_leads(self) -> None:
+        """What Meta's Conversion Leads need that the preset cannot fill in."""
+        problems = [
+            f"preset crm_leads needs {name}"
+            for name, mapped in (
+                (
+                    "mapping.customer_info.lead_id (Meta's 15 or 16-digit lead id)",
+                    "lead_id" in self.mapping.customer_info,
+                ),
+                (
+                    "mapping.server_event.event_name (the lead's stage)",
+                    "event_name" in self.mapping.server_event,
+                ),
+                (
+                    "mapping.server_event.event_time (when the stage changed)",
+                    "event_time" in self.mapping.server_event,
+                ),
+                (
+                    "preset_options.lead_event_source (the CRM's name)",
+                    self.preset_options.lead_event_source or "lead_event_source" in self.mapping.custom_data,
+                ),
+            )
+            if not mapped
+        ]
+        if self.settings.action_source not in (None, "system_generated"):
+            problems.append("preset crm_leads sends action_source system_generated, as Meta requires")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def zone(self) -> ZoneInfo:

@@ -77,9 +77,10 @@ _RULES: dict[normalize.Normalizer, str] = {
     normalize.external_id: "external_id",
     normalize.ip_address: "ip_address",
     normalize.integer_id: "integer_id",
+    normalize.lead_id: "lead_id",
     normalize.plain: "plain",
 }
-_SERVER_TEXT = ("event_source_url", "referrer_url", "messaging_channel")
+_SERVER_TEXT = ("event_source_url", "referrer_url")
 # The typed server fields, as `mapper._SERVER_CONVERTERS` converts them.
 _SERVER_TYPED = {
     "opt_out": "bool",
@@ -122,10 +123,16 @@ def compile_plan(
             f"text under this Python's Unicode {unicodedata.unidata_version} (the core's tables are"
             f" {_core.unicode_version}: run core/scripts/generate_unicode.py and rebuild)"
         )
-    if preset is not None:
+    if preset == "commanders_act":
         raise NativeUnsupported(f"preset '{preset}' (its derived values are the reference's)")
+    if preset is not None:
+        raise NativeUnsupported(f"preset '{preset}' (its rules are the reference's)")
     if mapping.app_data:
         raise NativeUnsupported("app_data")
+    if mapping.original_event_data:
+        raise NativeUnsupported("original_event_data")
+    if "event_source" in mapping.custom_data or "event_source" in mapping.custom_properties:
+        raise NativeUnsupported("custom_data.event_source (Conversion Leads' rules are the reference's)")
     server = mapping.server_event
     paths: list[tuple[int, tuple[str, ...]]] = []
     direct: set[int] = set(mapper.key_indexes)
@@ -233,7 +240,8 @@ def compile_plan(
         "strong_key_required": options.strong_match_key_required,
         "default_phone_region": options.default_phone_region,
         "current_year": normalize._current_year(),
-        "action_sources": list(ACTION_SOURCES),
+        # a chat's events (business_messaging) go to the reference, which knows their rules
+        "action_sources": [name for name in ACTION_SOURCES if name != "business_messaging"],
         "strong_keys": sorted(STRONG_USER_FIELDS),
         "weak_key_sets": [sorted(weak) for weak in WEAK_USER_FIELD_SETS],
         "currencies": sorted(tables.currencies),

@@ -271,4 +271,30 @@ def _check_event(event: Any) -> str | None:
         values = user[key] if isinstance(user[key], list) else [user[key]]
         if not all(isinstance(v, str) and _HEX64.match(v) for v in values):
             return f"user_data.{key} must be SHA-256 hex"
+    if event["action_source"] == "business_messaging":  # Conversions API for Business Messaging
+        channel = event.get("messaging_channel")
+        if channel not in _CHANNEL_IDS:
+            return "messaging_channel must be messenger, instagram or whatsapp"
+        if missing := [key for key in _CHANNEL_IDS[channel] if not user.get(key)]:
+            return f"user_data.{missing[0]} is required for {channel}"
+    custom = event.get("custom_data") or {}
+    if custom.get("event_source") == "crm":  # Conversion Leads payload specification
+        if not re.fullmatch(r"\d{15,16}", str(user.get("lead_id", ""))):
+            return "user_data.lead_id must be a 15 or 16-digit lead id"
+        if event["action_source"] != "system_generated" or not custom.get("lead_event_source"):
+            return "a CRM event needs action_source system_generated and lead_event_source"
+    original = event.get("original_event_data")
+    if original is not None and not (
+        isinstance(original, dict)
+        and isinstance(original.get("event_name"), str)
+        and isinstance(original.get("event_time"), int)
+    ):
+        return "original_event_data needs event_name and an integer event_time"
     return None
+
+
+_CHANNEL_IDS = {
+    "messenger": ("page_id", "page_scoped_user_id"),
+    "instagram": ("ig_account_id", "ig_sid"),
+    "whatsapp": ("whatsapp_business_account_id", "ctwa_clid"),
+}

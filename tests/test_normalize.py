@@ -78,7 +78,9 @@ CASES: list[tuple[str, Any, str | None, str]] = [
     ("external_id", " ABC-123 ", None, "abc-123"),
     ("client_ip_address", " 203.0.113.7 ", None, "203.0.113.7"),
     ("client_ip_address", "2001:DB8:0:0::1", None, "2001:db8::1"),
-    ("lead_id", "123456", None, "123456"),
+    ("lead_id", "123456789012345", None, "123456789012345"),
+    ("lead_id", 1234567890123456, None, "1234567890123456"),
+    ("fb_login_id", "123456", None, "123456"),
 ]
 
 
@@ -93,6 +95,9 @@ def test_phone_uses_the_pipeline_region_when_the_row_has_none() -> None:
 
 
 INVALID: list[tuple[str, Any, str | None, str]] = [
+    ("lead_id", "123456", None, "invalid_lead_id"),  # Meta's lead ids have 15 or 16 digits
+    ("lead_id", "12345678901234567", None, "invalid_lead_id"),
+    ("lead_id", "12345678901234a", None, "not_an_integer"),
     ("em", "not-an-email", None, "invalid_email"),
     ("em", "a@b", None, "invalid_email"),
     ("em", "two words@example.com", None, "invalid_email"),

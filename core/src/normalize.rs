@@ -108,6 +108,11 @@ pub fn normalize(
             (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
                 .then(|| digits.into_owned())
         }
+        Rule::LeadId => {
+            let digits = text::ascii_digits(&text);
+            ((15..=16).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| digits.into_owned())
+        }
         Rule::Phone => phone(plan, &text::ascii_digits(&text), country),
         Rule::ExternalId | Rule::Plain | Rule::Pushed => unreachable!("handled above"),
     }

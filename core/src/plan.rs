@@ -67,6 +67,8 @@ pub enum Rule {
     ExternalId,
     IpAddress,
     IntegerId,
+    /// Meta's lead id: an integer id of 15 or 16 digits.
+    LeadId,
     Plain,
     /// A digest (or `!rule`) the warehouse computed: sent as it is.
     Pushed,
