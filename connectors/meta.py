@@ -299,7 +299,10 @@ class MetaClient:
             listed = payload.get("messages")
             messages = tuple(self._scrub(str(m)[:500]) for m in listed) if isinstance(listed, list) else ()
             return SendResult(received, trace, messages)
-        raise self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
+        error = self._error(response.status_code, payload, _as_text(body), response.headers.get("location"))
+        if isinstance(error, MetaRetryableError):
+            error.retry_after = regain_seconds(response.headers)
+        raise error
 
     def _note_version_warning(self, response: requests.Response) -> None:
         """Meta names the API version it will retire in `X-Ad-Api-Version-Warning`: say so, once."""
@@ -439,3 +442,32 @@ def usage_percent(headers: Any) -> float | None:
             except orjson.JSONDecodeError:
                 continue
     return max(found) if found else None
+
+
+def regain_seconds(headers: Any) -> float | None:
+    """How long Meta says a throttled budget stays closed: the largest
+    `estimated_time_to_regain_access` (minutes, per business use case) or `reset_time_duration`
+    (seconds, per ad account) in its usage headers; None when none is above 0 or they are unreadable."""
+    found: list[float] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    collect(value)
+                elif key == "estimated_time_to_regain_access":
+                    found.append(float(value) * 60)
+                elif key == "reset_time_duration":
+                    found.append(float(value))
+        elif isinstance(node, list):
+            for item in node:
+                collect(item)
+
+    for name in USAGE_HEADERS:
+        if text := headers.get(name):
+            try:
+                collect(orjson.loads(text))
+            except orjson.JSONDecodeError:
+                continue
+    longest = max(found, default=0.0)
+    return longest if 0 < longest < 86_400 * 7 else None

@@ -46,6 +46,9 @@ def call_with_retry(
 ) -> T:
     """Call `fn` until it succeeds, raises a non-retryable error, or the time budget runs out.
 
+    When Meta says how long its throttle lasts (`retry_after`), the pause is at least that long:
+    asking again earlier only counts against the closed budget. A throttle longer than the budget
+    left ends the retrying at once (the rows stay pending for the next run).
     Setting `stop` ends the waiting at once with the last error: a run being stopped does not sit
     out minutes of backoff before it can commit and exit.
     """
@@ -55,7 +58,7 @@ def call_with_retry(
         try:
             return fn()
         except MetaRetryableError as exc:
-            pause = policy.delay(attempt)
+            pause = max(policy.delay(attempt), exc.retry_after or 0.0)
             if clock() + pause > deadline:
                 raise
             if stop is not None and stop.is_set():

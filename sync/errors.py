@@ -121,7 +121,12 @@ class MetaError(CapiSyncError):
 
 
 class MetaRetryableError(MetaError):
-    """Throttling, server errors and dropped connections: worth another try after a pause."""
+    """Throttling, server errors and dropped connections: worth another try after a pause.
+
+    `retry_after`: seconds Meta said the throttle lasts (its usage headers), when it said so.
+    """
+
+    retry_after: float | None = None
 
 
 class MetaFatalError(MetaError):

@@ -156,6 +156,52 @@ def test_retry_gives_up_after_its_time_budget() -> None:
     assert now[0] <= 30
 
 
+def test_a_throttle_meta_times_is_waited_out_not_hammered(graph: FakeGraph) -> None:
+    """Meta's usage header says the budget reopens in 2 minutes: the retry waits at least that
+    long, where the bare backoff would have asked again within a second or two."""
+    import orjson
+
+    from capi_sync.connectors.meta import regain_seconds
+    from tests.fake_graph import Raw
+
+    usage = '{"1234": [{"type": "ads_management", "call_count": 100, "estimated_time_to_regain_access": 2}]}'
+    throttled = orjson.dumps({"error": {"message": "User request limit reached", "code": 17}})
+
+    def script(number: int, _body: dict[str, Any]) -> Raw | None:
+        if number == 1:
+            return Raw(
+                400, throttled, {"X-Business-Use-Case-Usage": usage, "Content-Type": "application/json"}
+            )
+        return None
+
+    graph.script = script
+    pauses: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    policy = RetryPolicy(base_delay=1, max_delay=2, max_elapsed=300)
+    result = call_with_retry(lambda: client(graph).send([EVENT]), policy, sleep=sleep, clock=lambda: now[0])
+    assert result.events_received == 1
+    assert pauses == [120.0]
+    # A throttle longer than the budget left ends the retrying at once: one request, no pause.
+    graph.script, pauses[:] = (lambda _n, _b: script(1, _b)), []
+    with pytest.raises(MetaRetryableError) as caught:
+        call_with_retry(
+            lambda: client(graph).send([EVENT]),
+            RetryPolicy(base_delay=1, max_delay=2, max_elapsed=60),
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+    assert caught.value.retry_after == 120.0
+    assert pauses == []
+    assert regain_seconds({"X-Ad-Account-Usage": '{"acc_id_util_pct": 100, "reset_time_duration": 45}'}) == 45
+    assert regain_seconds({"X-Ad-Account-Usage": '{"reset_time_duration": 0}'}) is None
+    assert regain_seconds({"X-App-Usage": "{broken"}) is None
+
+
 def test_fatal_errors_are_not_retried() -> None:
     calls = []
 
