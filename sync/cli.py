@@ -26,9 +26,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from capi_sync import __version__, engine, logs, quality, results
+from capi_sync import __version__, engine, jobs, logs, quality, results
 from capi_sync.alerts import Alerter
-from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill, run_backfill
+from capi_sync.backfill import Day, backfill_column, backfill_prefix, plan_backfill
 from capi_sync.building import PARTNER_NAME, make_client, quality_notes
 from capi_sync.config import PipelineConfig, ProjectConfig, load_config
 from capi_sync.connectors import Window, api_versions, open_source
@@ -324,16 +324,15 @@ def run(
     with ctx.store() as store:
         for name in names:
             with _progress(name, total=limit) as on_progress:
-                report = run_pipeline(
+                report = jobs.sync(
                     ctx.project,
                     name,
                     store,
-                    RunOptions(dry_run=dry_run, output=output, limit=limit, workers=workers),
+                    options=RunOptions(dry_run=dry_run, output=output, limit=limit, workers=workers),
                     progress=on_progress,
                 )
             reports.append(report)
             print_report(report, output, as_json=as_json)
-            Alerter(ctx.project, store).after_run(report)
     _export_metrics(ctx.project, reports, metrics_textfile, pushgateway)
     _finish(reports, results_path, fail_on_rejected, "run failed")
 
@@ -427,7 +426,7 @@ def backfill(
             out.print(f"{pipeline}: day {number}/{total}: {day.date}")
 
     with ctx.store() as store, _progress(pipeline) as on_progress:
-        report = run_backfill(
+        report = jobs.sync(
             ctx.project,
             pipeline,
             store,
@@ -439,7 +438,6 @@ def backfill(
             on_day=announce,
         )
         print_report(report, as_json=as_json)
-        Alerter(ctx.project, store).after_run(report)
     _export_metrics(ctx.project, [report], metrics_textfile, pushgateway)
     _finish([report], results_path, fail_on_rejected, "backfill failed")
 
