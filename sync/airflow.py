@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
-from capi_sync import jobs, results
-
 from airflow.sdk import BaseOperator  # Airflow 3's Task SDK
 from airflow.sdk.exceptions import AirflowException
+
+from capi_sync import jobs, results
 
 if TYPE_CHECKING:
     import datetime as dt
